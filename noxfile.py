@@ -1,0 +1,82 @@
+"""Developer sessions: `nox -s tests` (the CI gate), `nox -s demo` (the main job, offline)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "tests"]
+
+ROOT = Path(__file__).parent
+# A CPU build of torch: an unpinned `torch` pulls several GB of CUDA packages.
+# On a GPU machine set VOXTRIO_TORCH to the build you want (or "skip" to keep the
+# environment's own torch).
+TORCH = os.environ.get("VOXTRIO_TORCH", "torch==2.13.0")
+VOXCPM = "voxcpm==2.0.3"
+
+
+def install_runtime(session: nox.Session, *extras: str) -> None:
+    """Install voxtrio with the lean voxcpm stack (see pyproject.toml)."""
+    if TORCH != "skip":
+        session.install(TORCH)
+    # --no-deps: voxcpm's declared dependencies are its training/demo stack.
+    session.install("--no-deps", VOXCPM)
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", spec)
+
+
+@nox.session(python="3.11")
+def tests(session: nox.Session) -> None:
+    """The default test run (CI): everything but the suites marked slow."""
+    install_runtime(session, "test")
+    session.run("pytest", "-m", "not slow", *session.posargs, env={"TQDM_DISABLE": "1"})
+
+
+@nox.session(python="3.11")
+def slow(session: nox.Session) -> None:
+    """The suites marked slow."""
+    install_runtime(session, "test")
+    session.run("pytest", "-m", "slow", *session.posargs, env={"TQDM_DISABLE": "1"})
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff (with the ASYNC rules) over the code and tests."""
+    session.install("ruff")
+    session.run("ruff", "check", "voxtrio", "tests", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "voxtrio", "tests", "bench", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy over the package."""
+    install_runtime(session)
+    session.install("mypy")
+    session.run("mypy")
+
+
+@nox.session(python="3.11")
+def demo(session: nox.Session) -> None:
+    """The main job, offline: build a tiny checkpoint, serve it, speak a sentence to a WAV."""
+    install_runtime(session)
+    out = ROOT / "out"
+    out.mkdir(exist_ok=True)
+    model_dir = out / "tiny-voxcpm2"
+    wav = out / "hello.wav"
+    session.run("voxtrio", "tiny-model", str(model_dir), "--force")
+    session.run(
+        "python",
+        "-m",
+        "voxtrio._demo",
+        "--model",
+        str(model_dir),
+        "--text",
+        "Hello from voxtrio, a streaming speech server on Trio.",
+        "-o",
+        str(wav),
+        env={"TQDM_DISABLE": "1"},
+    )
+    session.log(f"wrote {wav}")

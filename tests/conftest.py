@@ -1,0 +1,54 @@
+"""Shared fixtures: real servers on 127.0.0.1 port 0, with a synthetic or a tiny VoxCPM engine."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from collections.abc import AsyncIterator, Callable  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+import trio  # noqa: E402
+
+from voxtrio._app import run_server  # noqa: E402
+from voxtrio._config import Settings  # noqa: E402
+from voxtrio._engine import EngineFactory  # noqa: E402
+from voxtrio._server import ServerHandle  # noqa: E402
+from voxtrio._synthetic import SyntheticEngine  # noqa: E402
+
+
+
+@pytest.fixture
+async def start_server(
+    nursery: trio.Nursery,
+) -> AsyncIterator[Callable[..., Any]]:
+    """Start a real server in the test's nursery: `handle = await start_server(engine, **settings)`."""
+
+    async def start(engine_factory: EngineFactory | None = None, **overrides: Any) -> ServerHandle:
+        settings = Settings(**{"port": 0, "engine": "synthetic", **overrides})
+        factory = engine_factory or partial(SyntheticEngine, rtf=0.0)
+        handle: ServerHandle = await nursery.start(
+            partial(run_server, settings, engine_factory=factory)
+        )
+        return handle
+
+    yield start
+
+
+@pytest.fixture
+async def synthetic_server(start_server: Callable[..., Any]) -> ServerHandle:
+    """A server on the synthetic engine: 48 kHz, 7680-sample chunks, one per 4 characters."""
+    handle: ServerHandle = await start_server()
+    return handle
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight VoxCPM2 checkpoint (never stops: length = voxcpm's cap)."""
+    from voxtrio._tiny_model import build_checkpoint
+
+    return build_checkpoint(tmp_path_factory.mktemp("models") / "tiny-voxcpm2", arch="voxcpm2")

@@ -1,0 +1,116 @@
+"""`voxtrio serve | say | tiny-model`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from ._app import serve_until_signalled
+    from ._config import ConfigError, load_settings
+    from ._logging import configure_logging
+    from ._replicas import EngineLoadError
+
+    try:
+        settings = load_settings(args, os.environ)
+    except ConfigError as exc:
+        print(f"voxtrio serve: {exc}", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        trio.run(serve_until_signalled, settings)
+    except EngineLoadError as exc:
+        print(f"voxtrio serve: the model could not be loaded: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"voxtrio serve: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from ._tiny_model import build_checkpoint
+
+    try:
+        path = build_checkpoint(
+            args.directory,
+            arch=args.arch,
+            size=args.size,
+            stop=args.stop,
+            seed=args.seed,
+            force=args.force,
+        )
+    except (FileExistsError, ValueError) as exc:
+        print(f"voxtrio tiny-model: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _say(args: argparse.Namespace) -> int:
+    from ._say import run_say
+
+    return run_say(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ._config import add_arguments
+
+    parser = argparse.ArgumentParser(prog="voxtrio", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"voxtrio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the WebSocket TTS server",
+        description="Run the server. Flags override the environment variables shown.",
+    )
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
+
+    say = commands.add_parser("say", help="speak a text through a running server into a WAV")
+    from ._say import add_say_arguments
+
+    add_say_arguments(say)
+    say.set_defaults(func=_say)
+
+    tiny = commands.add_parser(
+        "tiny-model",
+        help="write a random-weight VoxCPM checkpoint (offline tests, GPU speed runs)",
+    )
+    tiny.add_argument("directory")
+    tiny.add_argument("--arch", choices=("voxcpm2", "voxcpm"), default="voxcpm2")
+    tiny.add_argument(
+        "--size",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="tiny (MBs, CPU tests) or full (the released model's size, random weights)",
+    )
+    tiny.add_argument(
+        "--stop",
+        choices=("never", "always", "random"),
+        default="never",
+        help="stop head: never (length = voxcpm's cap, deterministic), always, random",
+    )
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--force", action="store_true", help="replace an existing directory")
+    tiny.set_defaults(func=_tiny_model)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""What one connection's incoming messages mean, sans-IO.
+
+`ConnectionState` turns each frame a client sends into one action for the I/O
+layer (start a request, stop one, reply) and keeps the set of active request
+ids, so duplicate ids, cancels of unknown ids and the per-connection limit are
+decided here and unit-tested without sockets.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+import attrs
+
+from ._errors import ErrorCode, ProtocolError
+from ._messages import (
+    Cancel,
+    Ping,
+    Pong,
+    ServerMessage,
+    TtsRequest,
+    error_message,
+    parse_client_message,
+)
+
+
+@attrs.frozen
+class Capabilities:
+    """What this server can do, for the checks that depend on it."""
+
+    max_text_chars: int = 5000
+    denoiser_available: bool = False
+    voice_cloning_available: bool = False
+
+
+@attrs.frozen
+class Reply:
+    """Send this message; no request starts or stops."""
+
+    message: ServerMessage
+
+
+@attrs.frozen
+class StartRequest:
+    """Admit this request: run it and send its frames and terminal message."""
+
+    request: TtsRequest
+
+
+@attrs.frozen
+class StopRequest:
+    """Cancel this active request; it answers with complete {cancelled: true}."""
+
+    request_id: str
+
+
+Action = Reply | StartRequest | StopRequest | None
+
+
+class RequestStatus(enum.Enum):
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+
+
+@attrs.define
+class ConnectionState:
+    max_requests: int = 4
+    capabilities: Capabilities = attrs.Factory(Capabilities)
+    active: dict[str, RequestStatus] = attrs.Factory(dict)
+
+    def receive_bytes(self, data: bytes) -> Action:
+        exc = ProtocolError(
+            ErrorCode.UNSUPPORTED_FORMAT,
+            "binary messages from clients are not supported; send JSON text",
+            details={"bytes": len(data)},
+        )
+        return Reply(error_message(exc))
+
+    def receive_text(self, text: str) -> Action:
+        try:
+            message = parse_client_message(text)
+            match message:
+                case TtsRequest():
+                    return self._start(message)
+                case Cancel(request_id=request_id):
+                    return self._cancel(request_id)
+                case Ping(timestamp=timestamp):
+                    return Reply(Pong(timestamp, int(time.time() * 1000)))
+        except ProtocolError as exc:
+            return Reply(error_message(exc))
+
+    def request_finished(self, request_id: str) -> None:
+        """The request sent its terminal message: its id is free again."""
+        self.active.pop(request_id, None)
+
+    def _start(self, request: TtsRequest) -> Action:
+        rid = request.request_id
+        if rid in self.active:
+            raise ProtocolError(
+                ErrorCode.DUPLICATE_REQUEST_ID,
+                f"request {rid!r} is already active on this connection",
+                request_id=rid,
+            )
+        self._check_capabilities(request)
+        if len(self.active) >= self.max_requests:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"at most {self.max_requests} requests may be active on one connection",
+                details={"scope": "connection", "limit": self.max_requests},
+                request_id=rid,
+            )
+        self.active[rid] = RequestStatus.RUNNING
+        return StartRequest(request)
+
+    def _cancel(self, request_id: str) -> Action:
+        status = self.active.get(request_id)
+        if status is None:
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"no active request {request_id!r} on this connection",
+                request_id=request_id,
+            )
+        if status is RequestStatus.CANCELLING:
+            return None  # a repeated cancel changes nothing; one terminal message follows
+        self.active[request_id] = RequestStatus.CANCELLING
+        return StopRequest(request_id)
+
+    def _check_capabilities(self, request: TtsRequest) -> None:
+        params = request.params
+        errors: dict[str, str] = {}
+        if len(params.text) > self.capabilities.max_text_chars:
+            errors["params.text"] = (
+                f"too long: {len(params.text)} characters, "
+                f"this server takes at most {self.capabilities.max_text_chars}"
+            )
+        elif not params.text.strip():
+            errors["params.text"] = "must contain something to speak, not only whitespace"
+        if params.denoise and not self.capabilities.denoiser_available:
+            errors["params.denoise"] = (
+                "no denoiser is configured on this server (start it with --denoiser-path)"
+            )
+        if not self.capabilities.voice_cloning_available:
+            for name in ("prompt_wav_url", "prompt_text"):
+                if getattr(params, name) is not None:
+                    errors[f"params.{name}"] = "voice cloning is not enabled on this server"
+        if errors:
+            summary = "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
+            raise ProtocolError(
+                ErrorCode.INVALID_PARAMS,
+                f"invalid TtsRequest message: {summary}",
+                details=errors,
+                request_id=request.request_id,
+            )

@@ -1,0 +1,86 @@
+"""The binary audio frame of seed 000 §2.2, sans-IO.
+
+    AA 55 | type u8 | 00 | metadata length u32 BE | metadata JSON | payload length u32 BE | payload
+
+Type 0x01 is one chunk of a stream, 0x02 the whole audio of a non-streaming request.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from typing import Any
+
+import attrs
+
+MAGIC = b"\xaa\x55"
+_HEAD = struct.Struct(">2sBBI")  # magic, type, reserved, metadata length
+_LENGTH = struct.Struct(">I")
+# A frame's metadata is a handful of small fields; anything bigger is corrupt.
+MAX_METADATA_BYTES = 64 * 1024
+
+
+class FrameType(enum.IntEnum):
+    STREAMING_CHUNK = 0x01
+    NON_STREAMING = 0x02
+
+
+class FrameError(ValueError):
+    """Bytes that are not a well-formed audio frame."""
+
+
+@attrs.frozen
+class AudioFrame:
+    type: FrameType
+    metadata: dict[str, Any]
+    payload: bytes
+
+
+def encode_frame(frame_type: FrameType, metadata: dict[str, Any], payload: bytes) -> bytes:
+    """Serialise one frame; metadata is compact UTF-8 JSON."""
+    meta = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(meta) > MAX_METADATA_BYTES:
+        raise FrameError(f"metadata is {len(meta)} bytes, over {MAX_METADATA_BYTES}")
+    return b"".join(
+        (
+            _HEAD.pack(MAGIC, int(frame_type), 0, len(meta)),
+            meta,
+            _LENGTH.pack(len(payload)),
+            payload,
+        )
+    )
+
+
+def decode_frame(data: bytes | bytearray | memoryview) -> AudioFrame:
+    """Parse one whole frame, refusing anything malformed or trailing."""
+    view = memoryview(data)
+    if len(view) < _HEAD.size + _LENGTH.size:
+        raise FrameError(f"frame is {len(view)} bytes, shorter than any header")
+    magic, type_byte, reserved, meta_len = _HEAD.unpack_from(view)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {bytes(magic).hex()}, expected aa55")
+    try:
+        frame_type = FrameType(type_byte)
+    except ValueError:
+        raise FrameError(f"unknown frame type 0x{type_byte:02x}") from None
+    if reserved != 0:
+        raise FrameError(f"reserved byte is 0x{reserved:02x}, expected 00")
+    if meta_len > MAX_METADATA_BYTES:
+        raise FrameError(f"metadata length {meta_len} is over {MAX_METADATA_BYTES}")
+    meta_end = _HEAD.size + meta_len
+    if len(view) < meta_end + _LENGTH.size:
+        raise FrameError("frame ends inside its metadata")
+    try:
+        metadata = json.loads(bytes(view[_HEAD.size : meta_end]))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FrameError(f"metadata is not JSON: {exc}") from None
+    if not isinstance(metadata, dict):
+        raise FrameError("metadata is not a JSON object")
+    (payload_len,) = _LENGTH.unpack_from(view, meta_end)
+    payload_start = meta_end + _LENGTH.size
+    if len(view) != payload_start + payload_len:
+        raise FrameError(
+            f"payload length says {payload_len} bytes, frame carries {len(view) - payload_start}"
+        )
+    return AudioFrame(frame_type, metadata, bytes(view[payload_start:]))

@@ -1,0 +1,116 @@
+"""The Trio WebSocket server: handshake routing, an error boundary per connection."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from functools import partial
+from urllib.parse import urlsplit
+
+import attrs
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from ._config import Settings
+from ._connection import Connection
+from ._connection_state import Capabilities
+from ._replicas import ReplicaPool
+
+log = structlog.get_logger("voxtrio.server")
+
+TTS_PATHS = frozenset({"/tts", "/"})
+
+
+@attrs.define
+class ServerStats:
+    connections: int = 0
+    connections_total: int = 0
+    rejected_handshakes: int = 0
+
+
+@attrs.frozen
+class ServerHandle:
+    """What `serve` reports once it is listening and the model is warm."""
+
+    host: str
+    port: int
+    server: TtsServer = attrs.field(eq=False, repr=False)
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/tts"
+
+
+class TtsServer:
+    def __init__(self, settings: Settings, pool: ReplicaPool) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.stats = ServerStats()
+        self.capabilities = Capabilities(
+            max_text_chars=settings.max_text_chars,
+            denoiser_available=settings.denoiser_path is not None,
+        )
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(3).hex()
+
+    async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
+        """Listen until cancelled; the caller owns this task (`nursery.start`)."""
+        async with trio.open_nursery() as nursery:
+            listener = partial(
+                serve_websocket,
+                self.handle,
+                self.settings.host,
+                self.settings.port,
+                None,
+                handler_nursery=nursery,
+                message_queue_size=1,
+                max_message_size=self.settings.max_message_bytes,
+                connect_timeout=self.settings.handshake_timeout,
+                disconnect_timeout=self.settings.handshake_timeout,
+            )
+            ws_server = await nursery.start(listener)
+            handle = ServerHandle(self.settings.host, ws_server.port, self)
+            log.info("listening", url=handle.url, workers=len(self.pool.replicas))
+            task_status.started(handle)
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """The error boundary: nothing a connection does may escape into the server."""
+        connection_id = f"{self._prefix}-{next(self._ids)}"
+        with structlog.contextvars.bound_contextvars(connection_id=connection_id):
+            try:
+                await self._handle(request)
+            except ConnectionClosed as exc:
+                log.debug("connection_closed", code=exc.reason.code if exc.reason else None)
+            except Exception:
+                log.exception("connection_failed")
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        path = urlsplit(request.path).path
+        if path not in TTS_PATHS:
+            self.stats.rejected_handshakes += 1
+            log.info("handshake_rejected", status=404, path=path[:200])
+            await request.reject(404, body=b"unknown path: use /tts\n")
+            return
+        if self.stats.connections >= self.settings.max_connections:
+            self.stats.rejected_handshakes += 1
+            log.warning("handshake_rejected", status=503, reason="max_connections")
+            await request.reject(503, body=b"too many connections\n")
+            return
+        ws = await request.accept()
+        self.stats.connections += 1
+        self.stats.connections_total += 1
+        log.info("connection_opened", remote=str(request.remote))
+        try:
+            connection = Connection(
+                ws, settings=self.settings, pool=self.pool, capabilities=self.capabilities
+            )
+            await connection.run()
+        except Exception:
+            log.exception("connection_failed")
+            with trio.move_on_after(self.settings.handshake_timeout):
+                await ws.aclose(code=1011, reason="internal error")
+        finally:
+            self.stats.connections -= 1
+            log.info("connection_closed")

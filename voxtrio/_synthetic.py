@@ -1,0 +1,75 @@
+"""A model-free engine that paces chunks like a real one.
+
+It measures the server alone (benchmarks, tests of the server in isolation): each
+step sleeps `rtf` x the chunk's duration, then yields a deterministic tone whose
+pitch comes from the seed, so audio from different requests is distinguishable
+and the same seed always gives the same samples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+
+import attrs
+import numpy as np
+
+from ._engine import StepCallback, SynthesisSpec
+
+
+@attrs.define
+class SyntheticEngine:
+    sample_rate: int = 48000
+    chunk_samples: int = 7680
+    rtf: float = 0.0
+    chars_per_step: int = 4
+    # Fault injection for tests: act up at this step (1-based), None = never.
+    fail_at_step: int | None = None
+    nan_at_step: int | None = None
+    warmed_up: bool = False
+    closed: bool = False
+    # Generations started and those whose generator has been closed (leak checks).
+    generations: int = 0
+    open_generations: int = 0
+
+    def max_steps(self, spec: SynthesisSpec) -> int:
+        by_text = math.ceil(len(spec.text) / self.chars_per_step)
+        return max(1, min(spec.max_len, by_text))
+
+    def generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+        self.generations += 1
+        self.open_generations += 1
+        try:
+            yield from self._generate(spec, on_step)
+        finally:
+            self.open_generations -= 1
+
+    def _generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+        steps = self.max_steps(spec)
+        frequency = 110.0 + (spec.seed % 880)
+        chunk_seconds = self.chunk_samples / self.sample_rate
+        collected: list[np.ndarray] = []
+        for step in range(1, steps + 1):
+            if self.rtf > 0:
+                time.sleep(chunk_seconds * self.rtf)
+            if step == self.fail_at_step:
+                raise RuntimeError(f"synthetic failure at step {step}")
+            on_step(step)
+            start = (step - 1) * self.chunk_samples
+            t = (np.arange(self.chunk_samples) + start) / self.sample_rate
+            chunk = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+            if step == self.nan_at_step:
+                chunk[0] = np.nan
+            if spec.streaming:
+                yield chunk
+            else:
+                collected.append(chunk)
+        if not spec.streaming:
+            yield np.concatenate(collected)
+
+    def warm_up(self) -> None:
+        self.warmed_up = True
+
+    def close(self) -> None:
+        self.closed = True
