@@ -6,27 +6,24 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from collections.abc import AsyncIterator, Callable  # noqa: E402
-from functools import partial  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-import trio  # noqa: E402
+import pytest
+import trio
 
-from voxtrio._app import run_server  # noqa: E402
-from voxtrio._config import Settings  # noqa: E402
-from voxtrio._engine import EngineFactory  # noqa: E402
-from voxtrio._server import ServerHandle  # noqa: E402
-from voxtrio._synthetic import SyntheticEngine  # noqa: E402
-
+from voxtrio._app import run_server
+from voxtrio._config import Settings
+from voxtrio._engine import EngineFactory
+from voxtrio._server import ServerHandle
+from voxtrio._synthetic import SyntheticEngine
 
 
 @pytest.fixture
-async def start_server(
-    nursery: trio.Nursery,
-) -> AsyncIterator[Callable[..., Any]]:
-    """Start a real server in the test's nursery: `handle = await start_server(engine, **settings)`."""
+async def start_server(nursery: trio.Nursery) -> Callable[..., Any]:
+    """Start a real server in the test's nursery: `await start_server(engine, **settings)`."""
 
     async def start(engine_factory: EngineFactory | None = None, **overrides: Any) -> ServerHandle:
         settings = Settings(**{"port": 0, "engine": "synthetic", **overrides})
@@ -36,7 +33,7 @@ async def start_server(
         )
         return handle
 
-    yield start
+    return start
 
 
 @pytest.fixture

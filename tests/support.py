@@ -103,7 +103,13 @@ class RawSession:
 @asynccontextmanager
 async def session(url: str) -> AsyncIterator[RawSession]:
     async with open_websocket_url(url) as ws:
-        yield RawSession(ws)
+        try:
+            yield RawSession(ws)
+        finally:
+            stream = ws._stream
+    # trio-websocket 0.12.2's client leaves its socket open when the server's close
+    # frame crosses its own (aclose returns early once a close reason is set).
+    await stream.aclose()
 
 
 async def speak(url: str, request_id: str = "r", **params: Any) -> Outcome:

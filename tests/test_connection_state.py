@@ -127,22 +127,28 @@ def test_denoise_with_denoiser_is_accepted() -> None:
 
 def test_voice_cloning_parameters_are_refused_until_enabled() -> None:
     """prompt_wav_url / prompt_text get a clear INVALID_PARAMS, never silence."""
-    error = error_of(ConnectionState().receive_text(tts(prompt_wav_url="http://x", prompt_text="y")))
+    error = error_of(
+        ConnectionState().receive_text(tts(prompt_wav_url="http://x", prompt_text="y"))
+    )
     assert set(error.error.details) == {"params.prompt_wav_url", "params.prompt_text"}
 
 
 def test_server_text_limit_applies() -> None:
     """The operator's max text length is enforced with the limit named."""
     state = ConnectionState(capabilities=Capabilities(max_text_chars=10))
-    error = error_of(state.receive_text(json.dumps(
-        {"type": "tts_request", "request_id": "a", "params": {"text": "x" * 11}}
-    )))
+    error = error_of(
+        state.receive_text(
+            json.dumps({"type": "tts_request", "request_id": "a", "params": {"text": "x" * 11}})
+        )
+    )
     assert "at most 10" in error.error.details["params.text"]
 
 
 def test_whitespace_only_text_is_invalid() -> None:
     """Text with nothing to speak is refused up front."""
-    error = error_of(ConnectionState().receive_text(json.dumps(
-        {"type": "tts_request", "request_id": "a", "params": {"text": " \n\t"}}
-    )))
+    error = error_of(
+        ConnectionState().receive_text(
+            json.dumps({"type": "tts_request", "request_id": "a", "params": {"text": " \n\t"}})
+        )
+    )
     assert "only whitespace" in error.error.details["params.text"]

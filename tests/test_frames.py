@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import struct
 
@@ -24,7 +25,10 @@ META = {"request_id": "r1", "sequence": 0, "sample_rate": 48000, "is_final": Fal
 def test_layout_is_byte_exact() -> None:
     """Magic, type, reserved zero, BE metadata length, metadata, BE payload length, payload."""
     frame = encode_frame(FrameType.STREAMING_CHUNK, {"a": 1}, b"\x01\x02")
-    assert frame == b"\xaa\x55\x01\x00" + b"\x00\x00\x00\x07" + b'{"a":1}' + b"\x00\x00\x00\x02\x01\x02"
+    assert (
+        frame
+        == b"\xaa\x55\x01\x00" + b"\x00\x00\x00\x07" + b'{"a":1}' + b"\x00\x00\x00\x02\x01\x02"
+    )
 
 
 def test_round_trip_streaming_chunk() -> None:
@@ -88,7 +92,9 @@ def test_oversized_metadata_is_refused_on_encode() -> None:
     payload=st.binary(max_size=2048),
     frame_type=st.sampled_from(FrameType),
 )
-def test_any_frame_round_trips(meta: dict[str, object], payload: bytes, frame_type: FrameType) -> None:
+def test_any_frame_round_trips(
+    meta: dict[str, object], payload: bytes, frame_type: FrameType
+) -> None:
     """encode then decode is the identity for any metadata and payload."""
     assert decode_frame(encode_frame(frame_type, meta, payload)) == AudioFrame(
         frame_type, meta, payload
@@ -98,7 +104,5 @@ def test_any_frame_round_trips(meta: dict[str, object], payload: bytes, frame_ty
 @given(data=st.binary(max_size=64))
 def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
     """Garbage either decodes or raises FrameError, nothing else."""
-    try:
+    with contextlib.suppress(FrameError):
         decode_frame(data)
-    except FrameError:
-        pass

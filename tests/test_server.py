@@ -75,7 +75,9 @@ async def test_non_streaming_request_sends_one_whole_frame(synthetic_server: Ser
     assert "encoding" in [m["state"] for m in outcome.progress]
 
 
-async def test_progress_is_monotonic_and_bounded(paced: tuple[ServerHandle, SyntheticEngine]) -> None:
+async def test_progress_is_monotonic_and_bounded(
+    paced: tuple[ServerHandle, SyntheticEngine],
+) -> None:
     """progress values stay in 0..1 and never go back within a state."""
     handle, _ = paced
     outcome = await speak(handle.url, text=LONG_TEXT)
@@ -253,7 +255,9 @@ async def test_unexpected_engine_output_is_internal_error(start_server: Callable
 
 async def test_per_connection_limit_over_the_wire(start_server: Callable[..., Any]) -> None:
     """Past the per-connection limit: RATE_LIMITED; the running requests finish."""
-    handle = await start_server(lambda: SyntheticEngine(rtf=10 / 160), max_requests_per_connection=2)
+    handle = await start_server(
+        lambda: SyntheticEngine(rtf=10 / 160), max_requests_per_connection=2
+    )
     async with session(handle.url) as s:
         for rid in ("a", "b", "c"):
             await s.request(rid, text=LONG_TEXT)
@@ -284,7 +288,10 @@ async def test_concurrent_requests_on_one_connection_do_not_mix(
     """Requests interleaved on one connection get exactly the audio they get alone."""
     handle = await start_server(lambda: SyntheticEngine(rtf=0.01), workers=2)
     seeds = {"x": 11, "y": 222, "z": 333}
-    alone = {rid: (await speak(handle.url, text=LONG_TEXT, seed=seed)).audio for rid, seed in seeds.items()}
+    alone = {
+        rid: (await speak(handle.url, text=LONG_TEXT, seed=seed)).audio
+        for rid, seed in seeds.items()
+    }
     async with session(handle.url) as s:
         for rid, seed in seeds.items():
             await s.request(rid, text=LONG_TEXT, seed=seed)

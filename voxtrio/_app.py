@@ -76,12 +76,31 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-async def serve_until_signalled(settings: Settings) -> None:
-    """`voxtrio serve`: run until SIGINT or SIGTERM."""
+async def serve_until_signalled(settings: Settings) -> int:
+    """`voxtrio serve`: serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
+
+    Returns the exit status: 0 after a graceful drain, 1 when a second signal cut it short.
+    """
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_server, settings))
-            async for signum in signals:
-                log.info("signal_received", signal=signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
+            handle: ServerHandle = await nursery.start(partial(run_server, settings))
+            signum = await signals.__anext__()
+            log.info("signal_received", signal=signal.Signals(signum).name, action="drain")
+            forced = False
+            with trio.CancelScope() as drain_scope:
+
+                async def second_signal() -> None:
+                    nonlocal forced
+                    signum = await signals.__anext__()
+                    log.warning(
+                        "signal_received", signal=signal.Signals(signum).name, action="exit"
+                    )
+                    forced = True
+                    drain_scope.cancel()
+
+                async with trio.open_nursery() as drain:
+                    drain.start_soon(second_signal)
+                    await handle.server.shutdown(settings.drain_timeout)
+                    drain.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+    return 1 if forced else 0

@@ -26,14 +26,13 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     configure_logging(settings.log_level, settings.log_format)
     try:
-        trio.run(serve_until_signalled, settings)
+        return trio.run(serve_until_signalled, settings)
     except EngineLoadError as exc:
         print(f"voxtrio serve: the model could not be loaded: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"voxtrio serve: cannot listen: {exc}", file=sys.stderr)
         return 1
-    return 0
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

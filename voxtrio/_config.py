@@ -43,6 +43,8 @@ class Settings:
     write_timeout: float = 30.0
     ping_interval: float = 30.0
     ping_timeout: float = 10.0
+    idle_timeout: float = 300.0
+    drain_timeout: float = 30.0
     progress_interval: float = 0.25
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -162,18 +164,14 @@ OPTIONS: tuple[Option, ...] = (
         "local ZipEnhancer model directory; enables `denoise`",
     ),
     Option("max_text_chars", "TTS_MAX_TEXT_CHARS", _positive_int, "longest text accepted"),
-    Option(
-        "max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"
-    ),
+    Option("max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"),
     Option("chunk_buffer", "TTS_CHUNK_BUFFER", _positive_int, "chunks buffered per request"),
     Option("queue_timeout", "TTS_QUEUE_TIMEOUT", _positive_float, "wait for a replica, s"),
     Option(
         "stop_timeout", "TTS_STOP_TIMEOUT", _positive_float, "wait for a cancelled generation, s"
     ),
     Option("load_timeout", "TTS_LOAD_TIMEOUT", _positive_float, "model load + warm-up, s"),
-    Option(
-        "handshake_timeout", "TTS_HANDSHAKE_TIMEOUT", _positive_float, "WebSocket handshake, s"
-    ),
+    Option("handshake_timeout", "TTS_HANDSHAKE_TIMEOUT", _positive_float, "WebSocket handshake, s"),
     Option(
         "write_timeout",
         "TTS_WRITE_TIMEOUT",
@@ -183,8 +181,18 @@ OPTIONS: tuple[Option, ...] = (
     Option("ping_interval", "TTS_PING_INTERVAL", _positive_float, "server keepalive ping, s"),
     Option("ping_timeout", "TTS_PING_TIMEOUT", _positive_float, "wait for the pong, s"),
     Option(
-        "progress_interval", "TTS_PROGRESS_INTERVAL", _positive_float, "progress messages, s"
+        "idle_timeout",
+        "TTS_IDLE_TIMEOUT",
+        _positive_float,
+        "close a connection with no message and no request for this long, s",
     ),
+    Option(
+        "drain_timeout",
+        "TTS_DRAIN_TIMEOUT",
+        _positive_float,
+        "on SIGTERM, time for running requests to finish before SHUTTING_DOWN, s",
+    ),
+    Option("progress_interval", "TTS_PROGRESS_INTERVAL", _positive_float, "progress messages, s"),
     Option("log_level", "LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", "LOG_FORMAT", _choice("auto", "json", "console"), "auto|json|console"),
     Option(

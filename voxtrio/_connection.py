@@ -10,10 +10,12 @@ from ._config import Settings
 from ._connection_state import Capabilities, ConnectionState, Reply, StartRequest, StopRequest
 from ._messages import TtsRequest, dump_message
 from ._replicas import ReplicaPool
-from ._request import run_request
+from ._request import RequestControl, run_request
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.connection")
+
+GOING_AWAY = 1001
 
 
 class Connection:
@@ -34,7 +36,9 @@ class Connection:
             max_requests=settings.max_requests_per_connection, capabilities=capabilities
         )
         self.writer = FrameWriter(ws, write_timeout=settings.write_timeout)
-        self._scopes: dict[str, trio.CancelScope] = {}
+        self.requests: dict[str, RequestControl] = {}
+        self.idle = trio.Event()
+        self.idle.set()
 
     async def run(self) -> None:
         """Serve until the client leaves; every request still running is cancelled then."""
@@ -45,12 +49,30 @@ class Connection:
             finally:
                 nursery.cancel_scope.cancel()
 
+    def begin_drain(self) -> None:
+        """Refuse new requests; the running ones go on."""
+        self.state.begin_drain()
+
+    async def shut_down(self) -> None:
+        """Past the drain deadline: end every request with SHUTTING_DOWN, close with 1001."""
+        for control in list(self.requests.values()):
+            control.stop("shutdown")
+        with trio.move_on_after(self.settings.stop_timeout + 1):
+            await self.idle.wait()
+        with trio.move_on_after(self.settings.handshake_timeout):
+            await self.ws.aclose(code=GOING_AWAY, reason="server shutting down")
+
     async def _read_loop(self, nursery: trio.Nursery) -> None:
         while True:
             try:
-                message = await self.ws.get_message()
+                message = await self._next_message()
             except ConnectionClosed as exc:
                 log.debug("client_closed", code=exc.reason.code if exc.reason else None)
+                return
+            if message is None:
+                log.info("idle_timeout", idle_timeout=self.settings.idle_timeout)
+                with trio.move_on_after(self.settings.handshake_timeout):
+                    await self.ws.aclose(code=1000, reason="idle timeout")
                 return
             if isinstance(message, bytes):
                 action = self.state.receive_bytes(message)
@@ -61,28 +83,42 @@ class Connection:
                     case Reply(message=reply):
                         await self.writer.send(dump_message(reply))
                     case StartRequest(request=request):
-                        scope = trio.CancelScope()
-                        self._scopes[request.request_id] = scope
-                        nursery.start_soon(self._run_request, request, scope)
+                        control = RequestControl()
+                        self.requests[request.request_id] = control
+                        self.idle = trio.Event()
+                        nursery.start_soon(self._run_request, request, control)
                     case StopRequest(request_id=request_id):
-                        self._scopes[request_id].cancel()
+                        self.requests[request_id].stop("cancel")
             except ConnectionGone as exc:
                 log.info("connection_lost", reason=str(exc))
                 return
 
-    async def _run_request(self, request: TtsRequest, scope: trio.CancelScope) -> None:
+    async def _next_message(self) -> str | bytes | None:
+        """The next message, or None once the connection has been idle too long.
+
+        Idle means no message and no request running for `idle_timeout` seconds.
+        """
+        while True:
+            with trio.move_on_after(self.settings.idle_timeout):
+                return await self.ws.get_message()
+            if not self.requests:
+                return None
+
+    async def _run_request(self, request: TtsRequest, control: RequestControl) -> None:
         with structlog.contextvars.bound_contextvars(request_id=request.request_id):
             try:
                 await run_request(
                     request,
                     writer=self.writer,
                     pool=self.pool,
-                    cancel_scope=scope,
+                    control=control,
                     progress_interval=self.settings.progress_interval,
                 )
             finally:
-                self._scopes.pop(request.request_id, None)
+                self.requests.pop(request.request_id, None)
                 self.state.request_finished(request.request_id)
+                if not self.requests:
+                    self.idle.set()
                 if self.writer.broken is not None:
                     # Stalled or closed peer: stop reading too, end the connection.
                     await self._abort(self.writer.broken)

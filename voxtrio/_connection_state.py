@@ -68,6 +68,7 @@ class ConnectionState:
     max_requests: int = 4
     capabilities: Capabilities = attrs.Factory(Capabilities)
     active: dict[str, RequestStatus] = attrs.Factory(dict)
+    draining: bool = False
 
     def receive_bytes(self, data: bytes) -> Action:
         exc = ProtocolError(
@@ -94,8 +95,19 @@ class ConnectionState:
         """The request sent its terminal message: its id is free again."""
         self.active.pop(request_id, None)
 
+    def begin_drain(self) -> None:
+        """The server is shutting down: running requests may finish, new ones are refused."""
+        self.draining = True
+
     def _start(self, request: TtsRequest) -> Action:
         rid = request.request_id
+        if self.draining:
+            raise ProtocolError(
+                ErrorCode.SHUTTING_DOWN,
+                "the server is shutting down; retry on another instance",
+                details={"retry_after_ms": 1000},
+                request_id=rid,
+            )
         if rid in self.active:
             raise ProtocolError(
                 ErrorCode.DUPLICATE_REQUEST_ID,

@@ -6,7 +6,7 @@ for concurrent use); the replica pool (`_replicas.py`) owns that rule.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Protocol
 
 import attrs
@@ -30,7 +30,7 @@ class SynthesisSpec:
     max_len: int = 4096
 
 
-class GenerationStopped(Exception):  # noqa: N818 - a signal, not an error
+class GenerationStopped(Exception):
     """Raised inside an engine's step callback when the request was cancelled."""
 
 
@@ -51,7 +51,9 @@ class Engine(Protocol):
         """Upper bound on LM steps (= chunks) this spec can produce: progress's denominator."""
         ...
 
-    def generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+    def generate(
+        self, spec: SynthesisSpec, on_step: StepCallback
+    ) -> Generator[np.ndarray, None, None]:
         """Yield mono float32 audio: one chunk per step when streaming, else one array.
 
         The server closes the iterator when it stops early; an engine must free

@@ -13,8 +13,8 @@ from typing import Any, Final, Literal, get_args
 
 import attrs
 import cattrs
-from cattrs.literals import is_literal
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.literals import is_literal
 
 from ._errors import ErrorCode, ProtocolError
 
@@ -251,10 +251,10 @@ def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> No
         for sub in without_notes:
             _collect_errors(sub, path, errors)
     elif isinstance(exc, IterableValidationError):
-        with_notes, without_notes = exc.group_exceptions()
-        for sub, note in with_notes:
-            _collect_errors(sub, f"{path}[{note.index}]", errors)
-        for sub in without_notes:
+        indexed, unindexed = exc.group_exceptions()
+        for sub, index_note in indexed:
+            _collect_errors(sub, f"{path}[{index_note.index}]", errors)
+        for sub in unindexed:
             _collect_errors(sub, path, errors)
     elif isinstance(exc, ForbiddenExtraKeysError):
         for key in sorted(exc.extra_fields):

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import attrs
 import numpy as np
@@ -97,10 +97,8 @@ class Replica:
         self._inbox.put_nowait(job)
 
     def shutdown(self) -> None:
-        try:
-            self._inbox.put_nowait(_SHUTDOWN)
-        except queue.Full:  # pragma: no cover - inbox holds one job at most
-            pass
+        # The inbox holds one job at most, so the sentinel always fits.
+        self._inbox.put_nowait(_SHUTDOWN)
 
     @property
     def thread(self) -> threading.Thread:
@@ -113,7 +111,8 @@ class Replica:
     # -- the replica's own thread --------------------------------------------
 
     def _main(self) -> None:
-        assert self._token is not None and self._loaded is not None
+        assert self._token is not None
+        assert self._loaded is not None
         try:
             engine = self._factory()
             engine.warm_up()
@@ -169,10 +168,8 @@ class Replica:
             result = outcome.Error(exc)
         job.finished_at = time.perf_counter()
         self.jobs_run += 1
-        try:
+        with suppress(trio.RunFinishedError):
             job.trio_token.run_sync_soon(self._finish, job, result, stopped)
-        except trio.RunFinishedError:
-            pass
 
     def _finish(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -196,12 +196,25 @@ class RequestRun:
                 )
 
 
+@attrs.define(eq=False)
+class RequestControl:
+    """How the connection stops a running request, and why."""
+
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    reason: Literal["cancel", "shutdown"] | None = None
+
+    def stop(self, reason: Literal["cancel", "shutdown"]) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
 async def run_request(
     request: TtsRequest,
     *,
     writer: FrameWriter,
     pool: ReplicaPool,
-    cancel_scope: trio.CancelScope,
+    control: RequestControl,
     progress_interval: float,
 ) -> None:
     """Run one request and send exactly one terminal message (unless the peer is gone).
@@ -209,6 +222,7 @@ async def run_request(
     Never raises (but Cancelled, when the whole connection goes): errors become
     the request's `error` message.
     """
+    cancel_scope = control.scope
     run = RequestRun(request, writer, pool, progress_interval)
     started = time.perf_counter()
     fields: dict[str, Any] = {"mode": request.params.mode, "text_chars": len(request.params.text)}
@@ -218,6 +232,12 @@ async def run_request(
         try:
             with cancel_scope:
                 result = await run.synthesize()
+            if cancel_scope.cancelled_caught and control.reason == "shutdown":
+                raise ProtocolError(
+                    ErrorCode.SHUTTING_DOWN,
+                    "the server is shutting down and the drain deadline passed",
+                    details={"retry_after_ms": 1000},
+                )
             if cancel_scope.cancelled_caught:
                 terminal, outcome = Complete(run.request_id, CancelledResult()), "cancelled"
             else:

@@ -1,4 +1,4 @@
-"""The Trio WebSocket server: handshake routing, an error boundary per connection."""
+"""The Trio WebSocket server: handshake routing, an error boundary per connection, drain."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ TTS_PATHS = frozenset({"/tts", "/"})
 
 @attrs.define
 class ServerStats:
-    connections: int = 0
     connections_total: int = 0
     rejected_handshakes: int = 0
 
@@ -52,28 +51,52 @@ class TtsServer:
             max_text_chars=settings.max_text_chars,
             denoiser_available=settings.denoiser_path is not None,
         )
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._listener_scope = trio.CancelScope()
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
 
     async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
         """Listen until cancelled; the caller owns this task (`nursery.start`)."""
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as handlers:
             listener = partial(
                 serve_websocket,
                 self.handle,
                 self.settings.host,
                 self.settings.port,
                 None,
-                handler_nursery=nursery,
+                handler_nursery=handlers,
                 message_queue_size=1,
                 max_message_size=self.settings.max_message_bytes,
                 connect_timeout=self.settings.handshake_timeout,
                 disconnect_timeout=self.settings.handshake_timeout,
             )
-            ws_server = await nursery.start(listener)
-            handle = ServerHandle(self.settings.host, ws_server.port, self)
-            log.info("listening", url=handle.url, workers=len(self.pool.replicas))
-            task_status.started(handle)
+            with self._listener_scope:
+                async with trio.open_nursery() as listening:
+                    ws_server = await listening.start(listener)
+                    handle = ServerHandle(self.settings.host, ws_server.port, self)
+                    log.info("listening", url=handle.url, workers=len(self.pool.replicas))
+                    task_status.started(handle)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting, let running requests finish within the deadline, then end them.
+
+        Requests still running at the deadline end with SHUTTING_DOWN; connections
+        close with 1001 (going away).
+        """
+        self.draining = True
+        self._listener_scope.cancel()
+        log.info("draining", connections=len(self.connections), drain_timeout=drain_timeout)
+        for connection in self.connections:
+            connection.begin_drain()
+        with trio.move_on_after(drain_timeout):
+            for connection in list(self.connections):
+                await connection.idle.wait()
+        async with trio.open_nursery() as nursery:
+            for connection in list(self.connections):
+                nursery.start_soon(connection.shut_down)
+        log.info("drained")
 
     async def handle(self, request: WebSocketRequest) -> None:
         """The error boundary: nothing a connection does may escape into the server."""
@@ -86,31 +109,35 @@ class TtsServer:
             except Exception:
                 log.exception("connection_failed")
 
+    async def _reject(self, request: WebSocketRequest, status: int, why: str) -> None:
+        self.stats.rejected_handshakes += 1
+        log.info("handshake_rejected", status=status, reason=why)
+        await request.reject(status, body=f"{why}\n".encode())
+
     async def _handle(self, request: WebSocketRequest) -> None:
         path = urlsplit(request.path).path
         if path not in TTS_PATHS:
-            self.stats.rejected_handshakes += 1
-            log.info("handshake_rejected", status=404, path=path[:200])
-            await request.reject(404, body=b"unknown path: use /tts\n")
+            await self._reject(request, 404, f"unknown path {path[:100]!r}: use /tts")
             return
-        if self.stats.connections >= self.settings.max_connections:
-            self.stats.rejected_handshakes += 1
-            log.warning("handshake_rejected", status=503, reason="max_connections")
-            await request.reject(503, body=b"too many connections\n")
+        if self.draining:
+            await self._reject(request, 503, "server shutting down")
+            return
+        if len(self.connections) >= self.settings.max_connections:
+            await self._reject(request, 503, "too many connections")
             return
         ws = await request.accept()
-        self.stats.connections += 1
+        connection = Connection(
+            ws, settings=self.settings, pool=self.pool, capabilities=self.capabilities
+        )
+        self.connections.add(connection)
         self.stats.connections_total += 1
         log.info("connection_opened", remote=str(request.remote))
         try:
-            connection = Connection(
-                ws, settings=self.settings, pool=self.pool, capabilities=self.capabilities
-            )
             await connection.run()
         except Exception:
             log.exception("connection_failed")
             with trio.move_on_after(self.settings.handshake_timeout):
                 await ws.aclose(code=1011, reason="internal error")
         finally:
-            self.stats.connections -= 1
+            self.connections.discard(connection)
             log.info("connection_closed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 
 import attrs
 import numpy as np
@@ -37,7 +37,9 @@ class SyntheticEngine:
         by_text = math.ceil(len(spec.text) / self.chars_per_step)
         return max(1, min(spec.max_len, by_text))
 
-    def generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+    def generate(
+        self, spec: SynthesisSpec, on_step: StepCallback
+    ) -> Generator[np.ndarray, None, None]:
         self.generations += 1
         self.open_generations += 1
         try:
@@ -45,7 +47,9 @@ class SyntheticEngine:
         finally:
             self.open_generations -= 1
 
-    def _generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+    def _generate(
+        self, spec: SynthesisSpec, on_step: StepCallback
+    ) -> Generator[np.ndarray, None, None]:
         steps = self.max_steps(spec)
         frequency = 110.0 + (spec.seed % 880)
         chunk_seconds = self.chunk_samples / self.sample_rate

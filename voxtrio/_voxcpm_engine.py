@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 import attrs
@@ -106,7 +106,9 @@ class VoxCPMEngine:
             self._normalizer = TextNormalizer()
         return self._normalizer
 
-    def generate(self, spec: SynthesisSpec, on_step: StepCallback) -> Iterator[np.ndarray]:
+    def generate(
+        self, spec: SynthesisSpec, on_step: StepCallback
+    ) -> Generator[np.ndarray, None, None]:
         from . import _seeding
 
         text = self._prepare_text(spec.text, normalize=spec.normalize)

@@ -6,7 +6,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 
-class ConnectionGone(Exception):  # noqa: N818 - a state, not a bug
+class ConnectionGone(Exception):
     """The peer closed the connection or stopped reading; nothing more can be sent."""
 
 
