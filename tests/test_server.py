@@ -240,8 +240,10 @@ async def test_nan_audio_is_never_sent(start_server: Callable[..., Any]) -> None
     assert handle.server.pool.busy == 0
 
 
-async def test_unexpected_engine_output_is_internal_error(start_server: Callable[..., Any]) -> None:
-    """A bug on the server side is INTERNAL_ERROR for that request only."""
+async def test_malformed_engine_output_is_generation_failed(
+    start_server: Callable[..., Any],
+) -> None:
+    """An engine yielding integer samples fails that request, and only that one."""
 
     class IntegerEngine(SyntheticEngine):
         def generate(self, spec: Any, on_step: Any) -> Any:
@@ -249,8 +251,28 @@ async def test_unexpected_engine_output_is_internal_error(start_server: Callable
 
     handle = await start_server(IntegerEngine)
     outcome = await speak(handle.url, text="hi")
-    assert outcome.terminal["error"]["code"] == "INTERNAL_ERROR"
-    assert (await speak(handle.url, text="hi", mode="non_streaming")).terminal["type"] == "error"
+    assert outcome.terminal["error"]["code"] == "GENERATION_FAILED"
+    assert "floating point" in outcome.terminal["error"]["message"]
+
+
+async def test_server_bug_is_internal_error_for_that_request_only(
+    synthetic_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception in the server's own code is INTERNAL_ERROR; the connection goes on."""
+    import voxtrio._request
+
+    def broken(*args: Any) -> bytes:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(voxtrio._request, "encode_frame", broken)
+    async with session(synthetic_server.url) as s:
+        await s.request("a", text="hi")
+        await s.until_terminal("a")
+        assert s.outcomes["a"].terminal["error"]["code"] == "INTERNAL_ERROR"
+        monkeypatch.undo()
+        await s.request("b", text="hi")
+        await s.until_terminal("b")
+        assert s.outcomes["b"].terminal["type"] == "complete"
 
 
 async def test_per_connection_limit_over_the_wire(start_server: Callable[..., Any]) -> None:

@@ -35,6 +35,7 @@ class Settings:
     denoiser_path: str | None = None
     max_text_chars: int = 5000
     max_message_bytes: int = 1024 * 1024
+    max_stream_buffer_chars: int = 20_000
     chunk_buffer: int = 2
     queue_timeout: float = 60.0
     stop_timeout: float = 10.0
@@ -165,6 +166,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_text_chars", "TTS_MAX_TEXT_CHARS", _positive_int, "longest text accepted"),
     Option("max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"),
+    Option(
+        "max_stream_buffer_chars",
+        "TTS_MAX_STREAM_BUFFER_CHARS",
+        _positive_int,
+        "text a text stream may have waiting to be spoken",
+    ),
     Option("chunk_buffer", "TTS_CHUNK_BUFFER", _positive_int, "chunks buffered per request"),
     Option("queue_timeout", "TTS_QUEUE_TIMEOUT", _positive_float, "wait for a replica, s"),
     Option(

@@ -7,10 +7,19 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from ._config import Settings
-from ._connection_state import Capabilities, ConnectionState, Reply, StartRequest, StopRequest
-from ._messages import TtsRequest, dump_message
+from ._connection_state import (
+    Capabilities,
+    ConnectionState,
+    EndText,
+    FeedText,
+    FlushText,
+    Reply,
+    StartRequest,
+    StopRequest,
+)
+from ._messages import TextStreamStart, TtsRequest, dump_message
 from ._replicas import ReplicaPool
-from ._request import RequestControl, run_request
+from ._request import RequestControl, TextInput, run_request
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.connection")
@@ -37,6 +46,7 @@ class Connection:
         )
         self.writer = FrameWriter(ws, write_timeout=settings.write_timeout)
         self.requests: dict[str, RequestControl] = {}
+        self.text_inputs: dict[str, TextInput] = {}
         self.idle = trio.Event()
         self.idle.set()
 
@@ -83,15 +93,40 @@ class Connection:
                     case Reply(message=reply):
                         await self.writer.send(dump_message(reply))
                     case StartRequest(request=request):
-                        control = RequestControl()
-                        self.requests[request.request_id] = control
-                        self.idle = trio.Event()
-                        nursery.start_soon(self._run_request, request, control)
+                        self._start(nursery, request)
                     case StopRequest(request_id=request_id):
                         self.requests[request_id].stop("cancel")
+                    case FeedText(request_id=request_id, text=text):
+                        self._text_input_call(request_id, TextInput.feed, text)
+                    case FlushText(request_id=request_id):
+                        self._text_input_call(request_id, TextInput.flush)
+                    case EndText(request_id=request_id):
+                        self._text_input_call(request_id, TextInput.end)
             except ConnectionGone as exc:
                 log.info("connection_lost", reason=str(exc))
                 return
+
+    def _start(self, nursery: trio.Nursery, request: TtsRequest | TextStreamStart) -> None:
+        rid = request.request_id
+        if isinstance(request, TtsRequest):
+            text_input = TextInput.single(request.params.text)
+        else:
+            text_input = TextInput.streamed(
+                max_buffered_chars=self.settings.max_stream_buffer_chars
+            )
+        control = RequestControl()
+        self.requests[rid] = control
+        self.text_inputs[rid] = text_input
+        self.idle = trio.Event()
+        nursery.start_soon(self._run_request, request, text_input, control)
+
+    def _text_input_call(self, request_id: str, method: object, *args: str) -> None:
+        text_input = self.text_inputs[request_id]
+        try:
+            method(text_input, *args)  # type: ignore[operator]
+        except OverflowError as exc:
+            log.warning("text_stream_overflow", request_id=request_id, reason=str(exc))
+            self.requests[request_id].stop("overflow")
 
     async def _next_message(self) -> str | bytes | None:
         """The next message, or None once the connection has been idle too long.
@@ -104,11 +139,17 @@ class Connection:
             if not self.requests:
                 return None
 
-    async def _run_request(self, request: TtsRequest, control: RequestControl) -> None:
+    async def _run_request(
+        self,
+        request: TtsRequest | TextStreamStart,
+        text_input: TextInput,
+        control: RequestControl,
+    ) -> None:
         with structlog.contextvars.bound_contextvars(request_id=request.request_id):
             try:
                 await run_request(
                     request,
+                    text_input,
                     writer=self.writer,
                     pool=self.pool,
                     control=control,
@@ -116,6 +157,7 @@ class Connection:
                 )
             finally:
                 self.requests.pop(request.request_id, None)
+                self.text_inputs.pop(request.request_id, None)
                 self.state.request_finished(request.request_id)
                 if not self.requests:
                     self.idle.set()

@@ -19,6 +19,11 @@ from ._messages import (
     Ping,
     Pong,
     ServerMessage,
+    SynthesisOptions,
+    TextDelta,
+    TextFlush,
+    TextStreamEnd,
+    TextStreamStart,
     TtsRequest,
     error_message,
     parse_client_message,
@@ -45,7 +50,29 @@ class Reply:
 class StartRequest:
     """Admit this request: run it and send its frames and terminal message."""
 
-    request: TtsRequest
+    request: TtsRequest | TextStreamStart
+
+
+@attrs.frozen
+class FeedText:
+    """More text for an open text stream."""
+
+    request_id: str
+    text: str
+
+
+@attrs.frozen
+class FlushText:
+    """Speak what the text stream has buffered, sentence end or not."""
+
+    request_id: str
+
+
+@attrs.frozen
+class EndText:
+    """The text stream is complete: speak the rest, then finish."""
+
+    request_id: str
 
 
 @attrs.frozen
@@ -55,7 +82,7 @@ class StopRequest:
     request_id: str
 
 
-Action = Reply | StartRequest | StopRequest | None
+Action = Reply | StartRequest | StopRequest | FeedText | FlushText | EndText | None
 
 
 class RequestStatus(enum.Enum):
@@ -68,6 +95,7 @@ class ConnectionState:
     max_requests: int = 4
     capabilities: Capabilities = attrs.Factory(Capabilities)
     active: dict[str, RequestStatus] = attrs.Factory(dict)
+    open_streams: set[str] = attrs.Factory(set)
     draining: bool = False
 
     def receive_bytes(self, data: bytes) -> Action:
@@ -82,8 +110,18 @@ class ConnectionState:
         try:
             message = parse_client_message(text)
             match message:
-                case TtsRequest():
+                case TtsRequest() | TextStreamStart():
                     return self._start(message)
+                case TextDelta(request_id=request_id, text=text):
+                    self._check_open_stream(request_id)
+                    return FeedText(request_id, text)
+                case TextFlush(request_id=request_id):
+                    self._check_open_stream(request_id)
+                    return FlushText(request_id)
+                case TextStreamEnd(request_id=request_id):
+                    self._check_open_stream(request_id)
+                    self.open_streams.discard(request_id)
+                    return EndText(request_id)
                 case Cancel(request_id=request_id):
                     return self._cancel(request_id)
                 case Ping(timestamp=timestamp):
@@ -94,12 +132,22 @@ class ConnectionState:
     def request_finished(self, request_id: str) -> None:
         """The request sent its terminal message: its id is free again."""
         self.active.pop(request_id, None)
+        self.open_streams.discard(request_id)
 
     def begin_drain(self) -> None:
         """The server is shutting down: running requests may finish, new ones are refused."""
         self.draining = True
 
-    def _start(self, request: TtsRequest) -> Action:
+    def _check_open_stream(self, request_id: str) -> None:
+        if request_id not in self.open_streams:
+            why = "was ended" if request_id in self.active else "is not active"
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"no open text stream {request_id!r} on this connection (it {why})",
+                request_id=request_id,
+            )
+
+    def _start(self, request: TtsRequest | TextStreamStart) -> Action:
         rid = request.request_id
         if self.draining:
             raise ProtocolError(
@@ -123,6 +171,8 @@ class ConnectionState:
                 request_id=rid,
             )
         self.active[rid] = RequestStatus.RUNNING
+        if isinstance(request, TextStreamStart):
+            self.open_streams.add(rid)
         return StartRequest(request)
 
     def _cancel(self, request_id: str) -> Action:
@@ -138,16 +188,18 @@ class ConnectionState:
         self.active[request_id] = RequestStatus.CANCELLING
         return StopRequest(request_id)
 
-    def _check_capabilities(self, request: TtsRequest) -> None:
-        params = request.params
+    def _check_capabilities(self, request: TtsRequest | TextStreamStart) -> None:
+        params: SynthesisOptions = request.params
         errors: dict[str, str] = {}
-        if len(params.text) > self.capabilities.max_text_chars:
-            errors["params.text"] = (
-                f"too long: {len(params.text)} characters, "
-                f"this server takes at most {self.capabilities.max_text_chars}"
-            )
-        elif not params.text.strip():
-            errors["params.text"] = "must contain something to speak, not only whitespace"
+        if isinstance(request, TtsRequest):
+            text = request.params.text
+            if len(text) > self.capabilities.max_text_chars:
+                errors["params.text"] = (
+                    f"too long: {len(text)} characters, "
+                    f"this server takes at most {self.capabilities.max_text_chars}"
+                )
+            elif not text.strip():
+                errors["params.text"] = "must contain something to speak, not only whitespace"
         if params.denoise and not self.capabilities.denoiser_available:
             errors["params.denoise"] = (
                 "no denoiser is configured on this server (start it with --denoiser-path)"
@@ -156,11 +208,13 @@ class ConnectionState:
             for name in ("prompt_wav_url", "prompt_text"):
                 if getattr(params, name) is not None:
                     errors[f"params.{name}"] = "voice cloning is not enabled on this server"
+        if params.bit_rate is not None and params.format not in ("mp3", "opus"):
+            errors["params.bit_rate"] = f"only applies to mp3 and opus, not {params.format}"
         if errors:
             summary = "; ".join(f"{k}: {v}" for k, v in sorted(errors.items()))
             raise ProtocolError(
                 ErrorCode.INVALID_PARAMS,
-                f"invalid TtsRequest message: {summary}",
+                f"invalid {type(request).__name__} message: {summary}",
                 details=errors,
                 request_id=request.request_id,
             )

@@ -16,6 +16,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.literals import is_literal
 
+from ._codecs import SUPPORTED_RATES, AudioFormat
 from ._errors import ErrorCode, ProtocolError
 
 MAX_REQUEST_ID_CHARS: Final = 128
@@ -34,11 +35,9 @@ def _range(low: float, high: float) -> dict[str, Any]:
 
 
 @attrs.frozen(kw_only=True)
-class TtsParams:
-    """Synthesis parameters (seed 000 §3.1, plus seed and max_len)."""
+class SynthesisOptions:
+    """How to speak: every synthesis parameter but the text itself."""
 
-    text: str = attrs.field(metadata={"length": (1, MAX_TEXT_CHARS)})
-    mode: Mode = "streaming"
     cfg_value: float = attrs.field(default=2.0, metadata=_range(0.1, 10.0))
     inference_timesteps: int = attrs.field(default=10, metadata=_range(1, 50))
     normalize: bool = False
@@ -48,16 +47,55 @@ class TtsParams:
     retry_badcase_ratio_threshold: float = attrs.field(default=6.0, metadata=_range(1.0, 20.0))
     seed: int | None = attrs.field(default=None, metadata=_range(0, MAX_SEED))
     max_len: int | None = attrs.field(default=None, metadata=_range(1, MAX_LEN_CAP))
+    format: AudioFormat = "pcm16"
+    sample_rate: int | None = attrs.field(default=None, metadata={"choices": SUPPORTED_RATES})
+    bit_rate: int | None = attrs.field(default=None, metadata=_range(6000, 510_000))
     # Voice cloning arrives with the voices work; until then these are refused
     # with a clear error rather than ignored.
     prompt_wav_url: str | None = None
     prompt_text: str | None = None
 
 
+@attrs.frozen(kw_only=True)
+class TtsParams(SynthesisOptions):
+    """Synthesis parameters (seed 000 §3.1, plus seed, max_len, format, sample_rate)."""
+
+    text: str = attrs.field(metadata={"length": (1, MAX_TEXT_CHARS)})
+    mode: Mode = "streaming"
+
+
 @attrs.frozen
 class TtsRequest:
     request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
     params: TtsParams
+
+
+@attrs.frozen
+class TextStreamStart:
+    """Open a request whose text arrives in pieces (an LLM's tokens); it always streams."""
+
+    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    params: SynthesisOptions = attrs.Factory(SynthesisOptions)
+
+
+@attrs.frozen
+class TextDelta:
+    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    text: str = attrs.field(metadata={"length": (1, MAX_TEXT_CHARS)})
+
+
+@attrs.frozen
+class TextFlush:
+    """Speak what is buffered now, even if it does not end a sentence."""
+
+    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+
+
+@attrs.frozen
+class TextStreamEnd:
+    """No more text: speak the rest, then complete."""
+
+    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
 
 
 @attrs.frozen
@@ -70,11 +108,15 @@ class Ping:
     timestamp: int
 
 
-ClientMessage = TtsRequest | Cancel | Ping
+ClientMessage = TtsRequest | Cancel | Ping | TextStreamStart | TextDelta | TextFlush | TextStreamEnd
 CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "tts_request": TtsRequest,
     "cancel": Cancel,
     "ping": Ping,
+    "text_stream_start": TextStreamStart,
+    "text_delta": TextDelta,
+    "text_flush": TextFlush,
+    "text_stream_end": TextStreamEnd,
 }
 
 # ---------------------------------------------------------------- server -> client
@@ -107,6 +149,8 @@ class SynthesisResult:
     chunks: int
     seed: int
     timings: Timings
+    format: AudioFormat = "pcm16"
+    sentences: int = 1
 
 
 @attrs.frozen
@@ -234,6 +278,8 @@ def _check_declared_limits(obj: Any, prefix: str, errors: dict[str, str]) -> Non
             low, high = bounds
             if not low <= value <= high:
                 errors[path] = f"must be between {low} and {high}, got {value}"
+        if (choices := field.metadata.get("choices")) is not None and value not in choices:
+            errors[path] = f"must be one of {', '.join(map(str, choices))}, got {value}"
         if (length := field.metadata.get("length")) is not None:
             low, high = length
             if len(value) < low:

@@ -15,8 +15,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 import attrs
 import numpy as np
@@ -40,8 +41,11 @@ class Job:
 
     spec: SynthesisSpec
     request_id: str
-    send_channel: trio.MemorySendChannel[np.ndarray]
+    send_channel: trio.MemorySendChannel[Any]
     trio_token: trio.lowlevel.TrioToken
+    # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
+    # codec work stays off the event loop; what it returns is what the channel carries.
+    transform: Callable[[np.ndarray], Any] | None = None
     stop_event: threading.Event = attrs.Factory(threading.Event)
     done: trio.Event = attrs.Factory(trio.Event)
     # Written by the thread, read by the Trio side; plain attribute stores are atomic.
@@ -149,8 +153,9 @@ class Replica:
                 for chunk in chunks:
                     if job.stop_event.is_set():
                         raise GenerationStopped
+                    item = chunk if job.transform is None else job.transform(chunk)
                     # Blocks while the channel is full: backpressure reaches the model.
-                    trio.from_thread.run(job.send_channel.send, chunk, trio_token=job.trio_token)
+                    trio.from_thread.run(job.send_channel.send, item, trio_token=job.trio_token)
             finally:
                 # Close on this thread: an open VoxCPM2 stream keeps the VAE patched.
                 chunks.close()
@@ -254,8 +259,12 @@ class ReplicaPool:
 
     @asynccontextmanager
     async def run(
-        self, spec: SynthesisSpec, *, request_id: str
-    ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[np.ndarray]]]:
+        self,
+        spec: SynthesisSpec,
+        *,
+        request_id: str,
+        transform: Callable[[np.ndarray], Any] | None = None,
+    ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[Any]]]:
         """Admit a job, start it on a free replica, and yield it with its chunk stream.
 
         On exit (done, error, cancel) the job is told to stop and this waits,
@@ -289,8 +298,8 @@ class ReplicaPool:
                     request_id=request_id,
                 )
             replica = self._free.pop()
-            send, receive = trio.open_memory_channel[np.ndarray](self.chunk_buffer)
-            job = Job(spec, request_id, send, trio.lowlevel.current_trio_token())
+            send, receive = trio.open_memory_channel[Any](self.chunk_buffer)
+            job = Job(spec, request_id, send, trio.lowlevel.current_trio_token(), transform)
             self._borrowers[job] = borrower
             replica.submit(job)
             try:

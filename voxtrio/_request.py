@@ -1,4 +1,4 @@
-"""One synthesis request, from admission to its one terminal message."""
+"""One native-protocol request, from admission to its one terminal message."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ import time
 from typing import Any, Literal
 
 import attrs
-import numpy as np
 import structlog
 import trio
 
-from ._codecs import check_finite, float_to_pcm16
+from ._codecs import AudioEncoder
 from ._engine import SynthesisSpec
 from ._errors import ErrorCode, ProtocolError
 from ._frames import FrameType, encode_frame
@@ -23,177 +22,39 @@ from ._messages import (
     Progress,
     ProgressState,
     ServerMessage,
+    SynthesisOptions,
     SynthesisResult,
+    TextStreamStart,
     Timings,
     TtsRequest,
     dump_message,
     error_message,
 )
-from ._replicas import Job, ReplicaPool
+from ._replicas import ReplicaPool
+from ._sentences import SentenceSplitter, is_speakable
+from ._speech import Utterance, speak
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.request")
 
+StopReason = Literal["cancel", "shutdown", "overflow"]
 
-def spec_for(request: TtsRequest) -> SynthesisSpec:
-    p = request.params
+
+def spec_for(options: SynthesisOptions, text: str, *, streaming: bool) -> SynthesisSpec:
     return SynthesisSpec(
-        text=p.text,
-        streaming=p.mode == "streaming",
-        cfg_value=p.cfg_value,
-        inference_timesteps=p.inference_timesteps,
-        normalize=p.normalize,
-        denoise=p.denoise,
-        retry_badcase=p.retry_badcase,
-        retry_badcase_max_times=p.retry_badcase_max_times,
-        retry_badcase_ratio_threshold=p.retry_badcase_ratio_threshold,
+        text=text,
+        streaming=streaming,
+        cfg_value=options.cfg_value,
+        inference_timesteps=options.inference_timesteps,
+        normalize=options.normalize,
+        denoise=options.denoise,
+        retry_badcase=options.retry_badcase,
+        retry_badcase_max_times=options.retry_badcase_max_times,
+        retry_badcase_ratio_threshold=options.retry_badcase_ratio_threshold,
         # Without a seed each request gets a fresh one, reported back so it can be replayed.
-        seed=p.seed if p.seed is not None else secrets.randbits(63),
-        max_len=p.max_len if p.max_len is not None else 4096,
+        seed=options.seed if options.seed is not None else secrets.randbits(63),
+        max_len=options.max_len if options.max_len is not None else 4096,
     )
-
-
-@attrs.define
-class RequestRun:
-    """The state of one request while it runs on its own task."""
-
-    request: TtsRequest
-    writer: FrameWriter
-    pool: ReplicaPool
-    progress_interval: float
-    accepted_at: float = attrs.field(factory=trio.current_time)
-    queue_ms: float = 0.0
-    first_audio_at: float | None = None
-    chunks: int = 0
-    samples: int = 0
-    _last_progress: tuple[str, float] | None = None
-
-    @property
-    def request_id(self) -> str:
-        return self.request.request_id
-
-    def _ms_since_accepted(self, when: float) -> float:
-        return round((when - self.accepted_at) * 1000, 3)
-
-    async def send(self, message: ServerMessage) -> None:
-        await self.writer.send(dump_message(message))
-
-    async def progress(self, state: ProgressState, value: float, message: str = "") -> None:
-        value = round(min(max(value, 0.0), 1.0), 4)
-        if self._last_progress == (state, value):
-            return
-        self._last_progress = (state, value)
-        await self.send(Progress(self.request_id, state, value, message))
-
-    async def synthesize(self) -> SynthesisResult:
-        spec = spec_for(self.request)
-        await self.progress("queued", 0.0, "waiting for a model replica")
-        async with self.pool.run(spec, request_id=self.request_id) as (job, chunks):
-            self.queue_ms = self._ms_since_accepted(trio.current_time())
-            await self.progress("processing", 0.0, "generating")
-            pieces: list[bytes] = []
-            failure: BaseException | None = None
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._report_progress, job)
-                try:
-                    async for chunk in chunks:
-                        pcm = self._to_pcm(chunk)
-                        if spec.streaming:
-                            await self._send_chunk(pcm, is_final=False)
-                        else:
-                            pieces.append(pcm)
-                except (ProtocolError, ConnectionGone) as exc:
-                    # Raised outside the nursery, so callers see it bare, not in a group.
-                    failure = exc
-                nursery.cancel_scope.cancel()
-            if failure is not None:
-                raise failure
-            # The channel closes only once the thread is done, so the outcome is known.
-            await job.done.wait()
-            self._raise_if_failed(job)
-        if spec.streaming:
-            await self._send_chunk(b"", is_final=True)
-        else:
-            await self.progress("encoding", 1.0, "sending audio")
-            await self._send_whole(b"".join(pieces))
-        total_ms = self._ms_since_accepted(trio.current_time())
-        duration = self.samples / self.pool.sample_rate
-        compute = (job.finished_at or 0.0) - (job.started_at or 0.0)
-        return SynthesisResult(
-            duration=round(duration, 6),
-            sample_rate=self.pool.sample_rate,
-            samples=self.samples,
-            chunks=self.chunks,
-            seed=spec.seed,
-            timings=Timings(
-                queue_ms=self.queue_ms,
-                first_audio_ms=(
-                    self._ms_since_accepted(self.first_audio_at) if self.first_audio_at else None
-                ),
-                total_ms=total_ms,
-                rtf=round(compute / duration, 4) if duration > 0 else None,
-            ),
-        )
-
-    def _to_pcm(self, chunk: np.ndarray) -> bytes:
-        try:
-            check_finite(chunk)
-        except ValueError:
-            raise ProtocolError(
-                ErrorCode.GENERATION_FAILED,
-                "the model produced invalid (non-finite) audio; nothing of it was sent",
-                request_id=self.request_id,
-            ) from None
-        self.chunks += 1
-        self.samples += int(chunk.shape[0])
-        return float_to_pcm16(chunk)
-
-    def _raise_if_failed(self, job: Job) -> None:
-        assert job.result is not None
-        try:
-            job.result.unwrap()
-        except Exception as exc:
-            log.warning("generation_failed", error=repr(exc))
-            raise ProtocolError(
-                ErrorCode.GENERATION_FAILED,
-                f"generation failed: {type(exc).__name__}: {exc}"[:500],
-                request_id=self.request_id,
-            ) from exc
-        if job.stopped:
-            raise ProtocolError(
-                ErrorCode.GENERATION_FAILED,
-                "generation stopped before it finished",
-                request_id=self.request_id,
-            )
-
-    async def _send_chunk(self, pcm: bytes, *, is_final: bool) -> None:
-        metadata = {
-            "request_id": self.request_id,
-            "sequence": self.chunks - 1 if not is_final else self.chunks,
-            "sample_rate": self.pool.sample_rate,
-            "is_final": is_final,
-        }
-        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, pcm))
-        if self.first_audio_at is None and pcm:
-            self.first_audio_at = trio.current_time()
-
-    async def _send_whole(self, pcm: bytes) -> None:
-        metadata = {
-            "request_id": self.request_id,
-            "sample_rate": self.pool.sample_rate,
-            "duration": round(self.samples / self.pool.sample_rate, 6),
-        }
-        await self.writer.send(encode_frame(FrameType.NON_STREAMING, metadata, pcm))
-        self.first_audio_at = trio.current_time()
-
-    async def _report_progress(self, job: Job) -> None:
-        while True:
-            await trio.sleep(self.progress_interval)
-            expected = job.expected_steps or 0
-            if expected and job.steps:
-                await self.progress(
-                    "generating", job.steps / expected, f"{job.steps}/{expected} steps"
-                )
 
 
 @attrs.define(eq=False)
@@ -201,16 +62,220 @@ class RequestControl:
     """How the connection stops a running request, and why."""
 
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
-    reason: Literal["cancel", "shutdown"] | None = None
+    reason: StopReason | None = None
 
-    def stop(self, reason: Literal["cancel", "shutdown"]) -> None:
+    def stop(self, reason: StopReason) -> None:
         if self.reason is None:
             self.reason = reason
         self.scope.cancel()
 
 
+@attrs.define(eq=False)
+class TextInput:
+    """The text a request will speak: one text, or sentences cut from streamed deltas.
+
+    Bounded twice: at most `max_pending` sentences queued and `max_buffered_chars`
+    characters accepted but not yet spoken. A client that sends text faster than it
+    can be spoken past those bounds gets its request ended, never unbounded memory.
+    """
+
+    send: trio.MemorySendChannel[Utterance]
+    receive: trio.MemoryReceiveChannel[Utterance]
+    splitter: SentenceSplitter | None = None
+    max_buffered_chars: int = 20_000
+    buffered_chars: int = 0
+    next_index: int = 0
+
+    @classmethod
+    def single(cls, text: str) -> TextInput:
+        send, receive = trio.open_memory_channel[Utterance](1)
+        text_input = cls(send, receive)
+        text_input._queue(text)
+        send.close()
+        return text_input
+
+    @classmethod
+    def streamed(cls, *, max_pending: int = 256, max_buffered_chars: int = 20_000) -> TextInput:
+        send, receive = trio.open_memory_channel[Utterance](max_pending)
+        return cls(send, receive, SentenceSplitter(), max_buffered_chars)
+
+    def feed(self, text: str) -> None:
+        """Take a delta; queue the sentences it completes. Raises OverflowError if full."""
+        assert self.splitter is not None
+        self.buffered_chars += len(text)
+        if self.buffered_chars > self.max_buffered_chars:
+            raise OverflowError(
+                f"{self.buffered_chars} characters are waiting to be spoken, "
+                f"more than {self.max_buffered_chars}"
+            )
+        for sentence in self.splitter.feed(text):
+            self._queue(sentence)
+
+    def flush(self) -> None:
+        assert self.splitter is not None
+        for sentence in self.splitter.flush():
+            self._queue(sentence)
+
+    def end(self) -> None:
+        self.flush()
+        self.send.close()
+
+    def spoken(self, utterance: Utterance) -> None:
+        self.buffered_chars -= len(utterance.text)
+
+    def _queue(self, text: str) -> None:
+        if not is_speakable(text):
+            self.buffered_chars -= len(text)
+            return
+        try:
+            self.send.send_nowait(Utterance(self.next_index, text.strip()))
+        except trio.WouldBlock:
+            raise OverflowError("too many sentences are waiting to be spoken") from None
+        self.next_index += 1
+
+
+@attrs.define
+class NativeSink:
+    """Turns a speech stream into native frames and progress messages."""
+
+    request_id: str
+    writer: FrameWriter
+    encoder: AudioEncoder
+    streaming: bool
+    text_input: TextInput
+    accepted_at: float
+    frames_sent: int = 0
+    first_audio_at: float | None = None
+    pieces: list[bytes] = attrs.Factory(list)
+    _last_progress: tuple[str, float] | None = None
+
+    async def send(self, message: ServerMessage) -> None:
+        await self.writer.send(dump_message(message))
+
+    async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
+        await self.report("generating", steps / expected, f"{steps}/{expected} steps")
+
+    async def report(self, state: ProgressState, value: float, message: str = "") -> None:
+        value = round(min(max(value, 0.0), 1.0), 4)
+        if self._last_progress == (state, value):
+            return
+        self._last_progress = (state, value)
+        await self.send(Progress(self.request_id, state, value, message))
+
+    async def utterance_started(self, utterance: Utterance) -> None:
+        await self.report("processing", 0.0, f"sentence {utterance.index}")
+
+    async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
+        self.text_input.spoken(utterance)
+
+    async def audio(self, data: bytes) -> None:
+        if self.streaming:
+            await self._send_frame(data, is_final=False)
+        else:
+            self.pieces.append(data)
+
+    async def _send_frame(self, data: bytes, *, is_final: bool) -> None:
+        metadata = {
+            "request_id": self.request_id,
+            "sequence": self.frames_sent,
+            "sample_rate": self.encoder.sample_rate,
+            "is_final": is_final,
+            "format": self.encoder.format,
+        }
+        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, data))
+        self.frames_sent += 1
+        if self.first_audio_at is None and data:
+            self.first_audio_at = trio.current_time()
+
+    async def finish(self) -> None:
+        if self.streaming:
+            await self._send_frame(b"", is_final=True)
+            return
+        await self.report("encoding", 1.0, "sending audio")
+        metadata = {
+            "request_id": self.request_id,
+            "sample_rate": self.encoder.sample_rate,
+            "duration": round(self.encoder.duration, 6),
+            "format": self.encoder.format,
+        }
+        payload = b"".join(self.pieces)
+        await self.writer.send(encode_frame(FrameType.NON_STREAMING, metadata, payload))
+        self.first_audio_at = trio.current_time()
+
+
+def _encoder_for(options: SynthesisOptions, input_rate: int, request_id: str) -> AudioEncoder:
+    try:
+        return AudioEncoder(
+            options.format,
+            input_rate=input_rate,
+            output_rate=options.sample_rate,
+            bit_rate=options.bit_rate,
+        )
+    except ValueError as exc:
+        field = "params.bit_rate" if "bit" in str(exc) else "params.sample_rate"
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"invalid audio output: {exc}",
+            details={field: str(exc)},
+            request_id=request_id,
+        ) from None
+
+
+async def synthesize(
+    request: TtsRequest | TextStreamStart,
+    text_input: TextInput,
+    *,
+    writer: FrameWriter,
+    pool: ReplicaPool,
+    progress_interval: float,
+    accepted_at: float,
+) -> SynthesisResult:
+    """Speak the request's text and send its audio; return the result for `complete`."""
+    options: SynthesisOptions = request.params
+    streaming = not (isinstance(request, TtsRequest) and request.params.mode == "non_streaming")
+    base_spec = spec_for(options, "", streaming=streaming)
+    encoder = _encoder_for(options, pool.sample_rate, request.request_id)
+    sink = NativeSink(request.request_id, writer, encoder, streaming, text_input, accepted_at)
+    try:
+        await sink.report("queued", 0.0, "waiting for a model replica")
+        stats = await speak(
+            text_input.receive,
+            pool=pool,
+            base_spec=base_spec,
+            encoder=encoder,
+            sink=sink,
+            request_id=request.request_id,
+            progress_interval=progress_interval,
+        )
+        await sink.finish()
+    finally:
+        encoder.close()
+    now = trio.current_time()
+
+    def ms_since_accepted(when: float | None) -> float | None:
+        return None if when is None else round((when - accepted_at) * 1000, 3)
+
+    duration = encoder.duration
+    return SynthesisResult(
+        duration=round(duration, 6),
+        sample_rate=encoder.sample_rate,
+        samples=encoder.samples_out,
+        chunks=stats.chunks,
+        seed=base_spec.seed,
+        format=encoder.format,
+        sentences=stats.utterances,
+        timings=Timings(
+            queue_ms=ms_since_accepted(stats.first_job_at) or 0.0,
+            first_audio_ms=ms_since_accepted(sink.first_audio_at),
+            total_ms=ms_since_accepted(now) or 0.0,
+            rtf=round(stats.compute_seconds / duration, 4) if duration > 0 else None,
+        ),
+    )
+
+
 async def run_request(
-    request: TtsRequest,
+    request: TtsRequest | TextStreamStart,
+    text_input: TextInput,
     *,
     writer: FrameWriter,
     pool: ReplicaPool,
@@ -222,47 +287,50 @@ async def run_request(
     Never raises (but Cancelled, when the whole connection goes): errors become
     the request's `error` message.
     """
-    cancel_scope = control.scope
-    run = RequestRun(request, writer, pool, progress_interval)
+    request_id = request.request_id
     started = time.perf_counter()
-    fields: dict[str, Any] = {"mode": request.params.mode, "text_chars": len(request.params.text)}
+    accepted_at = trio.current_time()
+    text_chars = len(request.params.text) if isinstance(request, TtsRequest) else None
+    mode = request.params.mode if isinstance(request, TtsRequest) else "text_stream"
+    fields: dict[str, Any] = {"mode": mode, "text_chars": text_chars}
     outcome = "disconnected"
     try:
         terminal: ServerMessage
         try:
-            with cancel_scope:
-                result = await run.synthesize()
-            if cancel_scope.cancelled_caught and control.reason == "shutdown":
-                raise ProtocolError(
-                    ErrorCode.SHUTTING_DOWN,
-                    "the server is shutting down and the drain deadline passed",
-                    details={"retry_after_ms": 1000},
+            with control.scope:
+                result = await synthesize(
+                    request,
+                    text_input,
+                    writer=writer,
+                    pool=pool,
+                    progress_interval=progress_interval,
+                    accepted_at=accepted_at,
                 )
-            if cancel_scope.cancelled_caught:
-                terminal, outcome = Complete(run.request_id, CancelledResult()), "cancelled"
+            if control.scope.cancelled_caught:
+                _raise_for_stop(control.reason, request_id)
+                terminal, outcome = Complete(request_id, CancelledResult()), "cancelled"
             else:
-                terminal, outcome = Complete(run.request_id, result), "ok"
+                terminal, outcome = Complete(request_id, result), "ok"
                 fields.update(
                     audio_seconds=result.duration,
                     first_audio_ms=result.timings.first_audio_ms,
                     queue_ms=result.timings.queue_ms,
                     rtf=result.timings.rtf,
+                    sentences=result.sentences,
                 )
         except ProtocolError as exc:
-            exc.request_id = run.request_id
+            exc.request_id = request_id
             terminal, outcome = error_message(exc), str(exc.code)
         except ConnectionGone:
             raise
         except Exception as exc:
             log.exception("request_crashed")
-            terminal, outcome = (
-                Error(
-                    run.request_id,
-                    ErrorBody(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"),
-                ),
-                str(ErrorCode.INTERNAL_ERROR),
+            terminal = Error(
+                request_id,
+                ErrorBody(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"),
             )
-        await run.send(terminal)
+            outcome = str(ErrorCode.INTERNAL_ERROR)
+        await writer.send(dump_message(terminal))
     except ConnectionGone as exc:
         outcome = "disconnected"
         fields["reason"] = str(exc)
@@ -270,7 +338,23 @@ async def run_request(
         log.info(
             "request_finished",
             outcome=outcome,
-            chunks=run.chunks,
             total_ms=round((time.perf_counter() - started) * 1000, 3),
             **fields,
+        )
+
+
+def _raise_for_stop(reason: StopReason | None, request_id: str) -> None:
+    if reason == "shutdown":
+        raise ProtocolError(
+            ErrorCode.SHUTTING_DOWN,
+            "the server is shutting down and the drain deadline passed",
+            details={"retry_after_ms": 1000},
+            request_id=request_id,
+        )
+    if reason == "overflow":
+        raise ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "text arrived faster than it can be spoken; the buffer limit was exceeded",
+            details={"scope": "text_stream"},
+            request_id=request_id,
         )
