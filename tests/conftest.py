@@ -26,7 +26,7 @@ async def start_server(nursery: trio.Nursery) -> Callable[..., Any]:
     """Start a real server in the test's nursery: `await start_server(engine, **settings)`."""
 
     async def start(engine_factory: EngineFactory | None = None, **overrides: Any) -> ServerHandle:
-        settings = Settings(**{"port": 0, "engine": "synthetic", **overrides})
+        settings = Settings(**{"port": 0, "metrics_port": 0, "engine": "synthetic", **overrides})
         factory = engine_factory or partial(SyntheticEngine, rtf=0.0)
         handle: ServerHandle = await nursery.start(
             partial(run_server, settings, engine_factory=factory)

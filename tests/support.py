@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -146,3 +150,68 @@ async def handshake_status(host: str, port: int, path: str, headers: str = "") -
                     break
                 data += chunk
     return int(data.split(b" ", 2)[1])
+
+
+@attrs.frozen
+class ServedProcess:
+    process: trio.Process
+    url: str
+    metrics_url: str | None
+
+
+@asynccontextmanager
+async def serve_process(
+    tmp_path: Path, *flags: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServedProcess]:
+    """Run `voxtrio serve` (synthetic engine unless flags say otherwise) until the block ends."""
+    ready = tmp_path / "ready"
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "voxtrio",
+            "serve",
+            "--engine",
+            "synthetic",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--ready-file",
+            str(ready),
+            "--log-format",
+            "json",
+            *flags,
+        ],
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    try:
+        with trio.fail_after(60):
+            while not ready.exists():
+                assert process.poll() is None, "voxtrio serve exited before it was ready"
+                await trio.sleep(0.05)
+        lines = ready.read_text().split()
+        yield ServedProcess(process, lines[0], lines[1] if len(lines) > 1 else None)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        await process.wait()
+
+
+async def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[int, bytes]:
+    """A plain HTTP/1.1 GET over a trio stream: (status, body)."""
+    rest = url.removeprefix("http://")
+    hostport, _, path = rest.partition("/")
+    host, port = hostport.rsplit(":", 1)
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    request = f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\n{extra}Connection: close\r\n\r\n"
+    stream = await trio.open_tcp_stream(host, int(port))
+    async with stream:
+        await stream.send_all(request.encode())
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(65536):
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body

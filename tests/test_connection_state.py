@@ -152,3 +152,24 @@ def test_whitespace_only_text_is_invalid() -> None:
         )
     )
     assert "only whitespace" in error.error.details["params.text"]
+
+
+def test_refused_new_request_error_is_terminal() -> None:
+    """An invalid tts_request is refused with an error marked terminal for that id."""
+    error = error_of(ConnectionState().receive_text(tts("a", cfg_value=99)))
+    assert error.terminal is True
+
+
+def test_duplicate_id_error_is_not_terminal() -> None:
+    """DUPLICATE_REQUEST_ID names a request that goes on: not terminal."""
+    state = ConnectionState()
+    state.receive_text(tts("a"))
+    assert error_of(state.receive_text(tts("a"))).terminal is False
+
+
+def test_bad_cancel_of_a_running_request_is_not_terminal() -> None:
+    """A malformed message naming a running id does not end that request."""
+    state = ConnectionState()
+    state.receive_text(tts("a"))
+    error = error_of(state.receive_text('{"type":"cancel","request_id":"a","x":1}'))
+    assert (error.error.code, error.terminal) == (ErrorCode.INVALID_PARAMS, False)

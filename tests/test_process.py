@@ -4,53 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from .support import RawSession, handshake_status, session
+from .support import RawSession, handshake_status, serve_process, session
 
 LONG_TEXT = "A sentence long enough to take many chunks. " * 4  # 45 chunks
-
-
-@asynccontextmanager
-async def serve(tmp_path: Path, *flags: str) -> AsyncIterator[tuple[trio.Process, str]]:
-    """Run `voxtrio serve` on the synthetic engine; yield the process and its URL."""
-    ready = tmp_path / "ready"
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "voxtrio",
-            "serve",
-            "--engine",
-            "synthetic",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-format",
-            "json",
-            *flags,
-        ],
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        with trio.fail_after(60):
-            while not ready.exists():
-                assert process.poll() is None, "voxtrio serve exited before it was ready"
-                await trio.sleep(0.05)
-        yield process, ready.read_text().strip()
-    finally:
-        if process.poll() is None:
-            process.kill()
-        await process.wait()
 
 
 async def drain_messages(s: RawSession) -> None:
@@ -65,87 +28,80 @@ def host_port(url: str) -> tuple[str, int]:
 
 async def test_sigterm_drains_running_requests_then_exits_zero(tmp_path: Path) -> None:
     """SIGTERM: the running stream finishes, new connections are refused, exit 0."""
-    async with serve(tmp_path, "--synthetic-rtf", "0.1") as (process, url):
-        async with session(url) as s:
+    async with serve_process(tmp_path, "--synthetic-rtf", "0.1") as served:
+        async with session(served.url) as s:
             await s.request("r", text=LONG_TEXT)
             await s.until("r", "frame1")
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             await s.until_terminal("r")
             assert s.outcomes["r"].terminal["type"] == "complete"
             assert "final" in s.outcomes["r"].order
         with trio.fail_after(30):
-            assert await process.wait() == 0
+            assert await served.process.wait() == 0
 
 
 async def test_requests_after_sigterm_get_shutting_down(tmp_path: Path) -> None:
     """While draining, a new request on an open connection is refused with SHUTTING_DOWN."""
-    async with serve(tmp_path, "--synthetic-rtf", "0.1") as (process, url):
-        async with session(url) as s:
+    async with serve_process(tmp_path, "--synthetic-rtf", "0.1") as served:
+        async with session(served.url) as s:
             await s.request("running", text=LONG_TEXT)
             await s.until("running", "frame1")
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             await trio.sleep(0.3)
             await s.request("late", text="too late")
             await s.until_terminal("late", "running")
         assert s.outcomes["late"].terminal["error"]["code"] == "SHUTTING_DOWN"
         assert s.outcomes["running"].terminal["type"] == "complete"
         with trio.fail_after(30):
-            assert await process.wait() == 0
+            assert await served.process.wait() == 0
 
 
 async def test_drain_deadline_ends_requests_with_shutting_down(tmp_path: Path) -> None:
     """Past --drain-timeout, running requests end with SHUTTING_DOWN and 1001 closes."""
-    async with serve(tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "0.5") as (
-        process,
-        url,
-    ):
-        async with session(url) as s:
+    async with serve_process(
+        tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "0.5"
+    ) as served:
+        async with session(served.url) as s:
             await s.request("slow", text=LONG_TEXT)
             await s.until("slow", "frame1")
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             await s.until_terminal("slow")
             assert s.outcomes["slow"].terminal["error"]["code"] == "SHUTTING_DOWN"
             with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
                 await drain_messages(s)
             assert closed.value.reason.code == 1001
         with trio.fail_after(30):
-            assert await process.wait() == 0
+            assert await served.process.wait() == 0
 
 
 async def test_listener_closes_when_draining(tmp_path: Path) -> None:
     """Once draining, the port no longer accepts new WebSocket connections."""
-    async with serve(tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "3") as (
-        process,
-        url,
-    ):
-        host, port = host_port(url)
-        async with session(url) as s:
+    async with serve_process(tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "3") as served:
+        host, port = host_port(served.url)
+        async with session(served.url) as s:
             await s.request("slow", text=LONG_TEXT)
             await s.until("slow", "frame1")
-            process.send_signal(signal.SIGTERM)
+            served.process.send_signal(signal.SIGTERM)
             await trio.sleep(0.5)
             with pytest.raises(OSError, match="onnect"):
                 await handshake_status(host, port, "/tts")
         with trio.fail_after(30):
-            await process.wait()
+            await served.process.wait()
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     """A second SIGTERM during the drain stops the process straight away (exit 1)."""
     async with (
-        serve(tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "60") as (
-            process,
-            url,
-        ),
-        session(url) as s,
+        serve_process(tmp_path, "--synthetic-rtf", "1.0", "--drain-timeout", "60") as served,
+        session(served.url) as s,
     ):
         await s.request("slow", text=LONG_TEXT)
         await s.until("slow", "frame1")
-        process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM)
         await trio.sleep(0.3)
-        process.send_signal(signal.SIGTERM)
+        served.process.send_signal(signal.SIGTERM)
         with trio.fail_after(15):
-            assert await process.wait() == 1
+            assert await served.process.wait() == 1
 
 
 async def test_invalid_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
@@ -173,7 +129,7 @@ async def test_non_loopback_host_needs_explicit_opt_in(tmp_path: Path) -> None:
 
 async def test_idle_connection_is_closed(tmp_path: Path) -> None:
     """A connection with no message and no request for --idle-timeout is closed (1000)."""
-    async with serve(tmp_path, "--idle-timeout", "0.5") as (_, url), session(url) as s:
+    async with serve_process(tmp_path, "--idle-timeout", "0.5") as served, session(served.url) as s:
         with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
             await s.receive_one()
     assert closed.value.reason.code == 1000

@@ -366,7 +366,9 @@ async def test_ready_file_holds_the_url(start_server: Callable[..., Any], tmp_pa
     """--ready-file gets the URL once the server accepts connections."""
     ready = tmp_path / "ready"
     handle = await start_server(ready_file=str(ready))
-    assert ready.read_text().strip() == handle.url
+    lines = ready.read_text().split()
+    assert lines[0] == handle.url
+    assert lines[1] == f"http://127.0.0.1:{handle.metrics_port}"
 
 
 async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> None:
@@ -378,7 +380,11 @@ async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> Non
     with trio.CancelScope() as scope:
         async with trio.open_nursery() as inner:
             await inner.start(
-                partial(run_server, Settings(port=0, workers=3), engine_factory=SyntheticEngine)
+                partial(
+                    run_server,
+                    Settings(port=0, metrics_port=0, workers=3),
+                    engine_factory=SyntheticEngine,
+                )
             )
             assert sum(t.name.startswith("voxtrio-replica") for t in threading.enumerate()) == 3
             scope.cancel()

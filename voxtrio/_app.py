@@ -1,4 +1,4 @@
-"""Wiring: settings -> engine replicas -> server, with an orderly start and stop."""
+"""Wiring: settings -> engine replicas -> servers, with an orderly start and stop."""
 
 from __future__ import annotations
 
@@ -7,13 +7,20 @@ import signal
 from functools import partial
 from pathlib import Path
 
+import attrs
 import structlog
 import trio
 
+from . import __version__
+from ._auth import KeyStore, check_exposure
 from ._config import Settings
 from ._engine import Engine, EngineFactory
+from ._health import HealthChecks, snapshot
+from ._http import HttpRequest, Route, RouteResult, protect, serve_http
+from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._server import ServerHandle, TtsServer
+from ._systemd import notify, watchdog_interval, watchdog_loop
 
 log = structlog.get_logger("voxtrio.app")
 
@@ -40,13 +47,53 @@ def engine_factory_for(settings: Settings) -> EngineFactory:
     return load
 
 
+def check_settings_exposure(settings: Settings, keys: KeyStore) -> None:
+    """Nothing listens beyond loopback without keys unless the operator says so."""
+    check_exposure(
+        settings.host,
+        what="the WebSocket port (TTS_HOST/--host)",
+        authenticated=keys.enabled,
+        allow_unauthenticated=settings.allow_unauthenticated,
+    )
+    if settings.metrics_enabled:
+        check_exposure(
+            settings.metrics_host or settings.host,
+            what="the metrics port (METRICS_HOST/--metrics-host)",
+            authenticated=keys.enabled,
+            allow_unauthenticated=settings.allow_unauthenticated,
+        )
+
+
+def _side_routes(metrics: Metrics, checks: HealthChecks, keys: KeyStore) -> dict[str, Route]:
+    def metrics_route(request: HttpRequest) -> RouteResult:
+        body, content_type = metrics.render(request.header("accept"))
+        return 200, [("content-type", content_type)], body
+
+    def authorized(request: HttpRequest) -> bool:
+        return keys.authorize(request.headers, request.target)
+
+    # /health and /ready stay open: many load balancers cannot send headers.
+    return {
+        "/metrics": protect(metrics_route, authorized),
+        "/health": checks.health_route,
+        "/ready": checks.ready_route,
+    }
+
+
 async def run_server(
     settings: Settings,
     *,
     engine_factory: EngineFactory | None = None,
+    keys: KeyStore | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Load and warm the model, then serve until cancelled (`nursery.start`-able)."""
+    """Load and warm the model, then serve until cancelled (`nursery.start`-able).
+
+    The side port (/health, /ready, /metrics) comes up first, so a load balancer
+    sees "loading" while the model loads.
+    """
+    keys = keys if keys is not None else KeyStore()
+    check_settings_exposure(settings, keys)
     pool = ReplicaPool(
         engine_factory or engine_factory_for(settings),
         workers=settings.workers,
@@ -55,19 +102,56 @@ async def run_server(
         stop_timeout=settings.stop_timeout,
         chunk_buffer=settings.chunk_buffer,
     )
+    metrics = Metrics(engine=settings.engine, model=settings.model)
+    server = TtsServer(settings, pool, keys=keys, metrics=metrics)
+    checks = HealthChecks(
+        lambda: snapshot(pool, draining=server.draining), stall_timeout=settings.stall_timeout
+    )
+    metrics.bind_live_state(
+        active_connections=lambda: len(server.connections),
+        queue_length=lambda: pool.waiting,
+        running_tasks=lambda: pool.admitted - pool.waiting,
+        replicas_busy=lambda: pool.busy,
+        replicas_total=lambda: len(pool.replicas),
+        ready=lambda: checks.readiness()[0] == 200,
+    )
     try:
-        log.info("engine_starting", engine=settings.engine, workers=settings.workers)
-        await pool.start(load_timeout=settings.load_timeout)
-        log.info("engine_ready", sample_rate=pool.sample_rate)
-        server = TtsServer(settings, pool)
         async with trio.open_nursery() as nursery:
+            metrics_port: int | None = None
+            if settings.metrics_enabled:
+                metrics_port = await nursery.start(
+                    partial(
+                        serve_http,
+                        settings.metrics_host or settings.host,
+                        settings.metrics_port,
+                        _side_routes(metrics, checks, keys),
+                    )
+                )
+            notify(f"STATUS=loading model {settings.model}")
+            log.info("engine_starting", engine=settings.engine, workers=settings.workers)
+            await pool.start(load_timeout=settings.load_timeout)
+            log.info("engine_ready", sample_rate=pool.sample_rate, version=__version__)
             handle: ServerHandle = await nursery.start(server.serve)
+            handle = attrs.evolve(handle, metrics_port=metrics_port)
             if settings.ready_file:
-                _write_atomically(Path(settings.ready_file), handle.url + "\n")
+                # Line 1: the WebSocket URL; line 2: the side port's base URL, if any.
+                lines = [handle.url]
+                if metrics_port is not None:
+                    lines.append(
+                        f"http://{_url_host(settings.metrics_host or settings.host)}:{metrics_port}"
+                    )
+                _write_atomically(Path(settings.ready_file), "\n".join(lines) + "\n")
+            notify("READY=1", f"STATUS=serving on {handle.url}")
+            if (interval := watchdog_interval()) is not None:
+                nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):
             await pool.aclose(join_timeout=settings.stop_timeout)
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -76,27 +160,36 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-async def serve_until_signalled(settings: Settings) -> int:
+async def serve_until_signalled(settings: Settings, keys: KeyStore) -> int:
     """`voxtrio serve`: serve until SIGINT/SIGTERM, then drain; a second signal stops at once.
 
-    Returns the exit status: 0 after a graceful drain, 1 when a second signal cut it short.
+    SIGHUP reloads the API key file. Returns the exit status: 0 after a graceful
+    drain, 1 when a second signal cut it short.
     """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    stop_signals = (signal.SIGINT, signal.SIGTERM)
+    with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            handle: ServerHandle = await nursery.start(partial(run_server, settings))
-            signum = await signals.__anext__()
+            handle: ServerHandle = await nursery.start(partial(run_server, settings, keys=keys))
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    changed = keys.reload()
+                    log.info("api_keys_reloaded", changed=changed, keys=len(keys))
+                    continue
+                break
             log.info("signal_received", signal=signal.Signals(signum).name, action="drain")
+            notify("STOPPING=1", "STATUS=draining")
             forced = False
             with trio.CancelScope() as drain_scope:
 
                 async def second_signal() -> None:
                     nonlocal forced
-                    signum = await signals.__anext__()
-                    log.warning(
-                        "signal_received", signal=signal.Signals(signum).name, action="exit"
-                    )
-                    forced = True
-                    drain_scope.cancel()
+                    async for signum in signals:
+                        if signum in stop_signals:
+                            name = signal.Signals(signum).name
+                            log.warning("signal_received", signal=name, action="exit")
+                            forced = True
+                            drain_scope.cancel()
+                            return
 
                 async with trio.open_nursery() as drain:
                     drain.start_soon(second_signal)

@@ -13,26 +13,40 @@ from . import __version__
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from ._app import serve_until_signalled
+    from ._app import check_settings_exposure, serve_until_signalled
+    from ._auth import KeyStore
     from ._config import ConfigError, load_settings
     from ._logging import configure_logging
     from ._replicas import EngineLoadError
 
     try:
         settings = load_settings(args, os.environ)
+        # Keys come from the environment or a file, never a flag (`ps` shows flags).
+        keys = KeyStore.from_sources(
+            env_value=os.environ.get("TTS_API_KEYS"), key_file=settings.api_key_file
+        )
+        check_settings_exposure(settings, keys)
     except ConfigError as exc:
         print(f"voxtrio serve: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("TQDM_DISABLE", "1")
     configure_logging(settings.log_level, settings.log_format)
+    code = 1
+    # Errors leave trio.run inside exception groups (one per nursery they crossed).
     try:
-        return trio.run(serve_until_signalled, settings)
-    except EngineLoadError as exc:
-        print(f"voxtrio serve: the model could not be loaded: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"voxtrio serve: cannot listen: {exc}", file=sys.stderr)
-        return 1
+        code = trio.run(serve_until_signalled, settings, keys)
+    except* EngineLoadError as group:
+        print(f"voxtrio serve: the model could not be loaded: {_first(group)}", file=sys.stderr)
+    except* OSError as group:
+        print(f"voxtrio serve: cannot listen: {_first(group)}", file=sys.stderr)
+    return code
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

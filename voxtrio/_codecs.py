@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol, get_args
+from typing import Final, Protocol
 
 import av
 import numpy as np
@@ -35,11 +35,7 @@ import numpy.typing as npt
 import soxr
 from av.audio.stream import AudioStream
 
-AudioFormat = Literal["pcm16", "wav", "mp3", "opus", "flac"]
-AUDIO_FORMATS: Final[tuple[AudioFormat, ...]] = get_args(AudioFormat)
-
-# Output rates a client may ask for (OpenAI's and DashScope's sets together).
-SUPPORTED_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
+from ._audio_formats import AUDIO_FORMATS, SUPPORTED_RATES, AudioFormat
 
 # Rates the Opus codec itself runs at. A request for another rate is encoded at the
 # next Opus rate up (22050 -> 24000, 44100 -> 48000), as ffmpeg picks for `-c:a libopus`:

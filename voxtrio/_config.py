@@ -37,7 +37,7 @@ class Settings:
     max_message_bytes: int = 1024 * 1024
     max_stream_buffer_chars: int = 20_000
     chunk_buffer: int = 2
-    queue_timeout: float = 60.0
+    queue_timeout: float = 30.0
     stop_timeout: float = 10.0
     load_timeout: float = 900.0
     handshake_timeout: float = 10.0
@@ -50,6 +50,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     allow_unauthenticated: bool = False
+    api_key_file: str | None = None
+    metrics_enabled: bool = True
+    metrics_host: str | None = None  # None: the same as host
+    metrics_port: int = 9090
+    stall_timeout: float = 60.0
     ready_file: str | None = None
 
 
@@ -209,6 +214,21 @@ OPTIONS: tuple[Option, ...] = (
         "allow listening beyond loopback with no authentication",
         flag_only_bool=True,
     ),
+    Option(
+        "api_key_file",
+        "TTS_API_KEY_FILE",
+        _text,
+        "API keys, one per line (reloaded on SIGHUP); TTS_API_KEYS adds comma-separated keys",
+    ),
+    Option("metrics_enabled", "METRICS_ENABLED", _bool, "serve /metrics, /health, /ready"),
+    Option("metrics_host", "METRICS_HOST", _text, "side port address (default: --host)"),
+    Option("metrics_port", "METRICS_PORT", _port, "side port for /metrics, /health, /ready"),
+    Option(
+        "stall_timeout",
+        "TTS_STALL_TIMEOUT",
+        _positive_float,
+        "a generation with no progress for this long makes /health fail, s",
+    ),
     Option("ready_file", None, _text, "write the server's URL to this file once it is ready"),
 )
 
@@ -260,11 +280,6 @@ def is_loopback(host: str) -> bool:
 
 
 def _check(settings: Settings) -> None:
-    if not is_loopback(settings.host) and not settings.allow_unauthenticated:
-        raise ConfigError(
-            f"refusing to listen on {settings.host!r} (TTS_HOST/--host) without authentication; "
-            "pass --allow-unauthenticated (TTS_ALLOW_UNAUTHENTICATED=true) to do it anyway"
-        )
     if settings.max_concurrent < settings.workers:
         raise ConfigError(
             f"TTS_MAX_CONCURRENT/--max-concurrent ({settings.max_concurrent}) is below "

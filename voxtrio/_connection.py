@@ -17,7 +17,8 @@ from ._connection_state import (
     StartRequest,
     StopRequest,
 )
-from ._messages import TextStreamStart, TtsRequest, dump_message
+from ._messages import Error, TextStreamStart, TtsRequest, dump_message
+from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._request import RequestControl, TextInput, run_request
 from ._writer import ConnectionGone, FrameWriter
@@ -37,8 +38,10 @@ class Connection:
         settings: Settings,
         pool: ReplicaPool,
         capabilities: Capabilities,
+        metrics: Metrics,
     ) -> None:
         self.ws = ws
+        self.metrics = metrics
         self.settings = settings
         self.pool = pool
         self.state = ConnectionState(
@@ -91,6 +94,8 @@ class Connection:
             try:
                 match action:
                     case Reply(message=reply):
+                        if isinstance(reply, Error):
+                            self.metrics.error_sent(reply.error.code)
                         await self.writer.send(dump_message(reply))
                     case StartRequest(request=request):
                         self._start(nursery, request)
@@ -154,6 +159,7 @@ class Connection:
                     pool=self.pool,
                     control=control,
                     progress_interval=self.settings.progress_interval,
+                    metrics=self.metrics,
                 )
             finally:
                 self.requests.pop(request.request_id, None)

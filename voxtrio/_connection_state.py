@@ -82,6 +82,8 @@ class StopRequest:
     request_id: str
 
 
+START_TYPES = frozenset({"tts_request", "text_stream_start"})
+
 Action = Reply | StartRequest | StopRequest | FeedText | FlushText | EndText | None
 
 
@@ -108,26 +110,37 @@ class ConnectionState:
 
     def receive_text(self, text: str) -> Action:
         try:
-            message = parse_client_message(text)
-            match message:
-                case TtsRequest() | TextStreamStart():
-                    return self._start(message)
-                case TextDelta(request_id=request_id, text=text):
-                    self._check_open_stream(request_id)
-                    return FeedText(request_id, text)
-                case TextFlush(request_id=request_id):
-                    self._check_open_stream(request_id)
-                    return FlushText(request_id)
-                case TextStreamEnd(request_id=request_id):
-                    self._check_open_stream(request_id)
-                    self.open_streams.discard(request_id)
-                    return EndText(request_id)
-                case Cancel(request_id=request_id):
-                    return self._cancel(request_id)
-                case Ping(timestamp=timestamp):
-                    return Reply(Pong(timestamp, int(time.time() * 1000)))
+            return self._receive(text)
         except ProtocolError as exc:
-            return Reply(error_message(exc))
+            # A refused tts_request / text_stream_start ends that request before it began:
+            # the error is its terminal message, unless the id names a running request.
+            terminal = (
+                exc.message_type in START_TYPES
+                and exc.request_id is not None
+                and exc.request_id not in self.active
+            )
+            return Reply(error_message(exc, terminal=terminal))
+
+    def _receive(self, text: str) -> Action:
+        message = parse_client_message(text)
+        match message:
+            case TtsRequest() | TextStreamStart():
+                return self._start(message)
+            case TextDelta(request_id=request_id, text=text):
+                self._check_open_stream(request_id)
+                return FeedText(request_id, text)
+            case TextFlush(request_id=request_id):
+                self._check_open_stream(request_id)
+                return FlushText(request_id)
+            case TextStreamEnd(request_id=request_id):
+                self._check_open_stream(request_id)
+                self.open_streams.discard(request_id)
+                return EndText(request_id)
+            case Cancel(request_id=request_id):
+                return self._cancel(request_id)
+            case Ping(timestamp=timestamp):
+                return Reply(Pong(timestamp, int(time.time() * 1000)))
+        raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
 
     def request_finished(self, request_id: str) -> None:
         """The request sent its terminal message: its id is free again."""
@@ -148,6 +161,15 @@ class ConnectionState:
             )
 
     def _start(self, request: TtsRequest | TextStreamStart) -> Action:
+        try:
+            return self._admit(request)
+        except ProtocolError as exc:
+            exc.message_type = (
+                "tts_request" if isinstance(request, TtsRequest) else ("text_stream_start")
+            )
+            raise
+
+    def _admit(self, request: TtsRequest | TextStreamStart) -> Action:
         rid = request.request_id
         if self.draining:
             raise ProtocolError(

@@ -23,7 +23,7 @@ def _wait_for_ready(ready: Path, server: subprocess.Popen[bytes], timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if ready.exists() and ready.read_text().strip():
-            return ready.read_text().strip()
+            return ready.read_text().split()[0]
         if server.poll() is not None:
             raise SystemExit(f"voxtrio serve exited with {server.returncode} before it was ready")
         time.sleep(0.1)
@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--device",
                 args.device,
                 "--port",
+                "0",
+                "--metrics-port",
                 "0",
                 "--ready-file",
                 str(ready),

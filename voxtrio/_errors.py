@@ -42,6 +42,8 @@ class ProtocolError(Exception):
         self.message = message
         self.details: dict[str, Any] = details or {}
         self.request_id = request_id
+        # The `type` of the client message this answers, when it was readable.
+        self.message_type: str | None = None
 
     def __repr__(self) -> str:
         return f"ProtocolError({self.code!s}, {self.message!r}, details={self.details!r})"

@@ -16,7 +16,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.literals import is_literal
 
-from ._codecs import SUPPORTED_RATES, AudioFormat
+from ._audio_formats import SUPPORTED_RATES, AudioFormat
 from ._errors import ErrorCode, ProtocolError
 
 MAX_REQUEST_ID_CHARS: Final = 128
@@ -176,6 +176,10 @@ class ErrorBody:
 class Error:
     request_id: str | None
     error: ErrorBody
+    # True when this is the request's one terminal message (it failed, or it was
+    # refused before it started); false when it answers another message that named
+    # the id (a duplicate, a bad cancel) while the request itself goes on.
+    terminal: bool = False
     type: Literal["error"] = "error"
 
 
@@ -382,7 +386,11 @@ def parse_client_message(text: str) -> ClientMessage:
             request_id=request_id,
         )
     body = {key: value for key, value in payload.items() if key != "type"}
-    message: ClientMessage = structure_message(cls, body, request_id=request_id)
+    try:
+        message: ClientMessage = structure_message(cls, body, request_id=request_id)
+    except ProtocolError as exc:
+        exc.message_type = kind
+        raise
     return message
 
 
@@ -391,5 +399,5 @@ def dump_message(message: ServerMessage) -> str:
     return json.dumps(converter.unstructure(message), separators=(",", ":"), ensure_ascii=False)
 
 
-def error_message(exc: ProtocolError) -> Error:
-    return Error(exc.request_id, ErrorBody(exc.code, exc.message, exc.details))
+def error_message(exc: ProtocolError, *, terminal: bool = False) -> Error:
+    return Error(exc.request_id, ErrorBody(exc.code, exc.message, exc.details), terminal)

@@ -30,6 +30,7 @@ from ._messages import (
     dump_message,
     error_message,
 )
+from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._sentences import SentenceSplitter, is_speakable
 from ._speech import Utterance, speak
@@ -147,7 +148,7 @@ class NativeSink:
     frames_sent: int = 0
     first_audio_at: float | None = None
     pieces: list[bytes] = attrs.Factory(list)
-    _last_progress: tuple[str, float] | None = None
+    _last_progress: tuple[str, float, str] | None = None
 
     async def send(self, message: ServerMessage) -> None:
         await self.writer.send(dump_message(message))
@@ -157,9 +158,9 @@ class NativeSink:
 
     async def report(self, state: ProgressState, value: float, message: str = "") -> None:
         value = round(min(max(value, 0.0), 1.0), 4)
-        if self._last_progress == (state, value):
+        if self._last_progress == (state, value, message):
             return
-        self._last_progress = (state, value)
+        self._last_progress = (state, value, message)
         await self.send(Progress(self.request_id, state, value, message))
 
     async def utterance_started(self, utterance: Utterance) -> None:
@@ -281,6 +282,7 @@ async def run_request(
     pool: ReplicaPool,
     control: RequestControl,
     progress_interval: float,
+    metrics: Metrics | None = None,
 ) -> None:
     """Run one request and send exactly one terminal message (unless the peer is gone).
 
@@ -294,6 +296,7 @@ async def run_request(
     mode = request.params.mode if isinstance(request, TtsRequest) else "text_stream"
     fields: dict[str, Any] = {"mode": mode, "text_chars": text_chars}
     outcome = "disconnected"
+    result: SynthesisResult | None = None
     try:
         terminal: ServerMessage
         try:
@@ -306,7 +309,7 @@ async def run_request(
                     progress_interval=progress_interval,
                     accepted_at=accepted_at,
                 )
-            if control.scope.cancelled_caught:
+            if result is None:  # the scope caught a stop before synthesis finished
                 _raise_for_stop(control.reason, request_id)
                 terminal, outcome = Complete(request_id, CancelledResult()), "cancelled"
             else:
@@ -320,7 +323,7 @@ async def run_request(
                 )
         except ProtocolError as exc:
             exc.request_id = request_id
-            terminal, outcome = error_message(exc), str(exc.code)
+            terminal, outcome = error_message(exc, terminal=True), str(exc.code)
         except ConnectionGone:
             raise
         except Exception as exc:
@@ -328,6 +331,7 @@ async def run_request(
             terminal = Error(
                 request_id,
                 ErrorBody(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"),
+                terminal=True,
             )
             outcome = str(ErrorCode.INTERNAL_ERROR)
         await writer.send(dump_message(terminal))
@@ -335,12 +339,31 @@ async def run_request(
         outcome = "disconnected"
         fields["reason"] = str(exc)
     finally:
+        duration_s = time.perf_counter() - started
         log.info(
-            "request_finished",
-            outcome=outcome,
-            total_ms=round((time.perf_counter() - started) * 1000, 3),
-            **fields,
+            "request_finished", outcome=outcome, total_ms=round(duration_s * 1000, 3), **fields
         )
+        if metrics is not None:
+            _record(metrics, mode, outcome, duration_s, result)
+
+
+def _record(
+    metrics: Metrics, mode: str, outcome: str, duration_s: float, result: SynthesisResult | None
+) -> None:
+    is_error = outcome not in ("ok", "cancelled", "disconnected")
+    timings = result.timings if result is not None else None
+    metrics.request_finished(
+        mode=mode,
+        status="error" if is_error else outcome,
+        duration_s=duration_s,
+        first_audio_s=(
+            timings.first_audio_ms / 1000 if timings and timings.first_audio_ms else None
+        ),
+        queue_wait_s=timings.queue_ms / 1000 if timings else None,
+        audio_s=result.duration if result is not None else 0.0,
+        rtf=timings.rtf if timings else None,
+        error_code=outcome if is_error else None,
+    )
 
 
 def _raise_for_stop(reason: StopReason | None, request_id: str) -> None:

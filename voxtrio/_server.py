@@ -12,9 +12,11 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from ._auth import KeyStore
 from ._config import Settings
 from ._connection import Connection
 from ._connection_state import Capabilities
+from ._metrics import Metrics
 from ._replicas import ReplicaPool
 
 log = structlog.get_logger("voxtrio.server")
@@ -35,6 +37,7 @@ class ServerHandle:
     host: str
     port: int
     server: TtsServer = attrs.field(eq=False, repr=False)
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -43,9 +46,18 @@ class ServerHandle:
 
 
 class TtsServer:
-    def __init__(self, settings: Settings, pool: ReplicaPool) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ReplicaPool,
+        *,
+        keys: KeyStore | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.settings = settings
         self.pool = pool
+        self.keys = keys if keys is not None else KeyStore()
+        self.metrics = metrics if metrics is not None else Metrics()
         self.stats = ServerStats()
         self.capabilities = Capabilities(
             max_text_chars=settings.max_text_chars,
@@ -109,15 +121,31 @@ class TtsServer:
             except Exception:
                 log.exception("connection_failed")
 
-    async def _reject(self, request: WebSocketRequest, status: int, why: str) -> None:
+    async def _reject(
+        self,
+        request: WebSocketRequest,
+        status: int,
+        why: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         self.stats.rejected_handshakes += 1
+        self.metrics.handshake_rejected(status)
         log.info("handshake_rejected", status=status, reason=why)
-        await request.reject(status, body=f"{why}\n".encode())
+        await request.reject(status, extra_headers=headers, body=f"{why}\n".encode())
 
     async def _handle(self, request: WebSocketRequest) -> None:
         path = urlsplit(request.path).path
         if path not in TTS_PATHS:
             await self._reject(request, 404, f"unknown path {path[:100]!r}: use /tts")
+            return
+        if not self.keys.authorize(request.headers, request.path):
+            # Before any message is read; never log what was presented.
+            await self._reject(
+                request,
+                401,
+                "missing or invalid API key (Authorization: Bearer KEY, or ?api_key=KEY)",
+                [(b"WWW-Authenticate", b"Bearer")],
+            )
             return
         if self.draining:
             await self._reject(request, 503, "server shutting down")
@@ -127,9 +155,14 @@ class TtsServer:
             return
         ws = await request.accept()
         connection = Connection(
-            ws, settings=self.settings, pool=self.pool, capabilities=self.capabilities
+            ws,
+            settings=self.settings,
+            pool=self.pool,
+            capabilities=self.capabilities,
+            metrics=self.metrics,
         )
         self.connections.add(connection)
+        self.metrics.connection_opened()
         self.stats.connections_total += 1
         log.info("connection_opened", remote=str(request.remote))
         try:
