@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -176,16 +178,25 @@ class Connection:
             await self.ws.aclose(code=1011, reason=reason[:120])
 
     async def _keepalive(self, connection_scope: trio.CancelScope) -> None:
-        """Ping on a named interval; a peer that does not pong in time is dropped."""
-        while True:
-            await trio.sleep(self.settings.ping_interval)
-            with trio.move_on_after(self.settings.ping_timeout) as pong_wait:
-                try:
-                    await self.ws.ping()
-                except ConnectionClosed:
-                    return
-            if pong_wait.cancelled_caught:
-                log.info("ping_timeout", ping_timeout=self.settings.ping_timeout)
-                await self._abort("ping timeout")
-                connection_scope.cancel()
+        await keepalive(self.ws, self.settings, self._abort, connection_scope)
+
+
+async def keepalive(
+    ws: WebSocketConnection,
+    settings: Settings,
+    abort: Callable[[str], Awaitable[None]],
+    connection_scope: trio.CancelScope,
+) -> None:
+    """Ping on a named interval; a peer that does not pong in time is dropped."""
+    while True:
+        await trio.sleep(settings.ping_interval)
+        with trio.move_on_after(settings.ping_timeout) as pong_wait:
+            try:
+                await ws.ping()
+            except ConnectionClosed:
                 return
+        if pong_wait.cancelled_caught:
+            log.info("ping_timeout", ping_timeout=settings.ping_timeout)
+            await abort("ping timeout")
+            connection_scope.cancel()
+            return

@@ -105,6 +105,7 @@ class DashScopeErrorCode(enum.StrEnum):
     INVALID_PARAMETER = "InvalidParameter"  # any client mistake; the message says which
     INVALID_API_KEY = "InvalidApiKey"
     THROTTLING = "Throttling"  # server busy / over a limit
+    SERVICE_UNAVAILABLE = "ServiceUnavailable"  # shutting down: retry elsewhere
     REQUEST_TIMEOUT = "RequestTimeOut"  # the client went quiet for too long
     INTERNAL_ERROR = "InternalError"  # synthesis failed on the server
 
@@ -584,6 +585,8 @@ class DashScopeTask:
     # InvalidApiKey with this message. Accepting the handshake and failing the task gives
     # the SDK a clear error; refusing the handshake makes it time out after 5 s instead.
     auth_error: str | None = None
+    # Set while the server drains: new run-tasks get task-failed ServiceUnavailable.
+    unavailable: str | None = None
     state: TaskState = TaskState.IDLE
     task_id: str | None = None
     params: TaskParams | None = None
@@ -727,6 +730,10 @@ class DashScopeTask:
             )
         if self.auth_error is not None:
             raise TaskFailure(DashScopeErrorCode.INVALID_API_KEY, self.auth_error, task_id=task_id)
+        if self.unavailable is not None:
+            raise TaskFailure(
+                DashScopeErrorCode.SERVICE_UNAVAILABLE, self.unavailable, task_id=task_id
+            )
         payload = message.payload
         params, ignored = _validate(payload.parameters, self.capabilities, task_id)
         self.state, self.task_id, self.params = TaskState.STARTED, task_id, params

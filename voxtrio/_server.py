@@ -16,6 +16,9 @@ from ._auth import KeyStore
 from ._config import Settings
 from ._connection import Connection
 from ._connection_state import Capabilities
+from ._dashscope import PATH as DASHSCOPE_PATH
+from ._dashscope_server import DashScopeConnection
+from ._dsp import dsp_available
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
 
@@ -63,7 +66,8 @@ class TtsServer:
             max_text_chars=settings.max_text_chars,
             denoiser_available=settings.denoiser_path is not None,
         )
-        self.connections: set[Connection] = set()
+        self.connections: set[Connection | DashScopeConnection] = set()
+        self.dsp_available = dsp_available()
         self.draining = False
         self._listener_scope = trio.CancelScope()
         self._ids = itertools.count(1)
@@ -135,8 +139,10 @@ class TtsServer:
 
     async def _handle(self, request: WebSocketRequest) -> None:
         path = urlsplit(request.path).path
-        if path not in TTS_PATHS:
-            await self._reject(request, 404, f"unknown path {path[:100]!r}: use /tts")
+        if path not in TTS_PATHS and path != DASHSCOPE_PATH:
+            await self._reject(
+                request, 404, f"unknown path {path[:100]!r}: use /tts or {DASHSCOPE_PATH}"
+            )
             return
         if not self.keys.authorize(request.headers, request.path):
             # Before any message is read; never log what was presented.
@@ -154,13 +160,23 @@ class TtsServer:
             await self._reject(request, 503, "too many connections")
             return
         ws = await request.accept()
-        connection = Connection(
-            ws,
-            settings=self.settings,
-            pool=self.pool,
-            capabilities=self.capabilities,
-            metrics=self.metrics,
-        )
+        connection: Connection | DashScopeConnection
+        if path == DASHSCOPE_PATH:
+            connection = DashScopeConnection(
+                ws,
+                settings=self.settings,
+                pool=self.pool,
+                metrics=self.metrics,
+                dsp_available=self.dsp_available,
+            )
+        else:
+            connection = Connection(
+                ws,
+                settings=self.settings,
+                pool=self.pool,
+                capabilities=self.capabilities,
+                metrics=self.metrics,
+            )
         self.connections.add(connection)
         self.metrics.connection_opened()
         self.stats.connections_total += 1

@@ -102,7 +102,7 @@ async def speak(
                 await sink.audio(data)
         else:
             spec = attrs.evolve(base_spec, text=utterance.text)
-            await _generate(
+            await generate_utterance(
                 pool, spec, transform, sink, utterance, stats, request_id, progress_interval
             )
         stats.utterances += 1
@@ -113,7 +113,7 @@ async def speak(
     return stats
 
 
-async def _generate(
+async def generate_utterance(
     pool: ReplicaPool,
     spec: SynthesisSpec,
     transform: Callable[[np.ndarray], EncodedAudio],
@@ -123,6 +123,7 @@ async def _generate(
     request_id: str,
     progress_interval: float,
 ) -> None:
+    """One generation on a free replica; its encoded audio goes to `sink.audio`."""
     async with pool.run(spec, request_id=request_id, transform=transform) as (job, pieces):
         if stats.first_job_at is None:
             stats.first_job_at = trio.current_time()
