@@ -80,3 +80,15 @@ def demo(session: nox.Session) -> None:
         env={"TQDM_DISABLE": "1"},
     )
     session.log(f"wrote {wav}")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """The benchmark suite on CPU (tiny checkpoint + synthetic engine); `-- --quick` is shorter.
+
+    Writes bench/results/<date>-<engine>.json + .png and appends a table to
+    docs/BENCHMARKS.md. Arguments after `--` go to `python -m bench` (see --help).
+    """
+    install_runtime(session)
+    session.install("psutil", "matplotlib")
+    session.run("python", "-m", "bench", *session.posargs, env={"TQDM_DISABLE": "1"})

@@ -11,6 +11,7 @@ from voxtrio._connection_state import (
     Reply,
     StartRequest,
     StopRequest,
+    VoiceCommand,
 )
 from voxtrio._errors import ErrorCode
 from voxtrio._messages import Error, Pong
@@ -125,12 +126,12 @@ def test_denoise_with_denoiser_is_accepted() -> None:
     assert isinstance(state.receive_text(tts(denoise=True)), StartRequest)
 
 
-def test_voice_cloning_parameters_are_refused_until_enabled() -> None:
-    """prompt_wav_url / prompt_text get a clear INVALID_PARAMS, never silence."""
-    error = error_of(
-        ConnectionState().receive_text(tts(prompt_wav_url="http://x", prompt_text="y"))
-    )
-    assert set(error.error.details) == {"params.prompt_wav_url", "params.prompt_text"}
+def test_voice_messages_become_voice_commands() -> None:
+    """voice_list is handed to the I/O layer as a VoiceCommand, outside the active set."""
+    state = ConnectionState()
+    action = state.receive_text('{"type":"voice_list","request_id":"v"}')
+    assert isinstance(action, VoiceCommand)
+    assert state.active == {}
 
 
 def test_server_text_limit_applies() -> None:

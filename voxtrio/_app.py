@@ -15,12 +15,15 @@ from . import __version__
 from ._auth import KeyStore, check_exposure
 from ._config import Settings
 from ._engine import Engine, EngineFactory
+from ._fetch import FetchPolicy
 from ._health import HealthChecks, snapshot
 from ._http import HttpRequest, Route, RouteResult, protect, serve_http
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._server import ServerHandle, TtsServer
 from ._systemd import notify, watchdog_interval, watchdog_loop
+from ._voice_service import VoiceService
+from ._voices import VoiceStore, prompt_sample_rate, supported_modes
 
 log = structlog.get_logger("voxtrio.app")
 
@@ -131,6 +134,7 @@ async def run_server(
             log.info("engine_starting", engine=settings.engine, workers=settings.workers)
             await pool.start(load_timeout=settings.load_timeout)
             log.info("engine_ready", sample_rate=pool.sample_rate, version=__version__)
+            server.voices = await open_voice_library(settings, pool)
             handle: ServerHandle = await nursery.start(server.serve)
             handle = attrs.evolve(handle, metrics_port=metrics_port)
             if settings.ready_file:
@@ -148,6 +152,43 @@ async def run_server(
     finally:
         with trio.CancelScope(shield=True):
             await pool.aclose(join_timeout=settings.stop_timeout)
+
+
+async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceService:
+    """The voice library, loaded from --voices-dir, handed to every replica's engine."""
+    engine = pool.replicas[0].engine
+    architecture = getattr(engine, "architecture", "voxcpm2")
+    tts = getattr(engine, "tts_model", None)
+    store = VoiceStore(
+        Path(settings.voices_dir) if settings.voices_dir else None,
+        max_cached_prompts=settings.max_cached_prompts,
+        modes=supported_modes(architecture),
+    )
+    loaded = await trio.to_thread.run_sync(store.load_all)
+    for replica in pool.replicas:
+        if replica.engine is not None and hasattr(replica.engine, "voices"):
+            replica.engine.voices = store
+    hosts = settings.prompt_url_hosts
+    policy = (
+        FetchPolicy(
+            allowed_hosts=frozenset(h.strip() for h in hosts.split(",") if h.strip()),
+            max_bytes=settings.max_prompt_bytes,
+            timeout=settings.prompt_url_timeout,
+            allow_private=settings.prompt_url_allow_private,
+        )
+        if hosts
+        else None
+    )
+    log.info("voices_loaded", voices=len(loaded), directory=settings.voices_dir)
+    return VoiceService(
+        store,
+        architecture=architecture,
+        prompt_rate=prompt_sample_rate(tts) if tts is not None else 16000,
+        allow_upload=settings.allow_voice_upload,
+        max_prompt_seconds=settings.max_prompt_seconds,
+        max_prompt_bytes=settings.max_prompt_bytes,
+        fetch_policy=policy,
+    )
 
 
 def _url_host(host: str) -> str:

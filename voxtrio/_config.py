@@ -55,6 +55,14 @@ class Settings:
     metrics_host: str | None = None  # None: the same as host
     metrics_port: int = 9090
     stall_timeout: float = 60.0
+    voices_dir: str | None = None
+    allow_voice_upload: bool = False
+    max_cached_prompts: int = 256
+    max_prompt_seconds: float = 30.0
+    max_prompt_bytes: int = 10 * 1024 * 1024
+    prompt_url_hosts: str | None = None
+    prompt_url_allow_private: bool = False
+    prompt_url_timeout: float = 10.0
     ready_file: str | None = None
 
 
@@ -229,6 +237,35 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "a generation with no progress for this long makes /health fail, s",
     ),
+    Option("voices_dir", "TTS_VOICES_DIR", _text, "voice library directory (persisted voices)"),
+    Option(
+        "allow_voice_upload",
+        "TTS_ALLOW_VOICE_UPLOAD",
+        _bool,
+        "let clients register and delete voices",
+        flag_only_bool=True,
+    ),
+    Option(
+        "max_cached_prompts", "TTS_MAX_CACHED_PROMPTS", _positive_int, "built prompts kept (LRU)"
+    ),
+    Option(
+        "max_prompt_seconds", "TTS_MAX_PROMPT_SECONDS", _positive_float, "longest prompt audio, s"
+    ),
+    Option("max_prompt_bytes", "TTS_MAX_PROMPT_BYTES", _positive_int, "largest prompt audio file"),
+    Option(
+        "prompt_url_hosts",
+        "TTS_PROMPT_URL_HOSTS",
+        _text,
+        "hosts prompt_wav_url may fetch from, comma-separated (unset: prompt_wav_url is off)",
+    ),
+    Option(
+        "prompt_url_allow_private",
+        "TTS_PROMPT_URL_ALLOW_PRIVATE",
+        _bool,
+        "let prompt_wav_url reach loopback/private addresses (allow-listed hosts only)",
+        flag_only_bool=True,
+    ),
+    Option("prompt_url_timeout", "TTS_PROMPT_URL_TIMEOUT", _positive_float, "one prompt fetch, s"),
     Option("ready_file", None, _text, "write the server's URL to this file once it is ready"),
 )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 
 import structlog
 import trio
@@ -18,11 +19,22 @@ from ._connection_state import (
     Reply,
     StartRequest,
     StopRequest,
+    VoiceCommand,
 )
-from ._messages import Error, TextStreamStart, TtsRequest, dump_message
+from ._errors import ErrorCode, ProtocolError
+from ._messages import (
+    Error,
+    ServerMessage,
+    TextStreamStart,
+    TtsRequest,
+    dump_message,
+    error_message,
+)
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._request import RequestControl, TextInput, run_request
+from ._voice_messages import VoiceClientMessage
+from ._voice_service import VoiceService
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.connection")
@@ -41,9 +53,11 @@ class Connection:
         pool: ReplicaPool,
         capabilities: Capabilities,
         metrics: Metrics,
+        voices: VoiceService | None = None,
     ) -> None:
         self.ws = ws
         self.metrics = metrics
+        self.voices = voices
         self.settings = settings
         self.pool = pool
         self.state = ConnectionState(
@@ -109,6 +123,8 @@ class Connection:
                         self._text_input_call(request_id, TextInput.flush)
                     case EndText(request_id=request_id):
                         self._text_input_call(request_id, TextInput.end)
+                    case VoiceCommand(message=voice_message):
+                        nursery.start_soon(self._voice_command, voice_message)
             except ConnectionGone as exc:
                 log.info("connection_lost", reason=str(exc))
                 return
@@ -134,6 +150,26 @@ class Connection:
         except OverflowError as exc:
             log.warning("text_stream_overflow", request_id=request_id, reason=str(exc))
             self.requests[request_id].stop("overflow")
+
+    async def _voice_command(self, message: VoiceClientMessage) -> None:
+        reply: ServerMessage
+        if self.voices is None:
+            reply = error_message(
+                ProtocolError(
+                    ErrorCode.MODEL_NOT_LOADED,
+                    "the voice library is not ready",
+                    request_id=message.request_id,
+                ),
+                terminal=True,
+            )
+        else:
+            try:
+                reply = await self.voices.handle(message)
+            except ProtocolError as exc:
+                self.metrics.error_sent(exc.code)
+                reply = error_message(exc, terminal=True)
+        with suppress(ConnectionGone):  # the read loop notices the lost peer
+            await self.writer.send(dump_message(reply))
 
     async def _next_message(self) -> str | bytes | None:
         """The next message, or None once the connection has been idle too long.
@@ -162,6 +198,7 @@ class Connection:
                     control=control,
                     progress_interval=self.settings.progress_interval,
                     metrics=self.metrics,
+                    voices=self.voices,
                 )
             finally:
                 self.requests.pop(request.request_id, None)

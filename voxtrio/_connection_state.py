@@ -28,6 +28,7 @@ from ._messages import (
     error_message,
     parse_client_message,
 )
+from ._voice_messages import VoiceClientMessage, VoiceDelete, VoiceList, VoiceRegister
 
 
 @attrs.frozen
@@ -36,7 +37,6 @@ class Capabilities:
 
     max_text_chars: int = 5000
     denoiser_available: bool = False
-    voice_cloning_available: bool = False
 
 
 @attrs.frozen
@@ -51,6 +51,13 @@ class StartRequest:
     """Admit this request: run it and send its frames and terminal message."""
 
     request: TtsRequest | TextStreamStart
+
+
+@attrs.frozen
+class VoiceCommand:
+    """Register, list or delete voices; answered by its own reply (no active request)."""
+
+    message: VoiceClientMessage
 
 
 @attrs.frozen
@@ -84,7 +91,7 @@ class StopRequest:
 
 START_TYPES = frozenset({"tts_request", "text_stream_start"})
 
-Action = Reply | StartRequest | StopRequest | FeedText | FlushText | EndText | None
+Action = Reply | StartRequest | StopRequest | FeedText | FlushText | EndText | VoiceCommand | None
 
 
 class RequestStatus(enum.Enum):
@@ -138,6 +145,8 @@ class ConnectionState:
                 return EndText(request_id)
             case Cancel(request_id=request_id):
                 return self._cancel(request_id)
+            case VoiceRegister() | VoiceList() | VoiceDelete():
+                return VoiceCommand(message)
             case Ping(timestamp=timestamp):
                 return Reply(Pong(timestamp, int(time.time() * 1000)))
         raise AssertionError(f"unhandled message {message!r}")  # pragma: no cover
@@ -226,10 +235,6 @@ class ConnectionState:
             errors["params.denoise"] = (
                 "no denoiser is configured on this server (start it with --denoiser-path)"
             )
-        if not self.capabilities.voice_cloning_available:
-            for name in ("prompt_wav_url", "prompt_text"):
-                if getattr(params, name) is not None:
-                    errors[f"params.{name}"] = "voice cloning is not enabled on this server"
         if params.bit_rate is not None and params.format not in ("mp3", "opus"):
             errors["params.bit_rate"] = f"only applies to mp3 and opus, not {params.format}"
         if errors:

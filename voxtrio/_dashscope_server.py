@@ -49,6 +49,7 @@ from ._speech import (
     encoding_transform,
     generate_utterance,
 )
+from ._voice_service import VoiceService
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.dashscope")
@@ -111,15 +112,16 @@ class DashScopeConnection:
         settings: Settings,
         pool: ReplicaPool,
         metrics: Metrics,
-        voices: frozenset[str] = frozenset({"default"}),
+        voices: VoiceService | None = None,
         dsp_available: bool = False,
     ) -> None:
         self.ws = ws
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
+        names = frozenset({"default"}) | (voices.voice_names() if voices else frozenset())
         self.protocol = DashScopeTask(
-            DashScopeCapabilities(voices=voices, dsp_available=dsp_available)
+            DashScopeCapabilities(voices=names, dsp_available=dsp_available)
         )
         self.writer = FrameWriter(ws, write_timeout=settings.write_timeout)
         self.task: RunningTask | None = None
@@ -224,6 +226,8 @@ class DashScopeConnection:
         base_spec = SynthesisSpec(
             text="",
             seed=params.seed if params.seed is not None else secrets.randbits(63),
+            # The DashScope voice maps to the same library as the native voice_id.
+            voice_id=None if params.voice == "default" else params.voice,
         )
         task = RunningTask(start.task_id, params, encoder, base_spec, send, receive)
         self.task = task

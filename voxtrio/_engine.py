@@ -7,7 +7,7 @@ for concurrent use); the replica pool (`_replicas.py`) owns that rule.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -28,6 +28,12 @@ class SynthesisSpec:
     retry_badcase_ratio_threshold: float = 6.0
     seed: int = 0
     max_len: int = 4096
+    # Voice cloning / design (VoxCPM engines; others ignore them).
+    voice_id: str | None = None
+    voice_description: str | None = None
+    prompt_audio: Any = None  # a _voice_audio.PromptAudio fetched for this request
+    prompt_text: str | None = None
+    prompt_mode: str | None = None
 
 
 class GenerationStopped(Exception):

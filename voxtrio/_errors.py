@@ -20,6 +20,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     INTERNAL_ERROR = "INTERNAL_ERROR"
     SHUTTING_DOWN = "SHUTTING_DOWN"
+    FORBIDDEN = "FORBIDDEN"
 
 
 class ProtocolError(Exception):

@@ -18,6 +18,13 @@ from cattrs.literals import is_literal
 
 from ._audio_formats import SUPPORTED_RATES, AudioFormat
 from ._errors import ErrorCode, ProtocolError
+from ._voice_messages import (
+    MAX_VOICE_DESCRIPTION_CHARS,
+    VOICE_CLIENT_MESSAGE_TYPES,
+    VoiceId,
+    VoiceServerMessage,
+    install_voice_hooks,
+)
 
 MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TEXT_CHARS: Final = 5000
@@ -50,10 +57,15 @@ class SynthesisOptions:
     format: AudioFormat = "pcm16"
     sample_rate: int | None = attrs.field(default=None, metadata={"choices": SUPPORTED_RATES})
     bit_rate: int | None = attrs.field(default=None, metadata=_range(6000, 510_000))
-    # Voice cloning arrives with the voices work; until then these are refused
-    # with a clear error rather than ignored.
-    prompt_wav_url: str | None = None
-    prompt_text: str | None = None
+    # Voice cloning: a registered voice, or prompt audio fetched from an allow-listed
+    # URL (off unless the operator enables it) with its transcript.
+    voice_id: VoiceId | None = None
+    prompt_wav_url: str | None = attrs.field(default=None, metadata={"length": (1, 2048)})
+    prompt_text: str | None = attrs.field(default=None, metadata={"length": (1, 2000)})
+    # VoxCPM2 voice design: "a warm female voice" -> "(a warm female voice)text".
+    voice_description: str | None = attrs.field(
+        default=None, metadata={"length": (1, MAX_VOICE_DESCRIPTION_CHARS)}
+    )
 
 
 @attrs.frozen(kw_only=True)
@@ -109,7 +121,7 @@ class Ping:
 
 
 ClientMessage = TtsRequest | Cancel | Ping | TextStreamStart | TextDelta | TextFlush | TextStreamEnd
-CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
+CLIENT_MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
     "tts_request": TtsRequest,
     "cancel": Cancel,
     "ping": Ping,
@@ -117,6 +129,7 @@ CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "text_delta": TextDelta,
     "text_flush": TextFlush,
     "text_stream_end": TextStreamEnd,
+    **VOICE_CLIENT_MESSAGE_TYPES,
 }
 
 # ---------------------------------------------------------------- server -> client
@@ -190,7 +203,7 @@ class Pong:
     type: Literal["pong"] = "pong"
 
 
-ServerMessage = Progress | Complete | Error | Pong
+ServerMessage = Progress | Complete | Error | Pong | VoiceServerMessage
 
 # ---------------------------------------------------------------- the converter
 
@@ -262,6 +275,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
+    install_voice_hooks(conv)
     return conv
 
 

@@ -34,6 +34,7 @@ from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._sentences import SentenceSplitter, is_speakable
 from ._speech import Utterance, speak
+from ._voice_service import VoiceService
 from ._writer import ConnectionGone, FrameWriter
 
 log = structlog.get_logger("voxtrio.request")
@@ -230,11 +231,23 @@ async def synthesize(
     pool: ReplicaPool,
     progress_interval: float,
     accepted_at: float,
+    voices: VoiceService | None = None,
 ) -> SynthesisResult:
     """Speak the request's text and send its audio; return the result for `complete`."""
     options: SynthesisOptions = request.params
     streaming = not (isinstance(request, TtsRequest) and request.params.mode == "non_streaming")
     base_spec = spec_for(options, "", streaming=streaming)
+    if voices is not None:
+        base_spec = attrs.evolve(base_spec, **await voices.resolve(options, request.request_id))
+    elif any(
+        getattr(options, name) is not None
+        for name in ("voice_id", "prompt_wav_url", "prompt_text", "voice_description")
+    ):
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            "voices are not available on this server",
+            request_id=request.request_id,
+        )
     encoder = _encoder_for(options, pool.sample_rate, request.request_id)
     sink = NativeSink(request.request_id, writer, encoder, streaming, text_input, accepted_at)
     try:
@@ -283,6 +296,7 @@ async def run_request(
     control: RequestControl,
     progress_interval: float,
     metrics: Metrics | None = None,
+    voices: VoiceService | None = None,
 ) -> None:
     """Run one request and send exactly one terminal message (unless the peer is gone).
 
@@ -308,6 +322,7 @@ async def run_request(
                     pool=pool,
                     progress_interval=progress_interval,
                     accepted_at=accepted_at,
+                    voices=voices,
                 )
             if result is None:  # the scope caught a stop before synthesis finished
                 _raise_for_stop(control.reason, request_id)

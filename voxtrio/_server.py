@@ -21,6 +21,7 @@ from ._dashscope_server import DashScopeConnection
 from ._dsp import dsp_available
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
+from ._voice_service import VoiceService
 
 log = structlog.get_logger("voxtrio.server")
 
@@ -67,6 +68,7 @@ class TtsServer:
             denoiser_available=settings.denoiser_path is not None,
         )
         self.connections: set[Connection | DashScopeConnection] = set()
+        self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()
         self.draining = False
         self._listener_scope = trio.CancelScope()
@@ -84,7 +86,10 @@ class TtsServer:
                 None,
                 handler_nursery=handlers,
                 message_queue_size=1,
-                max_message_size=self.settings.max_message_bytes,
+                max_message_size=max(
+                    self.settings.max_message_bytes,
+                    self.voices.max_message_bytes if self.voices else 0,
+                ),
                 connect_timeout=self.settings.handshake_timeout,
                 disconnect_timeout=self.settings.handshake_timeout,
             )
@@ -168,6 +173,7 @@ class TtsServer:
                 pool=self.pool,
                 metrics=self.metrics,
                 dsp_available=self.dsp_available,
+                voices=self.voices,
             )
         else:
             connection = Connection(
@@ -176,6 +182,7 @@ class TtsServer:
                 pool=self.pool,
                 capabilities=self.capabilities,
                 metrics=self.metrics,
+                voices=self.voices,
             )
         self.connections.add(connection)
         self.metrics.connection_opened()

@@ -54,6 +54,9 @@ class VoxCPMEngine:
         self._device = device
         self._warm_normalizer = warm_normalizer
         self._normalizer: Any = None
+        # Set once the voice library exists (after loading, before any request).
+        self.voices: Any = None
+        self._build_prompt: Any = None
         _seeding.install()
         self._generator = torch.Generator(device=self._tts.device)
 
@@ -81,6 +84,10 @@ class VoxCPMEngine:
         return int(self._tts.sample_rate)
 
     @property
+    def tts_model(self) -> Any:
+        return self._tts
+
+    @property
     def architecture(self) -> str:
         return "voxcpm2" if type(self._tts).__name__ == "VoxCPM2Model" else "voxcpm"
 
@@ -106,12 +113,34 @@ class VoxCPMEngine:
             self._normalizer = TextNormalizer()
         return self._normalizer
 
+    def _prompt_cache(self, spec: SynthesisSpec) -> Any:
+        """The prompt features of the request's voice, built once and cached."""
+        if spec.voice_id is None and spec.prompt_audio is None:
+            return None
+        if self.voices is None:
+            raise RuntimeError("voice cloning asked of an engine with no voice library")
+        if self._build_prompt is None:
+            from ._voices import voxcpm_prompt_builder
+
+            self._build_prompt = voxcpm_prompt_builder(self._tts)
+        if spec.voice_id is not None:
+            return self.voices.prompt_for(
+                spec.voice_id, self._build_prompt, field="params.voice_id"
+            )
+        return self.voices.prompt_for_audio(
+            spec.prompt_audio, spec.prompt_text, spec.prompt_mode, self._build_prompt
+        )
+
     def generate(
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
         from . import _seeding
+        from ._voice_messages import apply_voice_description
 
+        # Normalise first: the normaliser must never see the description's parentheses.
         text = self._prepare_text(spec.text, normalize=spec.normalize)
+        text = apply_voice_description(text, spec.voice_description)
+        prompt_cache = self._prompt_cache(spec)
         _seeding.use_generator(self._generator)
         self._generator.manual_seed(spec.seed)
         # Non-streaming keeps voxcpm's bad-case retry (regenerate when the audio is
@@ -125,7 +154,7 @@ class VoxCPMEngine:
             collected: list[np.ndarray] = []
             stream = self._tts.generate_with_prompt_cache_streaming(
                 target_text=text,
-                prompt_cache=None,
+                prompt_cache=prompt_cache,
                 max_len=spec.max_len,
                 inference_timesteps=spec.inference_timesteps,
                 cfg_value=spec.cfg_value,
