@@ -389,3 +389,22 @@ async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> Non
             assert sum(t.name.startswith("voxtrio-replica") for t in threading.enumerate()) == 3
             scope.cancel()
     await wait_until(lambda: {t.name for t in threading.enumerate()} <= before)
+
+
+async def test_client_that_stops_reading_is_dropped_and_its_replica_freed(
+    start_server: Callable[..., Any],
+) -> None:
+    """A client that never reads: backpressure pauses its stream, then --write-timeout ends it."""
+    engine = SyntheticEngine(rtf=0.0)
+    handle = await start_server(lambda: engine, write_timeout=0.5)
+    async with session(handle.url) as s:
+        # 5000 chars -> 1250 chunks of 15 KB: far more than the socket buffers hold.
+        await s.request("flood", text="x" * 5000)
+        with trio.fail_after(30):
+            while handle.server.pool.busy or handle.server.connections:
+                await trio.sleep(0.05)
+    assert engine.open_generations == 0
+    assert engine.generations == 1
+    # The generator was paused by backpressure, not run to the end.
+    outcome = await speak(handle.url, text="the next client is served")
+    assert outcome.terminal["type"] == "complete"

@@ -37,11 +37,13 @@ def engine_factory_for(settings: Settings) -> EngineFactory:
 
     from ._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // (settings.workers + 1))
     options = VoxCPMOptions(
         model=settings.model,
         device=settings.device,
         optimize=settings.optimize,
         denoiser_path=settings.denoiser_path,
+        torch_threads=threads,
     )
 
     def load() -> Engine:

@@ -32,6 +32,7 @@ class Settings:
     model: str = "openbmb/VoxCPM-0.5B"
     device: str = "auto"
     optimize: bool | None = None
+    torch_threads: int = 0  # 0: auto
     denoiser_path: str | None = None
     max_text_chars: int = 5000
     max_message_bytes: int = 1024 * 1024
@@ -83,6 +84,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -170,6 +178,12 @@ OPTIONS: tuple[Option, ...] = (
         "TTS_OPTIMIZE",
         _optional_bool,
         "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
+    ),
+    Option(
+        "torch_threads",
+        "TTS_TORCH_THREADS",
+        _non_negative_int,
+        "torch CPU threads; 0 = auto (on CPU: cores / (workers + 1), at least 1)",
     ),
     Option(
         "denoiser_path",

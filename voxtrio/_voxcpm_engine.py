@@ -30,6 +30,7 @@ class VoxCPMOptions:
     cache_dir: str | None = None
     local_files_only: bool = False
     warm_normalizer: bool = True
+    torch_threads: int | None = None  # None: leave torch's default
 
 
 def resolve_device(device: str) -> str:
@@ -66,6 +67,12 @@ class VoxCPMEngine:
 
         voxcpm = import_voxcpm()
         device = resolve_device(options.device)
+        if options.torch_threads and device == "cpu":
+            import torch
+
+            # Process-wide: every replica shares the cores with the event loop and codecs.
+            # Oversubscribed OpenMP threads spin against each other and run many times slower.
+            torch.set_num_threads(options.torch_threads)
         optimize = device.startswith("cuda") if options.optimize is None else options.optimize
         log.info("model_loading", model=options.model, device=device, optimize=optimize)
         model = voxcpm.VoxCPM.from_pretrained(
