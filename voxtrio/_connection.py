@@ -116,7 +116,7 @@ class Connection:
                     case StartRequest(request=request):
                         self._start(nursery, request)
                     case StopRequest(request_id=request_id):
-                        self.requests[request_id].stop("cancel")
+                        await self._stop(request_id)
                     case FeedText(request_id=request_id, text=text):
                         self._text_input_call(request_id, TextInput.feed, text)
                     case FlushText(request_id=request_id):
@@ -128,6 +128,19 @@ class Connection:
             except ConnectionGone as exc:
                 log.info("connection_lost", reason=str(exc))
                 return
+
+    async def _stop(self, request_id: str) -> None:
+        control = self.requests[request_id]
+        if control.settled:
+            # Its terminal message is already on its way: the cancel crossed it.
+            late = ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"request {request_id!r} already finished; its terminal message follows",
+                request_id=request_id,
+            )
+            await self.writer.send(dump_message(error_message(late)))
+            return
+        control.stop("cancel")
 
     def _start(self, nursery: trio.Nursery, request: TtsRequest | TextStreamStart) -> None:
         rid = request.request_id

@@ -242,6 +242,8 @@ def parse_client_message(text: str) -> ClientMessage:
         raise _invalid(msg, None) from None
     except RecursionError:
         raise _invalid("JSON nested too deeply", None) from None
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
+        raise _invalid(f"JSON not accepted: {exc}"[:200], None) from None
     if not isinstance(data, dict):
         raise _invalid("a message must be a JSON object with header and payload", None)
     header = data.get("header")

@@ -140,6 +140,8 @@ class DashScopeConnection:
             except ConnectionGone as exc:
                 log.info("connection_lost", reason=str(exc))
             finally:
+                if self.task is not None:
+                    self.task.outcome = "disconnected"  # its worker is cancelled with us
                 nursery.cancel_scope.cancel()
 
     def begin_drain(self) -> None:
@@ -267,6 +269,12 @@ class DashScopeConnection:
         try:
             with task.scope:
                 await self._speak_all(task)
+        except ConnectionGone as exc:
+            # An ordinary client fault (gone, or not reading): the reader ends the connection.
+            task.outcome = "disconnected"
+            log.info("connection_lost", reason=str(exc))
+            if self._nursery is not None:
+                self._nursery.cancel_scope.cancel()
         except ProtocolError as exc:
             task.outcome = "error"
             code = (
@@ -331,7 +339,10 @@ class DashScopeConnection:
     async def _silence(self, task: RunningTask, index: int, ms: int) -> None:
         if ms <= 0:
             return
-        data = task.encoder.encode(np.zeros(self.pool.sample_rate * ms // 1000, np.float32))
+        # Off the event loop: seconds of silence in mp3 cost real codec time. The encoder
+        # is never used by two threads at once (no job runs between sentences).
+        silence = np.zeros(self.pool.sample_rate * ms // 1000, np.float32)
+        data = await trio.to_thread.run_sync(task.encoder.encode, silence)
         if data:
             await self.send_audio(task, index, data)
 

@@ -377,6 +377,8 @@ def parse_client_message(text: str) -> ClientMessage:
         ) from None
     except RecursionError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"JSON not accepted: {exc}"[:200]) from None
     if not isinstance(payload, dict):
         raise ProtocolError(
             ErrorCode.INVALID_JSON, f"expected a JSON object, got {_json_type(payload)}"

@@ -65,6 +65,8 @@ class RequestControl:
 
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     reason: StopReason | None = None
+    # The outcome is decided (the terminal message is on its way): a stop is too late.
+    settled: bool = False
 
     def stop(self, reason: StopReason) -> None:
         if self.reason is None:
@@ -324,6 +326,7 @@ async def run_request(
                     accepted_at=accepted_at,
                     voices=voices,
                 )
+            control.settled = True
             if result is None:  # the scope caught a stop before synthesis finished
                 _raise_for_stop(control.reason, request_id)
                 terminal, outcome = Complete(request_id, CancelledResult()), "cancelled"
@@ -337,11 +340,13 @@ async def run_request(
                     sentences=result.sentences,
                 )
         except ProtocolError as exc:
+            control.settled = True
             exc.request_id = request_id
             terminal, outcome = error_message(exc, terminal=True), str(exc.code)
         except ConnectionGone:
             raise
         except Exception as exc:
+            control.settled = True
             log.exception("request_crashed")
             terminal = Error(
                 request_id,

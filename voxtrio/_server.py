@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import itertools
 import os
-from functools import partial
 from urllib.parse import urlsplit
 
 import attrs
 import structlog
 import trio
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
 
 from ._auth import KeyStore
 from ._config import Settings
@@ -49,6 +48,21 @@ class ServerHandle:
         return f"ws://{host}:{self.port}/tts"
 
 
+class _GuardedWebSocketServer(WebSocketServer):
+    """trio-websocket's server with an error boundary around its own per-connection tasks.
+
+    trio-websocket 0.12.2 can raise inside the connection task it runs beside our
+    handler (e.g. wsproto's LocalProtocolError when a ping crosses our close frame,
+    python-trio/trio-websocket#184); uncaught, that tears down every connection.
+    """
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            await super()._handle_connection(stream)
+        except Exception:
+            log.warning("websocket_connection_error", exc_info=True)
+
+
 class TtsServer:
     def __init__(
         self,
@@ -78,12 +92,10 @@ class TtsServer:
     async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
         """Listen until cancelled; the caller owns this task (`nursery.start`)."""
         async with trio.open_nursery() as handlers:
-            listener = partial(
-                serve_websocket,
+            listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+            ws_server = _GuardedWebSocketServer(
                 self.handle,
-                self.settings.host,
-                self.settings.port,
-                None,
+                listeners,
                 handler_nursery=handlers,
                 message_queue_size=1,
                 max_message_size=max(
@@ -95,7 +107,7 @@ class TtsServer:
             )
             with self._listener_scope:
                 async with trio.open_nursery() as listening:
-                    ws_server = await listening.start(listener)
+                    await listening.start(ws_server.run)
                     handle = ServerHandle(self.settings.host, ws_server.port, self)
                     log.info("listening", url=handle.url, workers=len(self.pool.replicas))
                     task_status.started(handle)
@@ -165,6 +177,10 @@ class TtsServer:
             await self._reject(request, 503, "too many connections")
             return
         ws = await request.accept()
+        try:
+            remote = str(request.remote)
+        except OSError:  # the peer reset the connection right after the handshake
+            return
         connection: Connection | DashScopeConnection
         if path == DASHSCOPE_PATH:
             connection = DashScopeConnection(
@@ -187,7 +203,7 @@ class TtsServer:
         self.connections.add(connection)
         self.metrics.connection_opened()
         self.stats.connections_total += 1
-        log.info("connection_opened", remote=str(request.remote))
+        log.info("connection_opened", remote=remote)
         try:
             await connection.run()
         except Exception:

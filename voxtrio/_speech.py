@@ -22,6 +22,7 @@ from ._codecs import AudioEncoder
 from ._engine import SynthesisSpec
 from ._errors import ErrorCode, ProtocolError
 from ._replicas import Job, ReplicaPool
+from ._writer import ConnectionGone
 
 log = structlog.get_logger("voxtrio.speech")
 
@@ -97,7 +98,7 @@ async def speak(
         before = encoder.samples_out
         if utterance.silence_ms:
             silence = np.zeros(pool.sample_rate * utterance.silence_ms // 1000, np.float32)
-            data = encoder.encode(silence)
+            data = await trio.to_thread.run_sync(encoder.encode, silence)
             if data:
                 await sink.audio(data)
         else:
@@ -153,7 +154,10 @@ async def _report_progress(
     while True:
         await trio.sleep(interval)
         if job.expected_steps and job.steps:
-            await sink.progress(utterance, job.steps, job.expected_steps)
+            try:
+                await sink.progress(utterance, job.steps, job.expected_steps)
+            except ConnectionGone:
+                return  # the audio loop meets the same broken writer and ends the request
 
 
 def _raise_if_failed(job: Job, request_id: str) -> None:
