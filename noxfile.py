@@ -92,3 +92,33 @@ def bench(session: nox.Session) -> None:
     install_runtime(session)
     session.install("psutil", "matplotlib")
     session.run("python", "-m", "bench", *session.posargs, env={"TQDM_DISABLE": "1"})
+
+
+@nox.session(python="3.11")
+def stress(session: nox.Session) -> None:
+    """Reliability at length: fuzzing, misbehaving clients, engine faults, then a soak.
+
+    Runs `pytest -m slow tests/stress`, then `python -m tests.stress.soak` (2 minutes on
+    the tiny checkpoint), and rewrites docs/RELIABILITY.md with the figures; the soak's
+    JSON and PNG go to bench/results/. Arguments after `--` go to the soak driver
+    (e.g. `nox -s stress -- --duration 600`).
+    """
+    install_runtime(session, "test")
+    session.install("matplotlib")  # the soak's PNG
+    figures = ROOT / "bench" / "results" / "stress-figures.json"
+    figures.unlink(missing_ok=True)
+    env = {"TQDM_DISABLE": "1", "VOXTRIO_STRESS_FIGURES": str(figures)}
+    session.run("pytest", "-m", "slow", "tests/stress", env=env)
+    session.run(
+        "python",
+        "-m",
+        "tests.stress.soak",
+        "--duration",
+        "120",
+        "--figures",
+        str(figures),
+        "--doc",
+        str(ROOT / "docs" / "RELIABILITY.md"),
+        *session.posargs,
+        env=env,
+    )

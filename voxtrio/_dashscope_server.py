@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from typing import Any
 
 import attrs
@@ -286,7 +287,7 @@ class DashScopeConnection:
             self.metrics.error_sent(exc.code)
             actions = self.protocol.fail(code, exc.message)
             # The worker is ending anyway: skip the CancelTask aimed at it.
-            with trio.move_on_after(self.settings.write_timeout):
+            with trio.move_on_after(self.settings.write_timeout), suppress(ConnectionGone):
                 await self.perform([a for a in actions if not isinstance(a, CancelTask)])
         finally:
             task.encoder.close()

@@ -355,6 +355,15 @@ async def run_request(
             )
             outcome = str(ErrorCode.INTERNAL_ERROR)
         await writer.send(dump_message(terminal))
+        if control.reason == "cancel" and not control.scope.cancelled_caught:
+            # The cancel arrived during a shielded write and the request ended another way
+            # before it took effect: answer it as a cancel that crossed the terminal.
+            late = ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"request {request_id!r} already finished; see its terminal message",
+                request_id=request_id,
+            )
+            await writer.send(dump_message(error_message(late)))
     except ConnectionGone as exc:
         outcome = "disconnected"
         fields["reason"] = str(exc)

@@ -1,0 +1,189 @@
+"""The server alone: the synthetic engine paces chunks in real time, no model runs.
+
+- Streams: N requests at once (starts spread at random over one chunk period), each
+  N chunks of 160 ms delivered one per 160 ms at RTF 1.0; jitter is |gap - 160 ms|
+  between consecutive chunk arrivals at the client. The sweep finds the largest N
+  with jitter p99 under 20 ms and no errors.
+- Idle connections: open K connections that only complete the handshake; the
+  server's RSS before and after gives memory per connection; while they are held,
+  a streams level checks delivery still meets the jitter bound.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import psutil
+import trio
+
+from . import _stats
+from ._load import idle_connections, level_figures, open_loop, stream_jitter, wait_for_quiet
+from ._procs import ServerProcess
+from ._texts import Job, staggered_arrivals, stream_text
+
+CHUNK_SAMPLES = 7680
+SAMPLE_RATE = 48000
+
+
+@attrs.frozen(kw_only=True)
+class SyntheticOptions:
+    streams: Sequence[int] = (32, 64, 128, 256, 384, 512)
+    stream_chunks: int = 50
+    rtf: float = 1.0
+    idle_connections: int = 1000
+    idle_streams: int = 256
+    request_timeout: float = 600.0
+    server_args: Sequence[str] = ()
+    server_launcher: Sequence[str] = (sys.executable, "-m", "voxtrio")
+    quiet_below: float = 0.25
+    quiet_patience: float = 10.0
+
+    @property
+    def chunk_seconds(self) -> float:
+        return CHUNK_SAMPLES / SAMPLE_RATE * self.rtf
+
+
+def server_arguments(options: SyntheticOptions) -> list[str]:
+    peak = max([*options.streams, options.idle_streams])
+    return [
+        "--engine",
+        "synthetic",
+        "--synthetic-rtf",
+        str(options.rtf),
+        # One replica per stream: the synthetic engine's thread sleeps between chunks.
+        "--workers",
+        str(peak),
+        "--max-concurrent",
+        str(peak),
+        "--max-connections",
+        str(options.idle_connections + peak + 64),
+        *options.server_args,
+    ]
+
+
+async def streams_level(
+    url: str, count: int, options: SyntheticOptions, *, server_pid: int | None, seed: int = 0
+) -> dict[str, Any]:
+    """`count` concurrent real-time streams; figures plus jitter."""
+    text = stream_text(options.stream_chunks)
+    jobs = [Job(text, seed + i, options.stream_chunks) for i in range(count)]
+    arrivals = staggered_arrivals(count, options.chunk_seconds, seed=seed)
+    run = await open_loop(
+        url,
+        jobs,
+        arrivals,
+        pool_size=count,
+        pids={"server": server_pid},
+        request_timeout=options.request_timeout,
+        keep_arrivals=True,
+    )
+    figures = level_figures(run)
+    jitter = stream_jitter(run, rtf=options.rtf)
+    figures["streams"] = count
+    figures["jitter_ms"] = _stats.summary_ms(jitter, (50, 99, 99.9))
+    figures["meets_jitter"] = _stats.meets_jitter_target(
+        figures["jitter_ms"]["p99"], figures["errors"]
+    )
+    return figures
+
+
+def _rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+async def synthetic(options: SyntheticOptions) -> dict[str, Any]:
+    async with trio.open_nursery() as nursery:
+        server = await ServerProcess.start(
+            nursery,
+            server_arguments(options),
+            torch_threads=None,
+            launcher=options.server_launcher,
+        )
+        try:
+            result = await _run(server, options)
+        finally:
+            with trio.CancelScope(shield=True):
+                await server.stop()
+    result["server_log"] = str(server.log_path)
+    return result
+
+
+def _print_level(prefix: str, figures: dict[str, Any]) -> None:
+    usage = figures["usage"]
+    print(
+        f"  {prefix} {figures['streams']:>4} streams: jitter p50 {figures['jitter_ms']['p50']} "
+        f"p99 {figures['jitter_ms']['p99']} ms, {figures['errors']} errors, server CPU "
+        f"{usage['server']['cpu_cores']}, client CPU {usage['client']['cpu_cores']}",
+        flush=True,
+    )
+
+
+async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, Any]:
+    await streams_level(server.url, 8, options, server_pid=None, seed=10**6)  # warm-up
+
+    idle: dict[str, Any] | None = None
+    if options.idle_connections:
+        # First, on a fresh server: later levels leave freed memory the allocator reuses.
+        await wait_for_quiet(
+            [server.pid], below=options.quiet_below, patience=options.quiet_patience
+        )
+        before = _rss_mb(server.pid)
+        async with idle_connections(server.url, options.idle_connections) as held:
+            await trio.sleep(1.0)  # let the server settle every handshake
+            during = _rss_mb(server.pid)
+            streams = await streams_level(
+                server.url, options.idle_streams, options, server_pid=server.pid
+            )
+            _print_level(f"with {held.opened} idle:", streams)
+        await trio.sleep(1.0)
+        after = _rss_mb(server.pid)
+        idle = {
+            "requested": held.requested,
+            "opened": held.opened,
+            "failures": held.failures,
+            "open_seconds": round(held.seconds, 3),
+            "server_rss_before_mb": round(before, 2),
+            "server_rss_held_mb": round(during, 2),
+            "server_rss_after_close_mb": round(after, 2),
+            "per_connection_kb": round((during - before) * 1024 / max(held.opened, 1), 2),
+            "streams_while_held": streams,
+        }
+
+    levels = []
+    for count in options.streams:
+        gate = await wait_for_quiet(
+            [server.pid], below=options.quiet_below, patience=options.quiet_patience
+        )
+        figures = await streams_level(server.url, count, options, server_pid=server.pid)
+        figures["quiet_gate"] = gate
+        _print_level("", figures)
+        levels.append(figures)
+    return {"levels": levels, "idle": idle}
+
+
+def targets(result: dict[str, Any], options: SyntheticOptions) -> list[dict[str, Any]]:
+    passing = [lv["streams"] for lv in result["levels"] if lv["meets_jitter"]]
+    best = max(passing, default=0)
+    out = [
+        {
+            "name": "synthetic: 256 concurrent real-time streams, jitter p99 < 20 ms",
+            "met": best >= 256,
+            "detail": f"highest level meeting the bound: {best} streams "
+            f"(levels tried: {', '.join(map(str, options.streams))})",
+        }
+    ]
+    idle = result.get("idle")
+    if idle:
+        held = idle["streams_while_held"]
+        out.append(
+            {
+                "name": "synthetic: 1,000 idle connections held, jitter bound kept",
+                "met": idle["opened"] >= 1000 and held["meets_jitter"],
+                "detail": f"{idle['opened']} held, {idle['per_connection_kb']} KB each; "
+                f"{held['streams']} streams alongside: jitter p99 {held['jitter_ms']['p99']} ms",
+            }
+        )
+    return out

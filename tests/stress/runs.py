@@ -1,0 +1,326 @@
+"""Whole scenarios, sized by the caller: the short suite and `nox -s stress` share them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
+
+from voxtrio._server import ServerHandle
+from voxtrio._synthetic import SyntheticEngine
+
+from ..support import http_get
+from . import chaos, fuzzing
+from .harness import (
+    LeakCheck,
+    Ledger,
+    LogEvent,
+    ServerThread,
+    connect,
+    dashscope_url,
+    record_figures,
+    server_errors,
+    settle_deadline,
+    watch_logs,
+)
+
+BYSTANDER_TEXT = "A sentence long enough to take many chunks to speak. " * 3  # 40 chunks
+BYSTANDER_CHUNKS = 40
+
+
+def fuzz_settings(examples: int, *, derandomize: bool) -> settings:
+    """Hypothesis settings for a fuzz run (no example database: nothing written to disk)."""
+    return settings(
+        max_examples=examples,
+        derandomize=derandomize,
+        database=None,
+        deadline=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
+
+
+# ---------------------------------------------------------------- fuzzing
+
+
+class FuzzServer:
+    """A server in a thread, its engines, the threads before it, and its logs."""
+
+    def __init__(
+        self,
+        server: ServerThread,
+        engines: list[SyntheticEngine],
+        logs: list[LogEvent],
+        threads_before: frozenset[Any],
+    ) -> None:
+        self.server = server
+        self.engines = engines
+        self.logs = logs
+        self.threads_before = threads_before
+
+    def audit(self) -> dict[str, Any]:
+        """Every leak (and server error) found once the fuzzing clients are gone."""
+        assert self.server.handle is not None
+        leak = LeakCheck(self.server.handle, self.engines, self.threads_before)
+        deadline = settle_deadline(self.server.settings)
+        leaks: dict[str, Any] = trio.run(
+            partial(leak.audit, deadline, extra_threads=[self.server.thread])
+        )
+        errors = server_errors(self.logs)
+        if errors:
+            leaks["server_errors"] = errors
+        return leaks
+
+
+@contextmanager
+def fuzz_server() -> Iterator[FuzzServer]:
+    """One server for every Hypothesis example: it must survive all of them in a row."""
+    engines: list[SyntheticEngine] = []
+
+    def engine() -> SyntheticEngine:
+        made = SyntheticEngine(rtf=0.005)
+        engines.append(made)
+        return made
+
+    with watch_logs() as logs:
+        threads = LeakCheck.before_start()
+        server = ServerThread(engine, workers=2, max_message_bytes=fuzzing.MAX_MESSAGE_BYTES)
+        with server:
+            yield FuzzServer(server, engines, logs, threads)
+
+
+async def _bystander(url: str, ledger: Ledger, outcomes: list[str]) -> None:
+    outcome = await fuzzing.bystander(url, ledger, BYSTANDER_TEXT, expect_chunks=BYSTANDER_CHUNKS)
+    outcomes.append(outcome)
+
+
+def fuzz_native(fuzz: FuzzServer, run_settings: settings, name: str) -> dict[str, Any]:
+    """Native examples, each beside a bystander request on another connection."""
+    total = fuzzing.FuzzStats()
+    requests: list[int] = []
+    bystanders: list[str] = []
+    url = fuzz.server.url
+
+    @run_settings
+    @given(cases=fuzzing.native_examples())
+    def example(cases: list[fuzzing.Case]) -> None:
+        ledger = Ledger()  # one per example: a failure is reported by the example causing it
+
+        async def both() -> fuzzing.FuzzStats:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_bystander, url, ledger, bystanders)
+                stats = await fuzzing.run_native_example(url, cases, ledger)
+            return stats
+
+        stats = trio.run(both)
+        total.merge(stats)
+        requests.append(len(ledger.records))
+        assert not stats.failures, stats.failures
+        assert not ledger.check(), ledger.check()
+
+    example()
+    leaks = fuzz.audit()
+    figures = {
+        "inputs": sum(total.inputs.values()),
+        "by_kind": dict(sorted(total.inputs.items())),
+        "answers": dict(sorted(total.answers.items())),
+        "connections": total.connections + len(bystanders),
+        "requests": sum(requests),
+        "bystanders": dict(sorted((o, bystanders.count(o)) for o in set(bystanders))),
+        "failures": len(total.failures),
+        "leaks": leaks,
+    }
+    record_figures(name, **figures)
+    return figures
+
+
+def fuzz_dashscope(fuzz: FuzzServer, run_settings: settings, name: str) -> dict[str, Any]:
+    """DashScope examples: mistakes drawn against the task running at that moment."""
+    total = fuzzing.FuzzStats()
+    url = fuzz.server.dashscope_url
+
+    @run_settings
+    @given(data=st.data(), count=st.integers(1, 6))
+    def example(data: st.DataObject, count: int) -> None:
+        def draw(ids: fuzzing.Ids, running: str | None) -> fuzzing.DashCase:
+            case: fuzzing.DashCase = data.draw(fuzzing.dash_case(ids, running))
+            return case
+
+        stats = fuzzing.FuzzStats()
+        trio.run(fuzzing.run_dash_example, url, draw, count, stats)
+        total.merge(stats)
+        assert not stats.failures, stats.failures
+
+    example()
+    leaks = fuzz.audit()
+    figures = {
+        "inputs": sum(total.inputs.values()),
+        "by_kind": dict(sorted(total.inputs.items())),
+        "answers": dict(sorted(total.answers.items())),
+        "connections": total.connections,
+        "requests": total.tasks,
+        "failures": len(total.failures),
+        "leaks": leaks,
+    }
+    record_figures(name, **figures)
+    return figures
+
+
+def broken_frames(fuzz: FuzzServer, *, endpoint: str, utf8: bool, times: int) -> list[str]:
+    """Invalid UTF-8 / oversized frames, each beside a bystander: the failures found."""
+    url = fuzz.server.url
+    stats = fuzzing.FuzzStats()
+    outcomes: list[str] = []
+
+    async def run() -> None:
+        for _ in range(times):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_bystander, url, Ledger(), outcomes)
+                if endpoint == "dashscope":
+                    await fuzzing.dash_wire_case(dashscope_url(url), stats, utf8=utf8)
+                else:
+                    await fuzzing.native_wire_case(url, stats, utf8=utf8)
+
+    trio.run(run)
+    return stats.failures + [f"bystander: {o}" for o in outcomes if o != "ok"]
+
+
+# ---------------------------------------------------------------- misbehaving clients
+
+
+CHAOS_SETTINGS: dict[str, Any] = {
+    "workers": 2,
+    "max_connections": 1000,
+    "max_concurrent": 64,
+    "queue_timeout": 5.0,
+    "write_timeout": 2.0,
+    "stop_timeout": 2.0,
+    "handshake_timeout": 2.0,
+    "ping_interval": 1.0,
+    "ping_timeout": 2.0,
+}
+
+
+async def chaos_rounds(
+    start_server: Callable[..., Any], *, rounds: int, clients: int, name: str
+) -> dict[str, Any]:
+    """Rounds of misbehaving clients against one server, audited after each round.
+
+    The first round warms the server up: the RSS after it is the level later rounds must
+    come back to (within 10 %). The last round repeats the first one's clients, so a leak
+    shows as growth between identical rounds rather than the noise of another mix.
+    """
+    engines: list[SyntheticEngine] = []
+
+    def engine() -> SyntheticEngine:
+        made = SyntheticEngine(rtf=0.005)
+        engines.append(made)
+        return made
+
+    threads = LeakCheck.before_start()
+    with watch_logs() as logs:
+        handle: ServerHandle = await start_server(engine, **CHAOS_SETTINGS)
+        leak = LeakCheck(handle, engines, threads)
+        deadline = settle_deadline(handle.server.settings)
+        hold = handle.server.settings.write_timeout + 2.0
+        results: list[dict[str, Any]] = []
+        for number in range(rounds):
+            state = chaos.Chaos(handle.url, dashscope_url(handle.url), Ledger(), hold_unread=hold)
+            seed = 0 if number in (0, rounds - 1) else number
+            await chaos.run_round(state, clients, seed=seed)
+            summary = chaos.summary(state)
+            if number == 0:
+                await leak.settle(deadline)
+                leak.warm()
+            summary["leaks"] = await leak.audit(deadline)
+            results.append(summary)
+        errors = server_errors(logs)
+    figures = {
+        "rounds": rounds,
+        "clients": sum(r["clients"] for r in results),
+        "requests": sum(r["requests"] for r in results),
+        "behaviours": add_counts(r["behaviours"] for r in results),
+        "native_outcomes": add_counts(r["native_outcomes"] for r in results),
+        "dashscope_outcomes": add_counts(r["dashscope_outcomes"] for r in results),
+        "events": add_counts(r["events"] for r in results),
+        "violations": [v for r in results for v in r["violations"]],
+        "unanswered_cancels": [c for r in results for c in r["unanswered_cancels"]],
+        "leaks": [r["leaks"] for r in results if r["leaks"]],
+        "server_errors": errors,
+        "rss_warm_mb": round((leak.rss_warm or 0) / 2**20, 1),
+        "rss_after_rounds_mb": [round(rss / 2**20, 1) for rss in leak.rss_history],
+    }
+    record_figures(name, **figures)
+    return figures
+
+
+def add_counts(counters: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, value in counter.items():
+            total[key] = total.get(key, 0) + value
+    return dict(sorted(total.items()))
+
+
+def chaos_problems(figures: dict[str, Any]) -> list[str]:
+    """Violations, leaks, server errors and cancels that got no answer."""
+    return [
+        *figures["violations"],
+        *map(str, figures["leaks"]),
+        *figures["server_errors"],
+        *(f"unanswered cancel {c}" for c in figures["unanswered_cancels"]),
+    ]
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+async def speak_all(url: str, requests: dict[str, dict[str, Any]], timeout: float = 30) -> Ledger:
+    """Send every request on one connection; read until each has its terminal message."""
+    ledger = Ledger()
+    conn = ledger.connection()
+    async with connect(url) as ws:
+        for rid, params in requests.items():
+            ledger.started(conn, rid)
+            body = {"type": "tts_request", "request_id": rid, "params": params}
+            await ws.send_message(json.dumps(body))
+        with trio.fail_after(timeout):
+            while ledger.pending(conn):
+                ledger.observe(conn, await ws.get_message())
+    assert ledger.check() == []
+    return ledger
+
+
+async def until_health(url: str, status: int, timeout: float) -> dict[str, Any]:
+    """Poll /health until it answers `status`; return its body."""
+    with trio.fail_after(timeout):
+        while True:
+            got, body = await http_get(url)
+            if got == status:
+                verdict: dict[str, Any] = json.loads(body)
+                return verdict
+            await trio.sleep(0.05)
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.02)
+
+
+async def scrape(port: int) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """Every sample of a server's /metrics, by name and labels."""
+    status, body = await http_get(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    samples: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples.setdefault(sample.name, {})[frozenset(sample.labels.items())] = sample.value
+    return samples

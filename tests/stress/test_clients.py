@@ -1,0 +1,24 @@
+"""Hundreds of misbehaving clients at once, round after round, then a leak audit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from . import runs
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = int(os.environ.get("VOXTRIO_STRESS_CLIENTS", "300"))
+ROUNDS = int(os.environ.get("VOXTRIO_STRESS_ROUNDS", "4"))
+
+
+async def test_hundreds_of_misbehaving_clients_leave_no_leaks(
+    start_server: Callable[..., Any],
+) -> None:
+    """Rounds of 300 clients: one terminal per request on live connections, no leak, no error."""
+    figures = await runs.chaos_rounds(start_server, rounds=ROUNDS, clients=CLIENTS, name="clients")
+    assert runs.chaos_problems(figures) == []
