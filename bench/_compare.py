@@ -375,8 +375,12 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 {
                     "name": f"W={run['workers']}: first-audio overhead at concurrency 1",
                     "met": met,
-                    "detail": f"+{extra} ms over the engine's {engine_p50} ms p50; "
-                    f"allowed {_round(allowed, 2)} ms",
+                    "detail": (
+                        f"{extra:+.2f} ms over the engine's {engine_p50:.1f} ms p50; "
+                        f"allowed {allowed:.2f} ms"
+                        if extra is not None and engine_p50 and allowed is not None
+                        else "no paired data"
+                    ),
                 }
             )
         if (c4 := levels.get("c=4")) is not None:

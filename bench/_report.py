@@ -143,11 +143,14 @@ def plot_synthetic(result: dict[str, Any], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=90)
     levels = result["levels"]
     xs = [lv["streams"] for lv in levels]
-    left.plot(xs, [lv["jitter_ms"]["p50"] for lv in levels], marker="o", label="jitter p50")
-    left.plot(xs, [lv["jitter_ms"]["p99"] for lv in levels], marker="^", label="jitter p99")
+    # Log scale: floor at 0.1 ms so a perfect level still has a point.
+    p50 = [max(lv["jitter_ms"]["p50"] or 0.1, 0.1) for lv in levels]
+    p99 = [max(lv["jitter_ms"]["p99"] or 0.1, 0.1) for lv in levels]
+    left.plot(xs, p50, marker="o", label="jitter p50")
+    left.plot(xs, p99, marker="^", label="jitter p99")
     left.axhline(_stats.JITTER_P99_MS, color="red", linestyle=":", label="p99 target")
     left.set_ylabel("|gap - 160 ms|, ms")
-    left.set_yscale("symlog", linthresh=1.0)
+    left.set_yscale("log")
     server_cpu = [lv["usage"]["server"]["cpu_cores"] for lv in levels]
     client_cpu = [lv["usage"]["client"]["cpu_cores"] for lv in levels]
     right.plot(xs, server_cpu, marker="o", label="server CPU (cores)")

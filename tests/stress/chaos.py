@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
+from wsproto.utilities import LocalProtocolError
 
 from .fuzzing import DashLedger, continue_task, dumps, finish_task, run_task
 from .harness import Ledger, RawWebSocket, Refused, client_frame, connect, split_url
@@ -254,7 +255,11 @@ async def ping_flood(chaos: Chaos, rng: random.Random) -> None:
             while pongs < count:
                 message = await raw.receive()
                 if message is None:
-                    chaos.problems.append(f"ping flood: closed after {pongs} of {count} pongs")
+                    why = raw.closed.code if raw.closed else None
+                    reason = raw.closed.reason if raw.closed else ""
+                    chaos.problems.append(
+                        f"ping flood: closed ({why} {reason}) after {pongs} of {count} pongs"
+                    )
                     return
                 decoded = chaos.ledger.observe(conn, message)
                 if decoded is not None and decoded.get("type") == "pong":
@@ -363,6 +368,9 @@ async def run_client(chaos: Chaos, name: str, rng: random.Random) -> None:
         if name in ("polite", "garbage", "cancel_storm", "dashscope_polite"):
             chaos.problems.append(f"{name}: connection closed by the server ({code})")
         chaos.note(f"closed {code}")
+    except LocalProtocolError:
+        # Our own wsproto refuses to send once the server's close frame has arrived.
+        chaos.note("sent after the server closed")
     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
         if name in ("polite", "garbage", "cancel_storm", "dashscope_polite"):
             chaos.problems.append(f"{name}: {type(exc).__name__}: {exc}")
@@ -403,7 +411,3 @@ def summary(chaos: Chaos) -> dict[str, Any]:
         ],
         "violations": chaos.ledger.check() + chaos.problems,
     }
-
-
-def describe(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

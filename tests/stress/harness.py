@@ -710,15 +710,6 @@ def by_marker(spec: SynthesisSpec, generation: int) -> Fault | None:
     return Fault(kind, int(match.group(2)))
 
 
-def every_nth(n: int, fault: Fault) -> FaultPlan:
-    """A fault on generations n, 2n, 3n... (1-based)."""
-
-    def plan(spec: SynthesisSpec, generation: int) -> Fault | None:
-        return fault if generation % n == 0 else None
-
-    return plan
-
-
 @attrs.define(eq=False)
 class FaultyEngine:
     """Wraps an engine: raises, hangs (past any deadline) or returns NaN on a schedule.

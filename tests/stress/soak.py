@@ -129,14 +129,20 @@ class Soak:
 # ---------------------------------------------------------------- the server process
 
 
-def process_threads(pid: int) -> int:
-    """Threads of a process, but trio's idle thread-cache workers (they time out)."""
-    count = 0
+def thread_names(pid: int) -> Counter[str]:
+    """The OS names of a process's threads, but trio's idle thread-cache workers."""
+    names: Counter[str] = Counter()
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
-            if not task.joinpath("comm").read_text().startswith("Trio thread"):
-                count += 1
-    return count
+            name = task.joinpath("comm").read_text().strip()
+            if not name.startswith("Trio thread"):
+                names[name] += 1
+    return names
+
+
+def process_threads(pid: int) -> int:
+    """Threads of a process, but trio's idle thread-cache workers (they time out)."""
+    return sum(thread_names(pid).values())
 
 
 def server_command(config: SoakConfig, model_dir: Path | None, ready: Path) -> list[str]:
@@ -354,13 +360,13 @@ async def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
 
 async def _load_and_audit(soak: Soak) -> dict[str, Any]:
     config = soak.config
-    warm: dict[str, float] = {}
+    warm: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler, soak, config.duration)
         for index in range(config.clients):
             nursery.start_soon(client_loop, soak, index, config.duration)
         await trio.sleep(config.warmup_s)
-        warm = {"rss": rss_bytes(soak.pid), "threads": process_threads(soak.pid)}
+        warm = {"rss": rss_bytes(soak.pid), "threads": thread_names(soak.pid)}
     # Load over: the server must notice every client has gone, and let go of everything.
     port = int(soak.metrics_url.rsplit(":", 1)[1])
     gauges = await scrape_gauges(port)
@@ -368,7 +374,7 @@ async def _load_and_audit(soak: Soak) -> dict[str, Any]:
         while any(gauges.get(name, -1.0) != 0.0 for name in LIVE_GAUGES):
             await trio.sleep(0.2)
             gauges = await scrape_gauges(port)
-    end = {"rss": rss_bytes(soak.pid), "threads": process_threads(soak.pid)}
+    end = {"rss": rss_bytes(soak.pid), "threads": thread_names(soak.pid)}
     return summarise(soak, warm, end, gauges)
 
 
@@ -384,7 +390,7 @@ def percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def summarise(
-    soak: Soak, warm: dict[str, float], end: dict[str, float], gauges: dict[str, float]
+    soak: Soak, warm: dict[str, Any], end: dict[str, Any], gauges: dict[str, float]
 ) -> dict[str, Any]:
     """The figures of a run: requests, errors by kind, latency over time, RSS over time."""
     config = soak.config
@@ -418,8 +424,10 @@ def summarise(
         "threads": [(s.at, s.threads) for s in soak.samples],
         "rss_warm_mb": round(warm["rss"] / 2**20, 1),
         "rss_end_mb": round(end["rss"] / 2**20, 1),
-        "threads_warm": warm["threads"],
-        "threads_end": end["threads"],
+        "threads_warm": sum(warm["threads"].values()),
+        "threads_end": sum(end["threads"].values()),
+        "thread_names_warm": dict(warm["threads"]),
+        "thread_names_end": dict(end["threads"]),
         "gauges_end": gauges,
     }
 
