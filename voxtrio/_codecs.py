@@ -280,13 +280,21 @@ class _AvBackend:
     def finish(self) -> bytes:
         self._container.mux(self._stream.encode(None))
         self._container.close()  # writes the trailer (Opus: the last page, marked EOS)
+        self._release()
         return self._sink.take()
 
     def close(self) -> None:
         # PyAV's streams and container reference each other, so without this an
         # abandoned encoder's codec lives until the cyclic GC runs.
         self._container.close()
+        self._release()
         self._sink.take()
+
+    def _release(self) -> None:
+        # Drop the closed container and stream now: libav keeps each encoder's codec
+        # threads alive for as long as anything (a reference cycle) holds them.
+        del self._stream
+        del self._container
 
 
 def _rate(name: str, value: object) -> int:

@@ -288,10 +288,10 @@ async def dashscope_action(soak: Soak, rng: random.Random, n: int) -> None:
 
 
 async def client_loop(soak: Soak, index: int, until: float) -> None:
-    rng = random.Random(soak.config.seed * 1000 + index)
+    rng = random.Random(f"{soak.config.seed}-{index}-{until}")
     names = list(ACTIONS)
     weights = [ACTIONS[name] for name in names]
-    n = 0
+    n = int(soak.now() * 1000)  # request ids stay unique across phases
     while soak.now() < until:
         n += 1
         action = rng.choices(names, weights)[0]
@@ -359,23 +359,39 @@ async def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
 
 
 async def _load_and_audit(soak: Soak) -> dict[str, Any]:
+    """Warm-up load, a pause to measure the idle server, the main load, the same measure.
+
+    Both measures are taken with no client left (the gauges at zero), so the end of the
+    run is compared with the warmed-up server in the same state: RSS within 10 %, and
+    no more threads than then.
+    """
     config = soak.config
-    warm: dict[str, Any] = {}
+    port = int(soak.metrics_url.rsplit(":", 1)[1])
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampler, soak, config.duration)
-        for index in range(config.clients):
-            nursery.start_soon(client_loop, soak, index, config.duration)
-        await trio.sleep(config.warmup_s)
+        await _load(soak, until=config.warmup_s)
+        await _settle(port)
         warm = {"rss": rss_bytes(soak.pid), "threads": thread_names(soak.pid)}
-    # Load over: the server must notice every client has gone, and let go of everything.
-    port = int(soak.metrics_url.rsplit(":", 1)[1])
+        await _load(soak, until=config.duration)
+    gauges = await _settle(port)
+    end = {"rss": rss_bytes(soak.pid), "threads": thread_names(soak.pid)}
+    return summarise(soak, warm, end, gauges)
+
+
+async def _load(soak: Soak, *, until: float) -> None:
+    async with trio.open_nursery() as nursery:
+        for index in range(soak.config.clients):
+            nursery.start_soon(client_loop, soak, index, until)
+
+
+async def _settle(port: int) -> dict[str, float]:
+    """Wait (at most SETTLE_DEADLINE) for the live gauges to read zero; return them."""
     gauges = await scrape_gauges(port)
     with trio.move_on_after(SETTLE_DEADLINE):
         while any(gauges.get(name, -1.0) != 0.0 for name in LIVE_GAUGES):
             await trio.sleep(0.2)
             gauges = await scrape_gauges(port)
-    end = {"rss": rss_bytes(soak.pid), "threads": thread_names(soak.pid)}
-    return summarise(soak, warm, end, gauges)
+    return gauges
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
