@@ -135,7 +135,7 @@ class Connection:
             # Its terminal message is already on its way: the cancel crossed it.
             late = ProtocolError(
                 ErrorCode.UNKNOWN_REQUEST,
-                f"request {request_id!r} already finished; its terminal message follows",
+                f"request {request_id!r} already finished; its terminal message is sent separately",
                 request_id=request_id,
             )
             await self.writer.send(dump_message(error_message(late)))

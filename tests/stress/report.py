@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FIXED = "fixed in 6fd5115"
 FIXED_LATER = "fixed in bc23cdc"
-OPEN = "open: its test is xfail(strict=True)"
+FIXED_CODECS = "fixed in aebba92"
 
 # Every fault the suites found: what, where, the regression test that pins it, status.
 FINDINGS: tuple[tuple[str, str, str, str], ...] = (
@@ -76,7 +76,7 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         FIXED,
     ),
     (
-        "SSML <break> silence is encoded on the Trio thread: 120 s of silence in mp3 stalls "
+        "SSML `<break>` silence is encoded on the Trio thread: 120 s of silence in mp3 stalls "
         "every connection of the process for about a second",
         "voxtrio/_dashscope_server.py `_silence`, voxtrio/_speech.py `speak`",
         "test_ssml_silence_does_not_block_the_event_loop",
@@ -105,7 +105,7 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "(the soak's thread count stayed above its warmed-up level)",
         "voxtrio/_codecs.py `_AvBackend.finish` / `close`",
         "test_closed_encoder_keeps_no_codec_threads",
-        OPEN,
+        FIXED_CODECS,
     ),
 )
 
@@ -237,10 +237,10 @@ def _fuzz_section(figures: dict[str, Any]) -> list[str]:
         "Hypothesis generates and mutates messages for both endpoints: wrong JSON types for",
         "each field's schema, numbers out of range (huge ones too: thousands of digits,",
         "NaN / Infinity / 1e999 written out), deep JSON (10 to 10 000 levels), unknown and",
-        "missing fields,",
-        "unknown types and actions, duplicate and unknown request / task ids, binary frames",
-        "where text is expected, SSML bombs (DTDs, entity expansion, deep nesting, thousands",
-        "of elements, hours of breaks), invalid UTF-8 in text frames and oversized frames.",
+        "missing fields, unknown types and actions, duplicate and unknown request / task",
+        "ids, binary frames where text is expected, SSML bombs (DTDs, entity expansion, deep",
+        "nesting, thousands of elements, hours of breaks), invalid UTF-8 in text frames and",
+        "oversized frames.",
         "Each message is followed by a sentinel (a ping, an unknown action) so every answer",
         "is attributed to its message. Every invalid message must get its specific error",
         "(task-failed on DashScope) or, for broken framing, a close; a valid one anything but",
