@@ -215,3 +215,9 @@ async def http_get(url: str, headers: Mapping[str, str] | None = None) -> tuple[
                 data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     return int(head.split(b" ", 2)[1]), body
+
+
+def host_port(url: str) -> tuple[str, int]:
+    """(host, port) of a ws://host:port/tts URL."""
+    host, port = url.removeprefix("ws://").removesuffix("/tts").rsplit(":", 1)
+    return host, int(port)

@@ -9,15 +9,10 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import handshake_status, http_get, serve_process, session, speak
+from .support import handshake_status, host_port, http_get, serve_process, session, speak
 
 KEY = "k" * 24
 OTHER_KEY = "z" * 24
-
-
-def host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("ws://").removesuffix("/tts").rsplit(":", 1)
-    return host, int(port)
 
 
 def samples(text: str) -> dict[str, float]:

@@ -11,7 +11,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed
 
-from .support import RawSession, handshake_status, serve_process, session
+from .support import RawSession, handshake_status, host_port, serve_process, session
 
 LONG_TEXT = "A sentence long enough to take many chunks. " * 4  # 45 chunks
 
@@ -19,11 +19,6 @@ LONG_TEXT = "A sentence long enough to take many chunks. " * 4  # 45 chunks
 async def drain_messages(s: RawSession) -> None:
     while True:
         await s.receive_one()
-
-
-def host_port(url: str) -> tuple[str, int]:
-    host, port = url.removeprefix("ws://").removesuffix("/tts").rsplit(":", 1)
-    return host, int(port)
 
 
 async def test_sigterm_drains_running_requests_then_exits_zero(tmp_path: Path) -> None:

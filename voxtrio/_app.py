@@ -22,6 +22,7 @@ from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._server import ServerHandle, TtsServer
 from ._systemd import notify, watchdog_interval, watchdog_loop
+from ._voice_audio import write_bytes_atomic
 from ._voice_service import VoiceService
 from ._voices import VoiceStore, prompt_sample_rate, supported_modes
 
@@ -146,7 +147,7 @@ async def run_server(
                     lines.append(
                         f"http://{_url_host(settings.metrics_host or settings.host)}:{metrics_port}"
                     )
-                _write_atomically(Path(settings.ready_file), "\n".join(lines) + "\n")
+                write_bytes_atomic(Path(settings.ready_file), ("\n".join(lines) + "\n").encode())
             notify("READY=1", f"STATUS=serving on {handle.url}")
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
@@ -195,12 +196,6 @@ async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceServ
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 async def serve_until_signalled(settings: Settings, keys: KeyStore) -> int:
