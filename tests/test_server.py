@@ -75,17 +75,73 @@ async def test_non_streaming_request_sends_one_whole_frame(synthetic_server: Ser
     assert "encoding" in [m["state"] for m in outcome.progress]
 
 
-async def test_progress_is_monotonic_and_bounded(
-    paced: tuple[ServerHandle, SyntheticEngine],
-) -> None:
+async def test_progress_is_monotonic_and_bounded(start_server: Callable[..., Any]) -> None:
     """progress values stay in 0..1 and never go back within a state."""
-    handle, _ = paced
+    handle = await start_server(
+        lambda: SyntheticEngine(rtf=10 / 160), stream_progress_interval=0.05
+    )
     outcome = await speak(handle.url, text=LONG_TEXT)
     generating = [m["progress"] for m in outcome.progress if m["state"] == "generating"]
     assert generating, "a 0.7 s request reports generation progress"
     assert generating == sorted(generating)
     assert all(0 <= p <= 1 for p in generating)
     assert len(outcome.progress) < 68  # rate-limited, not one per chunk
+
+
+async def test_streaming_progress_follows_audio_at_its_own_interval(
+    start_server: Callable[..., Any],
+) -> None:
+    """Streaming: `generating` comes right after a chunk, at most once per stream interval."""
+    handle = await start_server(
+        lambda: SyntheticEngine(rtf=10 / 160), stream_progress_interval=0.2, progress_interval=0.01
+    )
+    outcome = await speak(handle.url, text=LONG_TEXT)  # 68 chunks, 10 ms each
+    order = outcome.order
+    positions = [i for i, m in enumerate(order) if m == "progress"]
+    generating = [
+        i for i, m in zip(positions, outcome.progress, strict=True) if m["state"] == "generating"
+    ]
+    assert 1 <= len(generating) <= 5  # about 0.7 s / 0.2 s, not one per 10 ms
+    assert all(order[i - 1] == "frame1" for i in generating)
+
+
+async def test_non_streaming_progress_comes_from_a_timer(start_server: Callable[..., Any]) -> None:
+    """non_streaming: `generating` arrives every progress interval before the one frame."""
+    handle = await start_server(
+        lambda: SyntheticEngine(rtf=10 / 160), progress_interval=0.05, stream_progress_interval=60
+    )
+    outcome = await speak(handle.url, text=LONG_TEXT, mode="non_streaming")
+    generating = [m for m in outcome.progress if m["state"] == "generating"]
+    assert len(generating) >= 4  # ~0.7 s of generation at 0.05 s
+    assert outcome.order.index("frame2") > outcome.order.index("progress")
+
+
+async def test_a_request_starts_with_queued_then_processing(
+    synthetic_server: ServerHandle,
+) -> None:
+    """With a replica free the job starts first, yet `queued` and `processing` lead."""
+    outcome = await speak(synthetic_server.url, text="Hello, world!")
+    states = [m["state"] for m in outcome.progress]
+    assert states[:2] == ["queued", "processing"]
+    assert outcome.order[:2] == ["progress", "progress"]
+
+
+async def test_a_request_waiting_for_a_replica_is_told_at_once(
+    paced: tuple[ServerHandle, SyntheticEngine],
+) -> None:
+    """`queued` reaches a request that waits for a busy replica before the replica frees."""
+    handle, engine = paced
+    async with session(handle.url) as s:
+        await s.request("hog", text=LONG_TEXT)
+        await s.until("hog", "frame1")
+        await s.request("waiter", text="Hello.")
+        await s.until("waiter", "progress")
+        waiter = s.outcomes["waiter"]
+        assert waiter.progress[0]["state"] == "queued"
+        assert "complete" not in s.outcomes["hog"].order  # told while the hog still ran
+        assert engine.generations == 1
+        await s.until_terminal("hog", "waiter")
+    assert s.outcomes["waiter"].terminal["type"] == "complete"
 
 
 async def test_root_path_is_an_alias(synthetic_server: ServerHandle) -> None:

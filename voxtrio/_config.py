@@ -10,9 +10,12 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
+
+if TYPE_CHECKING:
+    from ._speech import ProgressIntervals
 
 
 class ConfigError(ValueError):
@@ -48,6 +51,7 @@ class Settings:
     idle_timeout: float = 300.0
     drain_timeout: float = 30.0
     progress_interval: float = 0.25
+    stream_progress_interval: float = 1.0
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     allow_unauthenticated: bool = False
@@ -65,6 +69,12 @@ class Settings:
     prompt_url_allow_private: bool = False
     prompt_url_timeout: float = 10.0
     ready_file: str | None = None
+
+    @property
+    def progress_intervals(self) -> ProgressIntervals:
+        from ._speech import ProgressIntervals  # here: _speech pulls in the codecs
+
+        return ProgressIntervals(self.progress_interval, self.stream_progress_interval)
 
 
 def _bool(text: str) -> bool:
@@ -226,7 +236,18 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "on SIGTERM, time for running requests to finish before SHUTTING_DOWN, s",
     ),
-    Option("progress_interval", "TTS_PROGRESS_INTERVAL", _positive_float, "progress messages, s"),
+    Option(
+        "progress_interval",
+        "TTS_PROGRESS_INTERVAL",
+        _positive_float,
+        "progress messages while a non-streaming request generates, s",
+    ),
+    Option(
+        "stream_progress_interval",
+        "TTS_STREAM_PROGRESS_INTERVAL",
+        _positive_float,
+        "progress messages alongside a streaming request's audio, s",
+    ),
     Option("log_level", "LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", "LOG_FORMAT", _choice("auto", "json", "console"), "auto|json|console"),
     Option(

@@ -209,7 +209,7 @@ class Connection:
                     writer=self.writer,
                     pool=self.pool,
                     control=control,
-                    progress_interval=self.settings.progress_interval,
+                    progress=self.settings.progress_intervals,
                     metrics=self.metrics,
                     voices=self.voices,
                 )

@@ -93,6 +93,9 @@ class _SentenceSink:
     async def audio(self, data: bytes) -> None:
         await self.connection.send_audio(self.task, self.index, data)
 
+    async def waiting(self, utterance: Utterance) -> None:
+        pass
+
     async def utterance_started(self, utterance: Utterance) -> None:
         pass
 
@@ -327,7 +330,7 @@ class DashScopeConnection:
                 Utterance(sentence.index, sentence.text),
                 task.stats,
                 task.task_id,
-                self.settings.progress_interval,
+                self.settings.progress_intervals,
             )
             await self._flush_dsp(task, sentence.index)
         await self._silence(task, sentence.index, sentence.silence_after_ms)

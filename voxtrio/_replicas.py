@@ -5,9 +5,16 @@ called from the thread that built it. So each replica is a thread that loads its
 own engine and then runs one job at a time from a one-slot inbox. Admission is a
 `trio.CapacityLimiter` with one token per replica; a token (and the replica) is
 given back only when the thread has really finished the job, by a callback the
-thread schedules on the Trio loop. Chunks travel to the request task through a
-bounded memory channel: `trio.from_thread.run(send)` blocks the thread while the
-channel is full, so a slow client slows its generator instead of piling up audio.
+thread schedules on the Trio loop.
+
+Chunks travel to the request task through a bounded memory channel, with credits
+for backpressure: the thread takes a credit (a `threading.Semaphore` sized like the
+channel) before each chunk and hands the chunk over with `run_sync_soon` +
+`send_nowait`; the request task gives the credit back as it takes the chunk. So a
+slow client blocks its generator instead of piling up audio, and the hand-over
+costs one callback on the loop. (`trio.from_thread.run` would spawn a system task
+per chunk and block the thread on a round trip: a quarter of the server's CPU at
+a few hundred streams.)
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
@@ -46,7 +53,10 @@ class Job:
     # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
     # codec work stays off the event loop; what it returns is what the channel carries.
     transform: Callable[[np.ndarray], Any] | None = None
+    # Chunks the thread may hand over before the request task has taken them.
+    chunk_buffer: int = 2
     stop_event: threading.Event = attrs.Factory(threading.Event)
+    credits: threading.Semaphore = attrs.field(init=False)
     done: trio.Event = attrs.Factory(trio.Event)
     # Written by the thread, read by the Trio side; plain attribute stores are atomic.
     steps: int = 0
@@ -57,8 +67,50 @@ class Job:
     result: outcome.Outcome[None] | None = None
     stopped: bool = False
 
+    def __attrs_post_init__(self) -> None:
+        self.credits = threading.Semaphore(self.chunk_buffer)
+
     def request_stop(self) -> None:
         self.stop_event.set()
+        # Wakes a thread waiting for a credit, so it sees the stop at once.
+        self.credits.release()
+
+    def deliver(self, item: Any) -> None:
+        """Trio thread (a `run_sync_soon` callback): put a chunk in the channel.
+
+        Must not raise: an exception in a run_sync_soon callback crashes the run.
+        """
+        try:
+            self.send_channel.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # The request has gone (or is stopping); the chunk has nowhere to go.
+            self.stop_event.set()
+
+
+class ChunkStream:
+    """The request side of a job's chunks: receiving one gives its credit back."""
+
+    def __init__(self, job: Job, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._job = job
+        self._receive = receive
+
+    async def receive(self) -> Any:
+        """The next chunk; `trio.EndOfChannel` once the job has finished."""
+        item = await self._receive.receive()
+        self._job.credits.release()
+        return item
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+_CREDIT_RECHECK_S = 1.0
 
 
 class _Shutdown:
@@ -141,30 +193,28 @@ class Replica:
         def on_step(steps: int) -> None:
             job.steps = steps
             job.last_step_at = time.perf_counter()
+            if job.expected_steps is None and (steps > 1 or not job.spec.streaming):
+                # Only progress needs it: computed after a streaming job's first chunk.
+                job.expected_steps = engine.max_steps(job.spec)
             if job.stop_event.is_set():
                 raise GenerationStopped
 
         result: outcome.Outcome[None]
         stopped = False
         try:
-            job.expected_steps = engine.max_steps(job.spec)
             chunks = engine.generate(job.spec, on_step)
             try:
                 for chunk in chunks:
                     if job.stop_event.is_set():
                         raise GenerationStopped
                     item = chunk if job.transform is None else job.transform(chunk)
-                    # Blocks while the channel is full: backpressure reaches the model.
-                    trio.from_thread.run(job.send_channel.send, item, trio_token=job.trio_token)
+                    self._hand_over(job, item)
             finally:
                 # Close on this thread: an open VoxCPM2 stream keeps the VAE patched.
                 chunks.close()
             result = outcome.Value(None)
         except (
             GenerationStopped,
-            trio.BrokenResourceError,
-            trio.ClosedResourceError,
-            trio.Cancelled,
             trio.RunFinishedError,
         ):
             stopped = True
@@ -175,6 +225,19 @@ class Replica:
         self.jobs_run += 1
         with suppress(trio.RunFinishedError):
             job.trio_token.run_sync_soon(self._finish, job, result, stopped)
+
+    @staticmethod
+    def _hand_over(job: Job, item: Any) -> None:
+        # Blocks while the request task holds `chunk_buffer` untaken chunks:
+        # backpressure reaches the model. The timeout only re-checks the stop flag;
+        # `request_stop` also wakes this wait directly.
+        while not job.credits.acquire(timeout=_CREDIT_RECHECK_S):
+            if job.stop_event.is_set():
+                raise GenerationStopped
+        if job.stop_event.is_set():
+            raise GenerationStopped
+        # FIFO with the `_finish` callback, so every chunk lands before the close.
+        job.trio_token.run_sync_soon(job.deliver, item)
 
     def _finish(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread.
@@ -264,8 +327,11 @@ class ReplicaPool:
         *,
         request_id: str,
         transform: Callable[[np.ndarray], Any] | None = None,
-    ) -> AsyncIterator[tuple[Job, trio.MemoryReceiveChannel[Any]]]:
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[tuple[Job, ChunkStream]]:
         """Admit a job, start it on a free replica, and yield it with its chunk stream.
+
+        `on_wait` is awaited first when no replica is free (to tell the client).
 
         On exit (done, error, cancel) the job is told to stop and this waits,
         shielded, until its thread has really stopped before returning.
@@ -284,27 +350,28 @@ class ReplicaPool:
         self.admitted += 1
         try:
             borrower = object()
-            self.waiting += 1
+            # A request already cancelled takes no replica. (No full checkpoint after
+            # taking the token: a cancel there would leak it.)
+            await trio.lowlevel.checkpoint_if_cancelled()
             try:
-                with trio.move_on_after(self.queue_timeout) as queue_scope:
-                    await self.limiter.acquire_on_behalf_of(borrower)
-            finally:
-                self.waiting -= 1
-            if queue_scope.cancelled_caught:
-                raise ProtocolError(
-                    ErrorCode.RATE_LIMITED,
-                    f"no replica became free within {self.queue_timeout:g} s",
-                    details={"scope": "queue", "retry_after_ms": 1000},
-                    request_id=request_id,
-                )
+                self.limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._wait_for_replica(borrower, on_wait, request_id)
             replica = self._free.pop()
             send, receive = trio.open_memory_channel[Any](self.chunk_buffer)
-            job = Job(spec, request_id, send, trio.lowlevel.current_trio_token(), transform)
+            job = Job(
+                spec,
+                request_id,
+                send,
+                trio.lowlevel.current_trio_token(),
+                transform,
+                chunk_buffer=self.chunk_buffer,
+            )
             self._borrowers[job] = borrower
             replica.submit(job)
             try:
                 async with receive:
-                    yield job, receive
+                    yield job, ChunkStream(job, receive)
             finally:
                 job.request_stop()
                 with trio.CancelScope(shield=True):
@@ -320,6 +387,28 @@ class ReplicaPool:
                     )
         finally:
             self.admitted -= 1
+
+    async def _wait_for_replica(
+        self,
+        borrower: object,
+        on_wait: Callable[[], Awaitable[None]] | None,
+        request_id: str,
+    ) -> None:
+        self.waiting += 1
+        try:
+            if on_wait is not None:
+                await on_wait()
+            with trio.move_on_after(self.queue_timeout) as queue_scope:
+                await self.limiter.acquire_on_behalf_of(borrower)
+        finally:
+            self.waiting -= 1
+        if queue_scope.cancelled_caught:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"no replica became free within {self.queue_timeout:g} s",
+                details={"scope": "queue", "retry_after_ms": 1000},
+                request_id=request_id,
+            )
 
     def _job_done(self, replica: Replica, job: Job) -> None:
         self._free.append(replica)

@@ -33,7 +33,7 @@ from ._messages import (
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._sentences import SentenceSplitter, is_speakable
-from ._speech import Utterance, speak
+from ._speech import ProgressIntervals, Utterance, speak
 from ._voice_service import VoiceService
 from ._writer import ConnectionGone, FrameWriter
 
@@ -152,6 +152,7 @@ class NativeSink:
     first_audio_at: float | None = None
     pieces: list[bytes] = attrs.Factory(list)
     _last_progress: tuple[str, float, str] | None = None
+    _queued_reported: bool = False
 
     async def send(self, message: ServerMessage) -> None:
         await self.writer.send(dump_message(message))
@@ -166,8 +167,17 @@ class NativeSink:
         self._last_progress = (state, value, message)
         await self.send(Progress(self.request_id, state, value, message))
 
+    async def waiting(self, utterance: Utterance) -> None:
+        await self._report_queued()
+
     async def utterance_started(self, utterance: Utterance) -> None:
+        await self._report_queued()  # the documented sequence starts with it
         await self.report("processing", 0.0, f"sentence {utterance.index}")
+
+    async def _report_queued(self) -> None:
+        if not self._queued_reported:
+            self._queued_reported = True
+            await self.report("queued", 0.0, "waiting for a model replica")
 
     async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
         self.text_input.spoken(utterance)
@@ -231,7 +241,7 @@ async def synthesize(
     *,
     writer: FrameWriter,
     pool: ReplicaPool,
-    progress_interval: float,
+    progress: ProgressIntervals,
     accepted_at: float,
     voices: VoiceService | None = None,
 ) -> SynthesisResult:
@@ -253,7 +263,6 @@ async def synthesize(
     encoder = _encoder_for(options, pool.sample_rate, request.request_id)
     sink = NativeSink(request.request_id, writer, encoder, streaming, text_input, accepted_at)
     try:
-        await sink.report("queued", 0.0, "waiting for a model replica")
         stats = await speak(
             text_input.receive,
             pool=pool,
@@ -261,7 +270,7 @@ async def synthesize(
             encoder=encoder,
             sink=sink,
             request_id=request.request_id,
-            progress_interval=progress_interval,
+            progress=progress,
         )
         await sink.finish()
     finally:
@@ -296,7 +305,7 @@ async def run_request(
     writer: FrameWriter,
     pool: ReplicaPool,
     control: RequestControl,
-    progress_interval: float,
+    progress: ProgressIntervals,
     metrics: Metrics | None = None,
     voices: VoiceService | None = None,
 ) -> None:
@@ -322,7 +331,7 @@ async def run_request(
                     text_input,
                     writer=writer,
                     pool=pool,
-                    progress_interval=progress_interval,
+                    progress=progress,
                     accepted_at=accepted_at,
                     voices=voices,
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Protocol
 
 import attrs
@@ -49,13 +50,31 @@ class NonFiniteAudio(ValueError):
 class SpeechSink(Protocol):
     """Where a speech stream's events go (native frames, DashScope events)."""
 
-    async def utterance_started(self, utterance: Utterance) -> None: ...
+    async def waiting(self, utterance: Utterance) -> None:
+        """No replica is free: the utterance waits for one."""
+
+    async def utterance_started(self, utterance: Utterance) -> None:
+        """The utterance started (for a text: its job is already on a replica)."""
 
     async def audio(self, data: bytes) -> None: ...
 
     async def utterance_finished(self, utterance: Utterance, samples: int) -> None: ...
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None: ...
+
+
+@attrs.frozen
+class ProgressIntervals:
+    """How often `generating` progress goes out, in seconds.
+
+    A non-streaming generation sends nothing until the end, so a timer reports it
+    every `timer`. A streaming one reports right after an audio piece, at most every
+    `streaming`: its audio frames already show it advancing, and on a busy server
+    each progress message costs about as much as an audio frame.
+    """
+
+    timer: float = 0.25
+    streaming: float = 1.0
 
 
 @attrs.define
@@ -88,15 +107,15 @@ async def speak(
     encoder: AudioEncoder,
     sink: SpeechSink,
     request_id: str,
-    progress_interval: float,
+    progress: ProgressIntervals,
 ) -> SpeechStats:
     """Speak every utterance in order, then flush the encoder; return what it took."""
     stats = SpeechStats()
     transform = encoding_transform(encoder)
     async for utterance in utterances:
-        await sink.utterance_started(utterance)
         before = encoder.samples_out
         if utterance.silence_ms:
+            await sink.utterance_started(utterance)
             silence = np.zeros(pool.sample_rate * utterance.silence_ms // 1000, np.float32)
             data = await trio.to_thread.run_sync(encoder.encode, silence)
             if data:
@@ -104,7 +123,7 @@ async def speak(
         else:
             spec = attrs.evolve(base_spec, text=utterance.text)
             await generate_utterance(
-                pool, spec, transform, sink, utterance, stats, request_id, progress_interval
+                pool, spec, transform, sink, utterance, stats, request_id, progress
             )
         stats.utterances += 1
         await sink.utterance_finished(utterance, encoder.samples_out - before)
@@ -122,20 +141,35 @@ async def generate_utterance(
     utterance: Utterance,
     stats: SpeechStats,
     request_id: str,
-    progress_interval: float,
+    progress: ProgressIntervals,
 ) -> None:
-    """One generation on a free replica; its encoded audio goes to `sink.audio`."""
-    async with pool.run(spec, request_id=request_id, transform=transform) as (job, pieces):
+    """One generation on a free replica; its encoded audio goes to `sink.audio`.
+
+    Progress (see `ProgressIntervals`): a streaming generation reports it after an
+    audio piece, so it needs no timer task; a non-streaming one from a timer.
+    """
+    async with pool.run(
+        spec,
+        request_id=request_id,
+        transform=transform,
+        on_wait=partial(sink.waiting, utterance),
+    ) as (job, pieces):
         if stats.first_job_at is None:
             stats.first_job_at = trio.current_time()
+        # Told once the job is on its replica: the model starts while this is sent.
+        await sink.utterance_started(utterance)
+        interval = progress.streaming if spec.streaming else progress.timer
+        reporter = _ProgressReporter(job, sink, utterance, interval)
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_report_progress, job, sink, utterance, progress_interval)
+            if not spec.streaming:
+                nursery.start_soon(reporter.run_timer)
             try:
                 async for piece in pieces:
                     stats.chunks += 1
                     if piece.data:
                         await sink.audio(piece.data)
+                        await reporter.report_if_due()
             except Exception as exc:
                 # Re-raised outside the nursery so callers see it bare, not in a group.
                 failure = exc
@@ -148,16 +182,33 @@ async def generate_utterance(
     _raise_if_failed(job, request_id)
 
 
-async def _report_progress(
-    job: Job, sink: SpeechSink, utterance: Utterance, interval: float
-) -> None:
-    while True:
-        await trio.sleep(interval)
-        if job.expected_steps and job.steps:
+@attrs.define
+class _ProgressReporter:
+    """`generating` progress for one generation, at most once per interval."""
+
+    job: Job
+    sink: SpeechSink
+    utterance: Utterance
+    interval: float
+    last_at: float = attrs.field(factory=trio.current_time)
+
+    async def report_if_due(self) -> None:
+        now = trio.current_time()
+        if now - self.last_at >= self.interval:
+            self.last_at = now
+            await self._report()
+
+    async def run_timer(self) -> None:
+        while True:
+            await trio.sleep(self.interval)
             try:
-                await sink.progress(utterance, job.steps, job.expected_steps)
+                await self._report()
             except ConnectionGone:
                 return  # the audio loop meets the same broken writer and ends the request
+
+    async def _report(self) -> None:
+        if self.job.expected_steps and self.job.steps:
+            await self.sink.progress(self.utterance, self.job.steps, self.job.expected_steps)
 
 
 def _raise_if_failed(job: Job, request_id: str) -> None:

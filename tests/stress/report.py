@@ -71,7 +71,7 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
     (
         "ConnectionGone raised by the progress reporter comes out of its nursery as an "
         "ExceptionGroup that `except ConnectionGone` misses: logged as request_crashed",
-        "voxtrio/_speech.py `generate_utterance` / `_report_progress`",
+        "voxtrio/_speech.py `generate_utterance` / `_ProgressReporter`",
         "test_client_gone_during_progress_is_not_a_request_crash",
         FIXED,
     ),

@@ -1,0 +1,122 @@
+"""The replica pool: chunk hand-over, backpressure by credits, stopping, slots."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import partial
+
+import numpy as np
+import pytest
+import trio
+
+from voxtrio._engine import SynthesisSpec
+from voxtrio._replicas import ReplicaPool
+from voxtrio._synthetic import SyntheticEngine
+
+LONG = "a" * 400  # 100 synthetic steps
+
+
+@asynccontextmanager
+async def started_pool(**kwargs: object) -> AsyncIterator[ReplicaPool]:
+    kwargs.setdefault("workers", 1)
+    pool = ReplicaPool(partial(SyntheticEngine, rtf=0.0), **kwargs)  # type: ignore[arg-type]
+    try:
+        with trio.fail_after(10):
+            await pool.start()
+        yield pool
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.aclose()
+
+
+async def test_every_chunk_arrives_in_order_then_the_stream_ends() -> None:
+    """A job's chunks reach the request task in order, and the stream then ends."""
+    async with started_pool(chunk_buffer=2) as pool:
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text="a" * 40), request_id="r") as (job, chunks):
+                received = [chunk async for chunk in chunks]
+                await job.done.wait()
+    assert len(received) == 10
+    starts = [float(chunk[0]) for chunk in received]
+    engine = SyntheticEngine()
+    expected = list(engine.generate(SynthesisSpec(text="a" * 40), lambda step: None))
+    assert starts == [float(chunk[0]) for chunk in expected]
+    assert job.result is not None
+    assert not job.stopped
+
+
+async def test_a_request_that_takes_nothing_holds_its_generator_to_the_buffer() -> None:
+    """Backpressure: untaken chunks stop the generator after `chunk_buffer` (+1 in hand)."""
+    async with started_pool(chunk_buffer=3) as pool:
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, chunks):
+                while job.steps < 4:
+                    await trio.sleep(0.001)
+                await trio.sleep(0.2)  # the thread would run all 100 steps in this time
+                assert job.steps == 4  # 3 handed over, the 4th waiting for a credit
+                await chunks.receive()
+                while job.steps < 5:
+                    await trio.sleep(0.001)
+                await trio.sleep(0.1)
+                assert job.steps == 5  # one credit back: exactly one more step
+
+
+async def test_leaving_early_stops_a_thread_waiting_for_a_credit_at_once() -> None:
+    """A stop wakes a thread blocked on backpressure without waiting out its recheck."""
+    async with started_pool(chunk_buffer=1) as pool:
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                while job.steps < 2:
+                    await trio.sleep(0.001)
+            stopped_at = time.perf_counter()
+            assert job.done.is_set()
+    assert job.stopped
+    assert job.finished_at is not None
+    assert job.finished_at - stopped_at < 0.5
+
+
+async def test_a_stopped_job_gives_its_replica_back() -> None:
+    """After a job is stopped the next one gets the replica and runs to the end."""
+    async with started_pool(chunk_buffer=1) as pool:
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="a") as (first, chunks):
+                await chunks.receive()
+            assert pool.busy == 0
+            assert pool.limiter.available_tokens == 1
+            async with pool.run(SynthesisSpec(text="a" * 8), request_id="b") as (second, rest):
+                assert len([chunk async for chunk in rest]) == 2
+    assert first.stopped
+    assert not second.stopped
+
+
+async def test_chunks_for_a_request_that_is_gone_are_dropped_without_harm() -> None:
+    """A chunk delivered after the request closed its stream stops the job quietly."""
+    async with started_pool(chunk_buffer=4) as pool:
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                pass
+            job.deliver(np.zeros(4, np.float32))  # as a late run_sync_soon callback would
+    assert job.stop_event.is_set()
+    assert job.stopped
+
+
+@pytest.mark.parametrize("chunk_buffer", [1, 2, 8])
+async def test_many_jobs_in_turn_leave_no_credits_or_slots_behind(chunk_buffer: int) -> None:
+    """Jobs read fully, read partly and not at all all leave the pool as they found it."""
+    async with started_pool(chunk_buffer=chunk_buffer, workers=2) as pool:
+        with trio.fail_after(20):
+            for i in range(12):
+                async with pool.run(SynthesisSpec(text="a" * 40), request_id=f"r{i}") as (
+                    job,
+                    chunks,
+                ):
+                    if i % 3 == 0:  # read to the end
+                        assert len([chunk async for chunk in chunks]) == 10
+                    elif i % 3 == 1:  # read one chunk, then leave
+                        await chunks.receive()
+                    # else: leave without reading anything
+                assert job.done.is_set()
+            assert pool.busy == 0
+            assert pool.limiter.available_tokens == 2
