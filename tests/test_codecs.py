@@ -301,6 +301,33 @@ def test_check_finite_accepts_finite_audio() -> None:
     check_finite(np.array([0.0, -3.0, 1e30], np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, 4999, 9999])
+def test_check_finite_finds_one_bad_sample_anywhere(dtype: type, bad: float, where: int) -> None:
+    """One NaN or ±inf anywhere in a chunk is found, whatever the float type."""
+    x = np.full(10000, 0.25, dtype)
+    x[where] = bad
+    with pytest.raises(ValueError, match="non-finite audio"):
+        check_finite(x)
+
+
+def test_check_finite_accepts_the_largest_float32_values() -> None:
+    """Full-range float32 chunks are finite: the one-pass check cannot overflow."""
+    big = np.finfo(np.float32).max
+    check_finite(np.full(1_000_000, big, np.float32))
+    check_finite(np.array([big, -big] * 1000, np.float32))
+
+
+@given(st.lists(st.floats(-4.0, 4.0, width=32), min_size=1, max_size=300))
+def test_pcm16_matches_clip_scale_round(values: list[float]) -> None:
+    """pcm16 is exactly rint(clip(x, -1, 1) * 32767) for float32 and float64 input."""
+    for dtype in (np.float32, np.float64):
+        x = np.array(values, dtype)
+        expected = np.rint(np.clip(x, -1.0, 1.0) * 32767.0).astype("<i2")
+        assert np.frombuffer(float_to_pcm16(x), "<i2").tolist() == expected.tolist()
+
+
 def test_encode_refuses_non_finite_chunk_without_consuming_it() -> None:
     """A NaN chunk raises ValueError and leaves the counters untouched."""
     encoder = AudioEncoder("opus", input_rate=48000)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,7 +13,7 @@ import pytest
 import trio
 
 from voxtrio._engine import SynthesisSpec
-from voxtrio._replicas import ReplicaPool
+from voxtrio._replicas import LoopMailbox, ReplicaPool
 from voxtrio._synthetic import SyntheticEngine
 
 LONG = "a" * 400  # 100 synthetic steps
@@ -120,3 +121,29 @@ async def test_many_jobs_in_turn_leave_no_credits_or_slots_behind(chunk_buffer: 
                 assert job.done.is_set()
             assert pool.busy == 0
             assert pool.limiter.available_tokens == 2
+
+
+async def test_mailbox_runs_posts_from_many_threads_in_each_threads_order() -> None:
+    """LoopMailbox: every call posted from any thread runs on the loop, per-thread in order."""
+    mailbox = LoopMailbox(trio.lowlevel.current_trio_token())
+    seen: list[tuple[int, int]] = []
+    loop_thread = threading.get_ident()
+    threads_seen: set[int] = set()
+
+    def record(thread: int, index: int) -> None:
+        threads_seen.add(threading.get_ident())
+        seen.append((thread, index))
+
+    def post_many(thread: int) -> None:
+        for index in range(500):
+            mailbox.post(record, thread, index)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for thread in range(4):
+                nursery.start_soon(trio.to_thread.run_sync, post_many, thread)
+        while len(seen) < 2000:
+            await trio.sleep(0.001)
+    assert threads_seen == {loop_thread}
+    for thread in range(4):
+        assert [i for t, i in seen if t == thread] == list(range(500))

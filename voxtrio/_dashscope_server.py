@@ -21,7 +21,7 @@ import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from ._codecs import AudioEncoder
+from ._codecs import AudioEncoder, check_finite
 from ._config import Settings
 from ._connection import keepalive
 from ._dashscope import (
@@ -44,7 +44,6 @@ from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._speech import (
     EncodedAudio,
-    NonFiniteAudio,
     SpeechStats,
     Utterance,
     encoding_transform,
@@ -360,8 +359,7 @@ class DashScopeConnection:
         task.stretch = stretch
 
         def stretch_then_encode(chunk: np.ndarray) -> EncodedAudio:
-            if not np.isfinite(chunk).all():
-                raise NonFiniteAudio("non-finite audio")
+            check_finite(chunk)  # before the stretcher smears a NaN over its window
             return encode(stretch.process(chunk))
 
         return stretch_then_encode

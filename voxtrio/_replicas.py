@@ -9,16 +9,22 @@ thread schedules on the Trio loop.
 
 Chunks travel to the request task through a bounded memory channel, with credits
 for backpressure: the thread takes a credit (a `threading.Semaphore` sized like the
-channel) before each chunk and hands the chunk over with `run_sync_soon` +
-`send_nowait`; the request task gives the credit back as it takes the chunk. So a
-slow client blocks its generator instead of piling up audio, and the hand-over
-costs one callback on the loop. (`trio.from_thread.run` would spawn a system task
-per chunk and block the thread on a round trip: a quarter of the server's CPU at
-a few hundred streams.)
+channel) before each chunk and posts the chunk to the loop; the request task gives
+the credit back as it takes the chunk. So a slow client blocks its generator
+instead of piling up audio.
+
+Posting goes through one `LoopMailbox` per pool rather than a `run_sync_soon` per
+chunk: trio's entry queue holds a lock across its wake-up syscall, and with
+hundreds of replica threads each taking it per chunk the lock and the GIL convoy
+(measured: 38 of 256 threads queued on it, a core and a half of futex traffic).
+The mailbox's lock covers a deque append only, and one loop callback drains
+everything posted since the last one. (`trio.from_thread.run` per chunk, the
+first design, also spawned a system task per chunk.)
 """
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -42,6 +48,46 @@ class EngineLoadError(RuntimeError):
     """A replica could not load or warm up its engine."""
 
 
+class LoopMailbox:
+    """Calls posted from any thread, run in order on the Trio thread, in batches.
+
+    Callbacks must not raise: they run inside a `run_sync_soon` callback, where an
+    exception crashes the whole run.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._lock = threading.Lock()
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._drain_scheduled = False
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Any thread: run `fn(*args)` on the loop after everything posted before it.
+
+        Raises trio.RunFinishedError once the loop has gone.
+        """
+        with self._lock:
+            self._calls.append((fn, args))
+            if self._drain_scheduled:
+                return  # the pending drain will take this one too
+            self._drain_scheduled = True
+        try:
+            self._token.run_sync_soon(self._drain)
+        except trio.RunFinishedError:
+            with self._lock:
+                self._drain_scheduled = False
+            raise
+
+    def _drain(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, collections.deque()
+            self._drain_scheduled = False
+        for fn, args in calls:
+            fn(*args)
+
+
 @attrs.define(eq=False)
 class Job:
     """One generation on one replica; shared by the request task and the thread."""
@@ -49,7 +95,7 @@ class Job:
     spec: SynthesisSpec
     request_id: str
     send_channel: trio.MemorySendChannel[Any]
-    trio_token: trio.lowlevel.TrioToken
+    mailbox: LoopMailbox
     # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
     # codec work stays off the event loop; what it returns is what the channel carries.
     transform: Callable[[np.ndarray], Any] | None = None
@@ -76,10 +122,7 @@ class Job:
         self.credits.release()
 
     def deliver(self, item: Any) -> None:
-        """Trio thread (a `run_sync_soon` callback): put a chunk in the channel.
-
-        Must not raise: an exception in a run_sync_soon callback crashes the run.
-        """
+        """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
         try:
             self.send_channel.send_nowait(item)
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -224,7 +267,8 @@ class Replica:
         job.finished_at = time.perf_counter()
         self.jobs_run += 1
         with suppress(trio.RunFinishedError):
-            job.trio_token.run_sync_soon(self._finish, job, result, stopped)
+            # Through the mailbox: after every chunk this job posted.
+            job.mailbox.post(self._finish, job, result, stopped)
 
     @staticmethod
     def _hand_over(job: Job, item: Any) -> None:
@@ -236,8 +280,7 @@ class Replica:
                 raise GenerationStopped
         if job.stop_event.is_set():
             raise GenerationStopped
-        # FIFO with the `_finish` callback, so every chunk lands before the close.
-        job.trio_token.run_sync_soon(job.deliver, item)
+        job.mailbox.post(job.deliver, item)
 
     def _finish(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread.
@@ -273,6 +316,7 @@ class ReplicaPool:
         self.stop_timeout = stop_timeout
         self.chunk_buffer = chunk_buffer
         self._free: list[Replica] = []
+        self._mailbox: LoopMailbox | None = None
         self._borrowers: dict[Job, object] = {}
         self.admitted = 0
         self.waiting = 0
@@ -286,6 +330,7 @@ class ReplicaPool:
     async def start(self, *, load_timeout: float = 900.0) -> None:
         """Load and warm every replica; `ready` only once all of them are."""
         token = trio.lowlevel.current_trio_token()
+        self._mailbox = LoopMailbox(token)
         events = [replica.start(token, self._job_done) for replica in self.replicas]
         with trio.move_on_after(load_timeout) as scope:
             for event in events:
@@ -340,6 +385,7 @@ class ReplicaPool:
             raise ProtocolError(
                 ErrorCode.MODEL_NOT_LOADED, "the model is not loaded", request_id=request_id
             )
+        assert self._mailbox is not None  # set by start(), before ready
         if self.admitted >= self.max_admitted:
             raise ProtocolError(
                 ErrorCode.RATE_LIMITED,
@@ -363,7 +409,7 @@ class ReplicaPool:
                 spec,
                 request_id,
                 send,
-                trio.lowlevel.current_trio_token(),
+                self._mailbox,
                 transform,
                 chunk_buffer=self.chunk_buffer,
             )

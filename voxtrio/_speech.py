@@ -19,7 +19,7 @@ import numpy as np
 import structlog
 import trio
 
-from ._codecs import AudioEncoder
+from ._codecs import AudioEncoder, NonFiniteAudio
 from ._engine import SynthesisSpec
 from ._errors import ErrorCode, ProtocolError
 from ._replicas import Job, ReplicaPool
@@ -41,10 +41,6 @@ class Utterance:
 class EncodedAudio:
     data: bytes
     samples: int  # output-rate samples this piece added
-
-
-class NonFiniteAudio(ValueError):
-    """The model produced NaN or infinite samples."""
 
 
 class SpeechSink(Protocol):
@@ -87,11 +83,10 @@ class SpeechStats:
 
 
 def encoding_transform(encoder: AudioEncoder) -> Callable[[np.ndarray], EncodedAudio]:
-    """The per-chunk work done on the replica thread: check, then encode."""
+    """The per-chunk work done on the replica thread: check and encode."""
 
     def encode(chunk: np.ndarray) -> EncodedAudio:
-        if not np.isfinite(chunk).all():
-            raise NonFiniteAudio("non-finite audio")
+        # encode() refuses NaN/inf with NonFiniteAudio before it encodes anything.
         before = encoder.samples_out
         data = encoder.encode(chunk)
         return EncodedAudio(data, encoder.samples_out - before)
