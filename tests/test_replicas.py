@@ -147,3 +147,15 @@ async def test_mailbox_runs_posts_from_many_threads_in_each_threads_order() -> N
     assert threads_seen == {loop_thread}
     for thread in range(4):
         assert [i for t, i in seen if t == thread] == list(range(500))
+
+
+def test_mailbox_refuses_posts_once_the_loop_has_gone() -> None:
+    """A post after trio.run has returned raises RunFinishedError, run after run."""
+
+    async def make() -> LoopMailbox:
+        return LoopMailbox(trio.lowlevel.current_trio_token())
+
+    mailbox = trio.run(make)
+    for _ in range(2):  # the failed post leaves no drain marked as pending
+        with pytest.raises(trio.RunFinishedError):
+            mailbox.post(print, "never")

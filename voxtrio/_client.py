@@ -61,33 +61,9 @@ from ._messages import (
     ServerMessage,
     SynthesisOptions,
     SynthesisResult,
-    Timings,
     TtsParams,
     structure_message,
 )
-
-__all__ = [
-    "DEFAULT_URL",
-    "AudioChunk",
-    "ConnectError",
-    "ConnectionLost",
-    "ErrorCode",
-    "Progress",
-    "ProtocolViolation",
-    "ResponseTimeout",
-    "Speech",
-    "SynthesisCancelled",
-    "SynthesisError",
-    "SynthesisResult",
-    "SynthesisStream",
-    "TextStream",
-    "Timings",
-    "VoxtrioClient",
-    "VoxtrioClientError",
-    "connect",
-    "parse_server_message",
-    "write_wav",
-]
 
 log = logging.getLogger("voxtrio.client")
 

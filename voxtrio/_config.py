@@ -10,16 +10,27 @@ import argparse
 import ipaddress
 import os
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import attrs
-
-if TYPE_CHECKING:
-    from ._speech import ProgressIntervals
 
 
 class ConfigError(ValueError):
     """A setting has an invalid value; the message names where it came from."""
+
+
+@attrs.frozen
+class ProgressIntervals:
+    """How often `generating` progress goes out, in seconds.
+
+    A non-streaming generation sends nothing until the end, so a timer reports it
+    every `timer`. A streaming one reports right after an audio piece, at most every
+    `streaming`: its audio frames already show it advancing, and on a busy server
+    each progress message costs about as much as an audio frame.
+    """
+
+    timer: float = 0.25
+    streaming: float = 1.0
 
 
 @attrs.frozen(kw_only=True)
@@ -72,8 +83,6 @@ class Settings:
 
     @property
     def progress_intervals(self) -> ProgressIntervals:
-        from ._speech import ProgressIntervals  # here: _speech pulls in the codecs
-
         return ProgressIntervals(self.progress_interval, self.stream_progress_interval)
 
 

@@ -11,6 +11,7 @@ import structlog
 import trio
 
 from ._codecs import AudioEncoder
+from ._config import ProgressIntervals
 from ._engine import SynthesisSpec
 from ._errors import ErrorCode, ProtocolError
 from ._frames import FrameType, encode_frame
@@ -33,7 +34,7 @@ from ._messages import (
 from ._metrics import Metrics
 from ._replicas import ReplicaPool
 from ._sentences import SentenceSplitter, is_speakable
-from ._speech import ProgressIntervals, Utterance, speak
+from ._speech import Utterance, speak
 from ._voice_service import VoiceService
 from ._writer import ConnectionGone, FrameWriter
 

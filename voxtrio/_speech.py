@@ -20,6 +20,7 @@ import structlog
 import trio
 
 from ._codecs import AudioEncoder, NonFiniteAudio
+from ._config import ProgressIntervals
 from ._engine import SynthesisSpec
 from ._errors import ErrorCode, ProtocolError
 from ._replicas import Job, ReplicaPool
@@ -57,20 +58,6 @@ class SpeechSink(Protocol):
     async def utterance_finished(self, utterance: Utterance, samples: int) -> None: ...
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None: ...
-
-
-@attrs.frozen
-class ProgressIntervals:
-    """How often `generating` progress goes out, in seconds.
-
-    A non-streaming generation sends nothing until the end, so a timer reports it
-    every `timer`. A streaming one reports right after an audio piece, at most every
-    `streaming`: its audio frames already show it advancing, and on a busy server
-    each progress message costs about as much as an audio frame.
-    """
-
-    timer: float = 0.25
-    streaming: float = 1.0
 
 
 @attrs.define

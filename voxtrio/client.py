@@ -27,23 +27,21 @@ from ._client import (
     AudioChunk,
     ConnectError,
     ConnectionLost,
-    ErrorCode,
-    Progress,
     ProtocolViolation,
     ResponseTimeout,
     Speech,
     SynthesisCancelled,
     SynthesisError,
-    SynthesisResult,
     SynthesisStream,
     TextStream,
-    Timings,
     VoxtrioClient,
     VoxtrioClientError,
     connect,
     parse_server_message,
     write_wav,
 )
+from ._errors import ErrorCode
+from ._messages import Progress, SynthesisResult, Timings
 
 __all__ = [
     "DEFAULT_URL",
