@@ -70,7 +70,7 @@ def demo(session: nox.Session) -> None:
     session.run(
         "python",
         "-m",
-        "voxtrio._demo",
+        "voxtrio.tools._demo",
         "--model",
         str(model_dir),
         "--text",

@@ -107,7 +107,7 @@ class EnginePool:
             engine.close()
 
     def _run_one(self, engine: Any, run: _Run, submitted: float, index: int) -> None:
-        from voxtrio._engine import SynthesisSpec
+        from voxtrio.speech._engine import SynthesisSpec
 
         job = run.jobs[index]
         spec = SynthesisSpec(
@@ -203,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions, resolve_device
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions, resolve_device
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

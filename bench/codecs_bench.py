@@ -30,7 +30,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from voxtrio._codecs import AUDIO_FORMATS, AudioEncoder, AudioFormat
+from voxtrio.audio._codecs import AUDIO_FORMATS, AudioEncoder, AudioFormat
 
 MP3_PRIMING = 1105  # LAME encoder delay (576) + MP3 decoder delay (529), in samples
 

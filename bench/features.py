@@ -213,7 +213,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
-            from voxtrio._tiny_model import build_checkpoint
+            from voxtrio.tools._tiny_model import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", arch="voxcpm2"))
         ready = Path(tmp) / "ready"

@@ -16,9 +16,9 @@ import trio
 
 from voxtrio._app import run_server
 from voxtrio._config import Settings
-from voxtrio._engine import EngineFactory
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._engine import EngineFactory
+from voxtrio.speech._synthetic import SyntheticEngine
 
 
 @pytest.fixture
@@ -46,6 +46,6 @@ async def synthetic_server(start_server: Callable[..., Any]) -> ServerHandle:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random-weight VoxCPM2 checkpoint (never stops: length = voxcpm's cap)."""
-    from voxtrio._tiny_model import build_checkpoint
+    from voxtrio.tools._tiny_model import build_checkpoint
 
     return build_checkpoint(tmp_path_factory.mktemp("models") / "tiny-voxcpm2", arch="voxcpm2")

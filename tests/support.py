@@ -15,7 +15,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
-from voxtrio._frames import AudioFrame, FrameType, decode_frame
+from voxtrio.protocol._frames import AudioFrame, FrameType, decode_frame
 
 TERMINAL = ("complete", "error")
 

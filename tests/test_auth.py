@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from voxtrio import _auth
-from voxtrio._auth import KeyStore, check_exposure, presented_key, redact_target
 from voxtrio._config import ConfigError
+from voxtrio.ops import _auth as _auth
+from voxtrio.ops._auth import KeyStore, check_exposure, presented_key, redact_target
 
 KEY_A = "a" * 16 + "-alpha-key"
 KEY_B = "b" * 16 + "-bravo-key"

@@ -30,8 +30,8 @@ from bench._texts import (
     staggered_arrivals,
     stream_text,
 )
-from voxtrio._frames import FrameType, encode_frame
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.protocol._frames import FrameType, encode_frame
+from voxtrio.speech._synthetic import SyntheticEngine
 
 # ---------------------------------------------------------------- statistics
 
@@ -116,7 +116,7 @@ def test_arrivals_are_seeded() -> None:
 
 
 def test_stream_text_gives_the_synthetic_engine_that_many_chunks() -> None:
-    from voxtrio._engine import SynthesisSpec
+    from voxtrio.speech._engine import SynthesisSpec
 
     text = stream_text(50)
     assert SyntheticEngine().max_steps(SynthesisSpec(text=text, max_len=4096)) == 50

@@ -28,19 +28,6 @@ from trio_websocket import (
 )
 
 from voxtrio._cli import build_parser
-from voxtrio._frames import FrameType, encode_frame
-from voxtrio._messages import (
-    Complete,
-    Error,
-    ErrorBody,
-    Progress,
-    SynthesisResult,
-    Timings,
-    dump_message,
-)
-from voxtrio._say import PLAIN_LINES, ProgressDisplay, run_say
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
 from voxtrio.client import (
     ConnectError,
     ConnectionLost,
@@ -52,6 +39,19 @@ from voxtrio.client import (
     connect,
     write_wav,
 )
+from voxtrio.protocol._frames import FrameType, encode_frame
+from voxtrio.protocol._messages import (
+    Complete,
+    Error,
+    ErrorBody,
+    Progress,
+    SynthesisResult,
+    Timings,
+    dump_message,
+)
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.tools._say import PLAIN_LINES, ProgressDisplay, run_say
 
 RATE = 48000
 CHUNK = 7680  # samples per synthetic chunk; one chunk per 4 characters of text

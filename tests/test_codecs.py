@@ -1,4 +1,4 @@
-"""Tests for voxtrio._codecs: streaming encoders checked with independent decoders.
+"""Tests for voxtrio.audio._codecs: streaming encoders checked with independent decoders.
 
 wav, mp3 and Ogg Opus are decoded with libsndfile (soundfile; mpg123 and libopus/libogg
 behind it); pcm16 with numpy. FLAC is decoded with PyAV's demuxer and decoder (libav's,
@@ -20,7 +20,7 @@ import soundfile as sf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voxtrio._codecs import (
+from voxtrio.audio._codecs import (
     AUDIO_FORMATS,
     SUPPORTED_RATES,
     WAV_UNKNOWN_SIZE,

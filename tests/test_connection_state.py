@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from voxtrio._connection_state import (
+from voxtrio.protocol._connection_state import (
     Capabilities,
     ConnectionState,
     Reply,
@@ -13,8 +13,8 @@ from voxtrio._connection_state import (
     StopRequest,
     VoiceCommand,
 )
-from voxtrio._errors import ErrorCode
-from voxtrio._messages import Error, Pong
+from voxtrio.protocol._errors import ErrorCode
+from voxtrio.protocol._messages import Error, Pong
 
 
 def tts(request_id: str = "r1", **params: Any) -> str:

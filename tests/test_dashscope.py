@@ -1,4 +1,4 @@
-"""The DashScope duplex protocol state machine (voxtrio._dashscope), without sockets."""
+"""The DashScope duplex protocol state machine (voxtrio.protocol._dashscope), without sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from voxtrio._dashscope import (
+from voxtrio.protocol._dashscope import (
     DEFAULT_SAMPLE_RATE,
     CancelTask,
     DashScopeCapabilities,

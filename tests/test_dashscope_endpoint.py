@@ -17,10 +17,10 @@ import soundfile
 import trio
 from trio_websocket import open_websocket_url
 
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
-from voxtrio._tiny_model import expected_chunks
-from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.tools._tiny_model import expected_chunks
 
 dashscope = pytest.importorskip("dashscope")
 tts_v2 = pytest.importorskip("dashscope.audio.tts_v2")
@@ -142,9 +142,9 @@ async def test_rate_without_dsp_is_task_failed(
     start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Without the optional DSP, rate != 1.0 is a task-failed the SDK raises, never ignored."""
-    import voxtrio._server
+    import voxtrio.server._listener
 
-    monkeypatch.setattr(voxtrio._server, "dsp_available", lambda: False)
+    monkeypatch.setattr(voxtrio.server._listener, "dsp_available", lambda: False)
     handle = await start_server()
     synth = tts_v2.SpeechSynthesizer(
         model="cosyvoice-v2",

@@ -1,4 +1,4 @@
-"""The official dashscope SDK against a fake server built on voxtrio._dashscope.
+"""The official dashscope SDK against a fake server built on voxtrio.protocol._dashscope.
 
 The SDK is synchronous websocket-client code, so it runs in a thread while a small
 trio-websocket server on 127.0.0.1:0 answers it through DashScopeTask: real event
@@ -21,7 +21,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
-from voxtrio._dashscope import (
+from voxtrio.protocol._dashscope import (
     PATH,
     CancelTask,
     DashScopeCapabilities,

@@ -1,11 +1,11 @@
-"""Streaming rate/pitch (voxtrio._dsp) on a voice-like signal, chunked as the engine chunks."""
+"""Streaming rate/pitch (voxtrio.audio._dsp) on a voice-like signal, chunked like the engine."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from voxtrio._dsp import StreamingStretch, dsp_available
+from voxtrio.audio._dsp import StreamingStretch, dsp_available
 
 pytest.importorskip("pylibrb")
 

@@ -17,7 +17,13 @@ import pytest
 import trio
 import trustme
 
-from voxtrio._fetch import FetchError, FetchPolicy, address_problem, fetch_prompt, host_allowed
+from voxtrio.voices._fetch import (
+    FetchError,
+    FetchPolicy,
+    address_problem,
+    fetch_prompt,
+    host_allowed,
+)
 
 BODY = b"RIFF" + bytes(range(256)) * 40
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from voxtrio._frames import FrameType
-from voxtrio._server import ServerHandle
+from voxtrio.protocol._frames import FrameType
+from voxtrio.server._listener import ServerHandle
 
 from .support import Outcome, session, speak
 
@@ -121,8 +121,8 @@ async def test_opus_through_real_voxcpm(start_server: object, tiny_model_dir: Pa
     """The tiny checkpoint through voxcpm, encoded as Ogg Opus, decodes to its length."""
     from functools import partial
 
-    from voxtrio._tiny_model import expected_chunks
-    from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+    from voxtrio.tools._tiny_model import expected_chunks
 
     options = VoxCPMOptions(model=str(tiny_model_dir), device="cpu", warm_normalizer=False)
     handle = await start_server(partial(VoxCPMEngine.load, options), engine="voxcpm")  # type: ignore[operator]

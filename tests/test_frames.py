@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from voxtrio._frames import (
+from voxtrio.protocol._frames import (
     MAX_METADATA_BYTES,
     AudioFrame,
     FrameError,

@@ -7,8 +7,7 @@ from functools import partial
 
 import trio
 
-from voxtrio._engine import SynthesisSpec
-from voxtrio._health import (
+from voxtrio.ops._health import (
     EngineState,
     HealthChecks,
     ReplicaState,
@@ -17,9 +16,10 @@ from voxtrio._health import (
     readiness,
     snapshot,
 )
-from voxtrio._http import HttpRequest
-from voxtrio._replicas import ReplicaPool
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.ops._http import HttpRequest
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._synthetic import SyntheticEngine
 
 NOW = 1000.0
 GET = HttpRequest(method="GET", target="/health", path="/health", headers=())

@@ -12,7 +12,7 @@ import pytest
 import trio
 from structlog.testing import capture_logs
 
-from voxtrio._http import HttpRequest, Route, RouteResult, protect, serve_http, text_response
+from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http, text_response
 
 TIMEOUT = 0.3  # request deadline for the tests that wait for it (real time: real sockets)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from voxtrio._errors import ErrorCode, ProtocolError
-from voxtrio._messages import (
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._messages import (
     CancelledResult,
     Complete,
     Ping,

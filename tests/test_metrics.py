@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from voxtrio import __version__
-from voxtrio._metrics import MODES, STATUSES, Metrics
+from voxtrio.ops._metrics import MODES, STATUSES, Metrics
 
 
 def scrape(metrics: Metrics) -> dict[str, Any]:

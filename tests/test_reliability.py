@@ -24,9 +24,9 @@ import trio_websocket
 
 from voxtrio._app import run_server
 from voxtrio._config import Settings
-from voxtrio._errors import ErrorCode, ProtocolError
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
 
 from .stress import fuzzing, runs
 from .stress.harness import (
@@ -444,7 +444,7 @@ async def test_dashscope_task_failing_after_its_client_vanished_is_not_a_server_
     start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task that fails just as its client vanishes is not logged as a server error."""
-    import voxtrio._dashscope_server
+    import voxtrio.server._dashscope
 
     async def fails_as_the_client_goes(
         pool: Any, spec: Any, transform: Any, sink: Any, *rest: Any
@@ -453,7 +453,7 @@ async def test_dashscope_task_failing_after_its_client_vanished_is_not_a_server_
         sink.connection.writer.broken = "connection closed (the client just vanished)"
         raise ProtocolError(ErrorCode.GENERATION_FAILED, "generation failed: injected")
 
-    monkeypatch.setattr(voxtrio._dashscope_server, "generate_utterance", fails_as_the_client_goes)
+    monkeypatch.setattr(voxtrio.server._dashscope, "generate_utterance", fails_as_the_client_goes)
     handle: ServerHandle = await start_server()
     with watch_logs() as logs:
         async with RawWebSocket.open(dashscope_url(handle.url)) as raw:
@@ -511,7 +511,7 @@ def _os_threads() -> int:
 @pytest.mark.parametrize("fmt", ["mp3", "opus", "flac"])
 def test_closed_encoder_keeps_no_codec_threads(fmt: str) -> None:
     """An encoder that is finished or closed holds no libav thread, referenced or not."""
-    from voxtrio._codecs import AudioEncoder
+    from voxtrio.audio._codecs import AudioEncoder
 
     def encoder() -> AudioEncoder:
         made = AudioEncoder(fmt, input_rate=48000)  # type: ignore[arg-type]

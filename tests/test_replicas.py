@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import trio
 
-from voxtrio._engine import SynthesisSpec
-from voxtrio._replicas import LoopMailbox, ReplicaPool
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._replicas import LoopMailbox, ReplicaPool
+from voxtrio.speech._synthetic import SyntheticEngine
 
 LONG = "a" * 400  # 100 synthetic steps
 

@@ -1,4 +1,4 @@
-"""Spec for voxtrio._sentences: incremental sentence segmentation of streamed text."""
+"""Spec for voxtrio.protocol._sentences: incremental sentence segmentation of streamed text."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from voxtrio._sentences import SentenceSplitter, is_speakable, split_sentences
+from voxtrio.protocol._sentences import SentenceSplitter, is_speakable, split_sentences
 
 # --- boundaries ---------------------------------------------------------------------
 

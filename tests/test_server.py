@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import trio
 
-from voxtrio._frames import FrameType
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.protocol._frames import FrameType
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
 
 from .support import handshake_status, session, speak
 
@@ -58,7 +58,7 @@ async def test_streaming_audio_is_the_engine_audio_as_pcm16(synthetic_server: Se
     outcome = await speak(synthetic_server.url, text="abcdefgh", seed=7)
     received = np.frombuffer(outcome.audio, "<i2")
     engine = SyntheticEngine()
-    from voxtrio._engine import SynthesisSpec
+    from voxtrio.speech._engine import SynthesisSpec
 
     expected = np.concatenate(list(engine.generate(SynthesisSpec(text="abcdefgh", seed=7), print)))
     assert np.array_equal(received, np.rint(expected * 32767).astype("<i2"))
@@ -315,12 +315,12 @@ async def test_server_bug_is_internal_error_for_that_request_only(
     synthetic_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An exception in the server's own code is INTERNAL_ERROR; the connection goes on."""
-    import voxtrio._request
+    import voxtrio.server._request
 
     def broken(*args: Any) -> bytes:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(voxtrio._request, "encode_frame", broken)
+    monkeypatch.setattr(voxtrio.server._request, "encode_frame", broken)
     async with session(synthetic_server.url) as s:
         await s.request("a", text="hi")
         await s.until_terminal("a")

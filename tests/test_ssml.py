@@ -1,11 +1,11 @@
-"""The SSML subset (voxtrio._ssml): segments out, hostile or unsupported input refused."""
+"""The SSML subset (voxtrio.protocol._ssml): segments out, hostile or unsupported input refused."""
 
 from __future__ import annotations
 
 import pytest
 
-from voxtrio._sentences import is_speakable
-from voxtrio._ssml import (
+from voxtrio.protocol._sentences import is_speakable
+from voxtrio.protocol._ssml import (
     BREAK_STRENGTH_MS,
     Sentence,
     Silence,

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 from structlog.testing import capture_logs
 
-from voxtrio._systemd import notify, watchdog_interval, watchdog_loop
+from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
 
 
 def drain(sock: socket.socket) -> list[str]:

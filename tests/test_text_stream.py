@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import trio
 
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
 
 from .support import RawSession, session, speak
 

@@ -21,18 +21,18 @@ import pytest
 import soundfile
 import torch
 
-from voxtrio._tiny_model import (
+from voxtrio.speech._voxcpm_import import (
+    build_torchaudio_standin,
+    import_voxcpm,
+    torchaudio_is_standin,
+)
+from voxtrio.tools._tiny_model import (
     ARCHITECTURES,
     CONFIG_KEY,
     build_checkpoint,
     expected_chunks,
     full_config,
     parameter_count,
-)
-from voxtrio._voxcpm_import import (
-    build_torchaudio_standin,
-    import_voxcpm,
-    torchaudio_is_standin,
 )
 
 # voxcpm's VAE is built with torch.nn.utils.weight_norm: every model load emits

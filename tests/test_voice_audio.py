@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from voxtrio import _voice_audio
-from voxtrio._voice_audio import (
+from voxtrio.voices import _audio as _voice_audio
+from voxtrio.voices._audio import (
     VoiceAudioError,
     decode_prompt_audio,
     max_base64_chars,

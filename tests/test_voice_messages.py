@@ -9,11 +9,10 @@ from typing import Any
 import attrs
 import pytest
 
-from voxtrio import _messages
-from voxtrio._errors import ErrorCode, ProtocolError
-from voxtrio._fetch import FetchError
-from voxtrio._messages import dump_message, parse_client_message, structure_message
-from voxtrio._voice_messages import (
+from voxtrio.protocol import _messages as _messages
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._messages import dump_message, parse_client_message, structure_message
+from voxtrio.protocol._voice_messages import (
     MAX_AUDIO_BASE64_CHARS,
     MAX_REQUEST_ID_CHARS,
     VOICE_CLIENT_MESSAGE_TYPES,
@@ -30,7 +29,8 @@ from voxtrio._voice_messages import (
     voice_error,
     voices_message,
 )
-from voxtrio._voices import Voice, VoiceError
+from voxtrio.voices._fetch import FetchError
+from voxtrio.voices._store import Voice, VoiceError
 
 # What _messages' converter does once the voice messages are wired in (idempotent).
 install_voice_hooks(_messages.converter)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from voxtrio._tiny_model import build_checkpoint
-from voxtrio._voice_audio import decode_prompt_audio, encode_wav, write_wav_atomic
-from voxtrio._voices import (
+from voxtrio.tools._tiny_model import build_checkpoint
+from voxtrio.voices._audio import decode_prompt_audio, encode_wav, write_wav_atomic
+from voxtrio.voices._store import (
     V1_MODES,
     VoiceError,
     VoiceMode,
@@ -30,7 +30,7 @@ TRANSCRIPT = "This is the prompt."
 
 
 def load(model_dir: Path) -> Any:
-    from voxtrio._voxcpm_import import import_voxcpm
+    from voxtrio.speech._voxcpm_import import import_voxcpm
 
     voxcpm = import_voxcpm()
     return voxcpm.VoxCPM.from_pretrained(

@@ -13,9 +13,9 @@ import pytest
 import soundfile
 from structlog.testing import capture_logs
 
-from voxtrio import _voices
-from voxtrio._voice_audio import PromptAudio
-from voxtrio._voices import (
+from voxtrio.voices import _store as _voices
+from voxtrio.voices._audio import PromptAudio
+from voxtrio.voices._store import (
     V1_MODES,
     PromptLRU,
     VoiceError,

@@ -16,8 +16,8 @@ import soundfile
 import trio
 from trio_websocket import open_websocket_url
 
-from voxtrio._server import ServerHandle
-from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 
 from .support import session, speak
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from voxtrio._engine import GenerationStopped, SynthesisSpec
-from voxtrio._tiny_model import expected_chunks
-from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.speech._engine import GenerationStopped, SynthesisSpec
+from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.tools._tiny_model import expected_chunks
 
 TEXT = "Hello from a tiny model."
 

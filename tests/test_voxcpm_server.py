@@ -12,10 +12,10 @@ import pytest
 import trio
 
 from voxtrio._config import Settings
-from voxtrio._frames import FrameType
-from voxtrio._server import ServerHandle
-from voxtrio._tiny_model import expected_chunks
-from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.protocol._frames import FrameType
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+from voxtrio.tools._tiny_model import expected_chunks
 
 from .support import session, speak
 

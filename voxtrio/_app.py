@@ -11,20 +11,20 @@ import attrs
 import structlog
 import trio
 
-from . import __version__
-from ._auth import KeyStore, check_exposure
-from ._config import Settings
-from ._engine import Engine, EngineFactory
-from ._fetch import FetchPolicy
-from ._health import HealthChecks, snapshot
-from ._http import HttpRequest, Route, RouteResult, protect, serve_http
-from ._metrics import Metrics
-from ._replicas import ReplicaPool
-from ._server import ServerHandle, TtsServer
-from ._systemd import notify, watchdog_interval, watchdog_loop
-from ._voice_audio import write_bytes_atomic
-from ._voice_service import VoiceService
-from ._voices import VoiceStore, prompt_sample_rate, supported_modes
+from voxtrio import __version__
+from voxtrio._config import Settings
+from voxtrio.ops._auth import KeyStore, check_exposure
+from voxtrio.ops._health import HealthChecks, snapshot
+from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
+from voxtrio.ops._metrics import Metrics
+from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
+from voxtrio.server._listener import ServerHandle, TtsServer
+from voxtrio.speech._engine import Engine, EngineFactory
+from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.voices._audio import write_bytes_atomic
+from voxtrio.voices._fetch import FetchPolicy
+from voxtrio.voices._service import VoiceService
+from voxtrio.voices._store import VoiceStore, prompt_sample_rate, supported_modes
 
 log = structlog.get_logger("voxtrio.app")
 
@@ -32,11 +32,11 @@ log = structlog.get_logger("voxtrio.app")
 def engine_factory_for(settings: Settings) -> EngineFactory:
     """The engine `settings.engine` names, built lazily on its replica thread."""
     if settings.engine == "synthetic":
-        from ._synthetic import SyntheticEngine
+        from voxtrio.speech._synthetic import SyntheticEngine
 
         return partial(SyntheticEngine, rtf=settings.synthetic_rtf)
 
-    from ._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 
     threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // (settings.workers + 1))
     options = VoxCPMOptions(

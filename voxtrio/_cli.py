@@ -7,17 +7,17 @@ import os
 import sys
 from collections.abc import Sequence
 
-from . import __version__
+from voxtrio import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
     import trio
 
-    from ._app import check_settings_exposure, serve_until_signalled
-    from ._auth import KeyStore
-    from ._config import ConfigError, load_settings
-    from ._logging import configure_logging
-    from ._replicas import EngineLoadError
+    from voxtrio._app import check_settings_exposure, serve_until_signalled
+    from voxtrio._config import ConfigError, load_settings
+    from voxtrio._logging import configure_logging
+    from voxtrio.ops._auth import KeyStore
+    from voxtrio.speech._replicas import EngineLoadError
 
     try:
         settings = load_settings(args, os.environ)
@@ -50,7 +50,7 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
 
 
 def _tiny_model(args: argparse.Namespace) -> int:
-    from ._tiny_model import build_checkpoint
+    from voxtrio.tools._tiny_model import build_checkpoint
 
     try:
         path = build_checkpoint(
@@ -69,13 +69,13 @@ def _tiny_model(args: argparse.Namespace) -> int:
 
 
 def _say(args: argparse.Namespace) -> int:
-    from ._say import run_say
+    from voxtrio.tools._say import run_say
 
     return run_say(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ._config import add_arguments
+    from voxtrio._config import add_arguments
 
     parser = argparse.ArgumentParser(prog="voxtrio", description=__doc__)
     parser.add_argument("--version", action="version", version=f"voxtrio {__version__}")
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     say = commands.add_parser("say", help="speak a text through a running server into a WAV")
-    from ._say import add_say_arguments
+    from voxtrio.tools._say import add_say_arguments
 
     add_say_arguments(say)
     say.set_defaults(func=_say)

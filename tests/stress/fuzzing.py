@@ -24,7 +24,7 @@ import trio
 from hypothesis import strategies as st
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from voxtrio._frames import decode_frame
+from voxtrio.protocol._frames import decode_frame
 
 from .harness import Ledger, RawWebSocket, client_frame, connect
 

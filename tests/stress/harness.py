@@ -52,9 +52,9 @@ from wsproto.utilities import LocalProtocolError
 
 from voxtrio._app import run_server
 from voxtrio._config import Settings
-from voxtrio._engine import Engine, EngineFactory, StepCallback, SynthesisSpec
-from voxtrio._frames import decode_frame
-from voxtrio._server import ServerHandle
+from voxtrio.protocol._frames import decode_frame
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._engine import Engine, EngineFactory, StepCallback, SynthesisSpec
 
 from ..support import http_get
 

@@ -13,8 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
 
 from ..support import http_get
 from . import chaos, fuzzing

@@ -2,7 +2,7 @@
 
     python -m tests.stress.soak --duration 120 --out bench/results --doc docs/RELIABILITY.md
 
-The server runs the tiny random-weight checkpoint (`voxtrio._tiny_model.build_checkpoint`)
+The server runs the tiny random-weight checkpoint (`voxtrio.tools._tiny_model.build_checkpoint`)
 through real voxcpm on the CPU, or the synthetic engine (`--engine synthetic`). A few
 client loops mix streaming, non-streaming and text-stream requests, cancels, clients
 that vanish mid-stream, DashScope tasks, malformed messages and pings. Every second
@@ -326,7 +326,7 @@ async def run_soak(config: SoakConfig, workdir: Path) -> dict[str, Any]:
     """Start the server, load it for `duration` s, settle, audit, stop it; the figures."""
     model_dir = config.model_dir
     if config.engine == "tiny" and model_dir is None:
-        from voxtrio._tiny_model import build_checkpoint
+        from voxtrio.tools._tiny_model import build_checkpoint
 
         model_dir = build_checkpoint(workdir / "tiny-voxcpm2", arch="voxcpm2", force=True)
     ready = workdir / "ready"

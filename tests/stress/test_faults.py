@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 import trio
 
-from voxtrio._engine import SynthesisSpec
-from voxtrio._server import ServerHandle
-from voxtrio._synthetic import SyntheticEngine
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._synthetic import SyntheticEngine
 
 from . import fuzzing
 from .harness import (
@@ -164,7 +164,7 @@ async def test_faults_on_the_tiny_checkpoint(
 ) -> None:
     """Real voxcpm wrapped: raise and NaN fail their requests (native and DashScope), the
     request beside them completes, and the replica serves again afterwards."""
-    from voxtrio._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 
     options = VoxCPMOptions(model=str(tiny_model_dir), device="cpu", warm_normalizer=False)
     engines: list[FaultyEngine] = []

@@ -1,0 +1,67 @@
+"""A Trio client for voxtrio servers (the wire protocol: docs/PROTOCOL.md).
+
+    import trio
+    import voxtrio.client
+
+    async def main() -> None:
+        async with voxtrio.client.connect("ws://127.0.0.1:8765/tts") as client:
+            # Streaming: audio chunks as they are generated.
+            async with client.synthesize("Hello there.", seed=7) as stream:
+                async for chunk in stream:  # AudioChunk(pcm, sample_rate, sequence)
+                    play(chunk.pcm)
+            print(stream.result.duration, stream.result.timings.first_audio_ms)
+
+            # Or everything at once, in either mode.
+            speech = await client.speak("Hello again.", mode="non_streaming")
+            voxtrio.client.write_wav("hello.wav", speech.pcm, speech.sample_rate)
+
+    trio.run(main)
+
+Audio is mono 16-bit little-endian PCM at the model's sample rate. A server
+`error` raises SynthesisError (with `.code`, `.details`); leaving a `synthesize`
+block early cancels the request and waits until the server has let it go.
+"""
+
+from voxtrio.client._client import (
+    DEFAULT_URL,
+    AudioChunk,
+    ConnectError,
+    ConnectionLost,
+    ProtocolViolation,
+    ResponseTimeout,
+    Speech,
+    SynthesisCancelled,
+    SynthesisError,
+    SynthesisStream,
+    TextStream,
+    VoxtrioClient,
+    VoxtrioClientError,
+    connect,
+    parse_server_message,
+    write_wav,
+)
+from voxtrio.protocol._errors import ErrorCode
+from voxtrio.protocol._messages import Progress, SynthesisResult, Timings
+
+__all__ = [
+    "DEFAULT_URL",
+    "AudioChunk",
+    "ConnectError",
+    "ConnectionLost",
+    "ErrorCode",
+    "Progress",
+    "ProtocolViolation",
+    "ResponseTimeout",
+    "Speech",
+    "SynthesisCancelled",
+    "SynthesisError",
+    "SynthesisResult",
+    "SynthesisStream",
+    "TextStream",
+    "Timings",
+    "VoxtrioClient",
+    "VoxtrioClientError",
+    "connect",
+    "parse_server_message",
+    "write_wav",
+]

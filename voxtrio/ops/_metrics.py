@@ -1,0 +1,282 @@
+"""Prometheus metrics, on a registry of their own (several servers share a test process).
+
+Counters and histograms are updated by the server as events happen. Gauges that
+mirror live state (connections, queue, replicas) are read at scrape time from
+callables the server binds, so they cannot drift from the truth.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import structlog
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from voxtrio import __version__
+from voxtrio.protocol._errors import ErrorCode
+
+log = structlog.get_logger("voxtrio.metrics")
+
+Status = Literal["ok", "cancelled", "error", "disconnected"]
+STATUSES: tuple[Status, ...] = ("ok", "cancelled", "error", "disconnected")
+MODES = ("streaming", "non_streaming", "text_stream", "dashscope")
+# Handshake refusals the server answers with, pre-created so rate() sees zeros.
+REJECT_STATUSES = (400, 401, 403, 404, 429, 503)
+# Label values outside these sets are folded into "other": a misbehaving caller
+# must not be able to create unbounded series.
+OTHER = "other"
+ERROR_CODES = frozenset(code.value for code in ErrorCode)
+
+# Whole requests: a short sentence to several minutes of audio.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# Time to first audio: what a latency-sensitive client feels, 10 ms - 10 s.
+FIRST_AUDIO_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+    10.0,
+)
+# Waiting for a replica: zero when idle, up to the queue timeout (60 s default).
+QUEUE_WAIT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
+# Real-time factor (generation time / audio time): below 1 keeps up with playback.
+RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+
+LiveValue = Callable[[], float]
+
+_LIVE_GAUGES = {
+    "active_connections": (
+        "voxcpm_tts_active_connections",
+        "Open WebSocket connections",
+    ),
+    "queue_length": (
+        "voxcpm_tts_queue_length",
+        "Admitted requests waiting for a free replica",
+    ),
+    "running_tasks": (
+        "voxcpm_tts_running_tasks",
+        "Requests generating on a replica",
+    ),
+    "replicas_busy": (
+        "voxcpm_tts_replicas_busy",
+        "Model replicas running (or still stopping) a generation",
+    ),
+    "replicas_total": (
+        "voxcpm_tts_replicas_total",
+        "Model replicas loaded",
+    ),
+    "ready": (
+        "voxcpm_tts_ready",
+        "1 while /ready answers 200 (loaded, warm, not draining), else 0",
+    ),
+}
+
+
+class _LiveState(Collector):
+    """Gauges read from the server's own state at scrape time."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, LiveValue] = {}
+
+    def describe(self) -> Iterable[Metric]:
+        return [GaugeMetricFamily(name, doc) for name, doc in _LIVE_GAUGES.values()]
+
+    def collect(self) -> Iterator[Metric]:
+        for key, (name, doc) in _LIVE_GAUGES.items():
+            source = self.sources.get(key)
+            if source is None:
+                continue
+            try:
+                value = float(source())
+            except Exception:
+                # One broken source must not fail the whole scrape; the series
+                # goes missing, which an `absent()` alert can catch.
+                log.exception("metrics_source_failed", metric=name)
+                continue
+            yield GaugeMetricFamily(name, doc, value=value)
+
+
+class Metrics:
+    """Every metric the server exports, on its own `CollectorRegistry`."""
+
+    def __init__(self, *, engine: str = "", model: str = "") -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "voxcpm_tts_requests", "Finished TTS requests", ["mode", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "voxcpm_tts_request_duration_seconds",
+            "Time from the request message to its last reply",
+            ["mode"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.first_audio = Histogram(
+            "voxcpm_tts_first_audio_seconds",
+            "Time from the request to its first audio chunk",
+            ["mode"],
+            buckets=FIRST_AUDIO_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "voxcpm_tts_queue_wait_seconds",
+            "Time an admitted request waited for a free replica",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=r,
+        )
+        self.audio_seconds = Counter(
+            "voxcpm_tts_audio_seconds", "Seconds of audio generated and sent", registry=r
+        )
+        self.rtf = Histogram(
+            "voxcpm_tts_rtf",
+            "Real-time factor of finished generations (generation time / audio time)",
+            buckets=RTF_BUCKETS,
+            registry=r,
+        )
+        self.cancellations = Counter(
+            "voxcpm_tts_cancellations", "Requests cancelled by the client", registry=r
+        )
+        self.errors = Counter(
+            "voxcpm_tts_errors", "Error messages sent, by protocol error code", ["code"], registry=r
+        )
+        self.connections = Counter(
+            "voxcpm_tts_connections", "WebSocket connections accepted", registry=r
+        )
+        self.handshakes_rejected = Counter(
+            "voxcpm_tts_handshakes_rejected",
+            "WebSocket handshakes refused, by HTTP status",
+            ["status"],
+            registry=r,
+        )
+        self.build_info = Info("voxcpm_tts_build", "voxtrio build and runtime", registry=r)
+        self.build_info.info(
+            {
+                "version": __version__,
+                "python": platform.python_version(),
+                "engine": engine,
+                "model": model,
+            }
+        )
+        self._live = _LiveState()
+        r.register(self._live)
+        # process_* (start time, memory, open fds vs LimitNOFILE) and python_info,
+        # which only the default registry would otherwise have.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # Pre-create every bounded label combination: a series that only appears
+        # on its first event makes rate() and alerts blind to that first event.
+        for mode in MODES:
+            self.request_duration.labels(mode)
+            self.first_audio.labels(mode)
+            for status in STATUSES:
+                self.requests.labels(mode, status)
+        for code in sorted(ERROR_CODES):
+            self.errors.labels(code)
+        for reject in REJECT_STATUSES:
+            self.handshakes_rejected.labels(str(reject))
+
+    def bind_live_state(
+        self,
+        *,
+        active_connections: LiveValue | None = None,
+        queue_length: LiveValue | None = None,
+        running_tasks: LiveValue | None = None,
+        replicas_busy: LiveValue | None = None,
+        replicas_total: LiveValue | None = None,
+        ready: LiveValue | None = None,
+    ) -> None:
+        """Register the callables read at scrape time (a gauge is absent until bound)."""
+        given = {
+            "active_connections": active_connections,
+            "queue_length": queue_length,
+            "running_tasks": running_tasks,
+            "replicas_busy": replicas_busy,
+            "replicas_total": replicas_total,
+            "ready": ready,
+        }
+        self._live.sources.update({key: fn for key, fn in given.items() if fn is not None})
+
+    def connection_opened(self) -> None:
+        self.connections.inc()
+
+    def handshake_rejected(self, status: int) -> None:
+        label = str(status) if status in REJECT_STATUSES else OTHER
+        self.handshakes_rejected.labels(label).inc()
+
+    def error_sent(self, code: str) -> None:
+        """An error message not tied to a finished request (e.g. INVALID_JSON)."""
+        self.errors.labels(code if code in ERROR_CODES else OTHER).inc()
+
+    def request_finished(
+        self,
+        *,
+        mode: str,
+        status: str,
+        duration_s: float,
+        first_audio_s: float | None = None,
+        queue_wait_s: float | None = None,
+        audio_s: float = 0.0,
+        rtf: float | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        """Record one request once its last message is sent (or its client is gone)."""
+        mode = mode if mode in MODES else OTHER
+        status = status if status in STATUSES else OTHER
+        self.requests.labels(mode, status).inc()
+        self.request_duration.labels(mode).observe(duration_s)
+        if first_audio_s is not None:
+            self.first_audio.labels(mode).observe(first_audio_s)
+        if queue_wait_s is not None:
+            self.queue_wait.observe(queue_wait_s)
+        if audio_s > 0:
+            self.audio_seconds.inc(audio_s)
+        if rtf is not None:
+            self.rtf.observe(rtf)
+        if status == "cancelled":
+            self.cancellations.inc()
+        if error_code is not None:
+            self.error_sent(error_code)
+
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The exposition body and its content type (OpenMetrics if `accept` asks for it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -1,0 +1,255 @@
+"""Native-protocol messages of the voice library, and the checks around voice parameters.
+
+Client -> server: voice_register, voice_list, voice_delete. Server -> client:
+voice_registered, voices, voice_deleted. Parsing is `_messages`' one strict
+converter; this module does not import `_messages` (which imports it), so the
+converter gets the :data:`VoiceId` hook from :func:`install_voice_hooks`: a voice id
+is then checked (safe name, not reserved) while the message is structured, and its
+error is reported with every other bad field at once. Base64 audio is size-checked
+before it is decoded, against the server's configured cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any, Final, Literal, NewType
+
+import attrs
+import cattrs
+
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.voices._audio import MAX_PROMPT_BYTES, VoiceAudioError, max_base64_chars
+from voxtrio.voices._fetch import FetchError
+from voxtrio.voices._store import (
+    MAX_PROMPT_TEXT_CHARS,
+    Voice,
+    VoiceError,
+    VoiceMode,
+    check_voice_id,
+    resolve_mode,
+    supported_modes,
+)
+
+VoiceId = NewType("VoiceId", str)
+"""A str field holding a voice id: checked by the converter (see check_voice_id)."""
+
+MAX_REQUEST_ID_CHARS: Final = 128  # = _messages.MAX_REQUEST_ID_CHARS (a test keeps them equal)
+MAX_AUDIO_BASE64_CHARS: Final = max_base64_chars(MAX_PROMPT_BYTES)
+"""Hard ceiling on voice_register.audio; the configured cap (decode_audio) may be lower."""
+MAX_VOICE_DESCRIPTION_CHARS: Final = 500
+
+_DATA_URL = re.compile(r"data:audio/[A-Za-z0-9.+-]+;base64,")
+
+
+def structure_voice_id(value: Any, _: type) -> VoiceId:
+    """cattrs structure hook for VoiceId (a ValueError becomes that field's error)."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    try:
+        return VoiceId(check_voice_id(value))
+    except VoiceError as exc:
+        raise ValueError(exc.message) from None
+
+
+def install_voice_hooks(converter: cattrs.Converter) -> None:
+    """Teach a converter the VoiceId field type (idempotent)."""
+    converter.register_structure_hook(VoiceId, structure_voice_id)
+
+
+def _length(low: int, high: int) -> dict[str, Any]:
+    return {"length": (low, high)}
+
+
+# ---------------------------------------------------------------- client -> server
+
+
+@attrs.frozen(kw_only=True)
+class VoiceRegister:
+    """Add a voice from base64 audio (WAV, FLAC, MP3 or Ogg)."""
+
+    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+    voice_id: VoiceId
+    audio: str = attrs.field(metadata=_length(1, MAX_AUDIO_BASE64_CHARS))
+    persist: bool
+    prompt_text: str | None = attrs.field(default=None, metadata=_length(1, MAX_PROMPT_TEXT_CHARS))
+    mode: VoiceMode | None = None
+    replace: bool = False
+
+
+@attrs.frozen
+class VoiceList:
+    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+
+
+@attrs.frozen
+class VoiceDelete:
+    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+    voice_id: VoiceId
+
+
+VoiceClientMessage = VoiceRegister | VoiceList | VoiceDelete
+VOICE_CLIENT_MESSAGE_TYPES: Final[dict[str, type[VoiceClientMessage]]] = {
+    "voice_register": VoiceRegister,
+    "voice_list": VoiceList,
+    "voice_delete": VoiceDelete,
+}
+
+# ---------------------------------------------------------------- server -> client
+
+
+@attrs.frozen
+class VoiceRegistered:
+    request_id: str
+    voice_id: str
+    duration: float
+    sample_rate: int
+    type: Literal["voice_registered"] = "voice_registered"
+
+
+@attrs.frozen
+class VoiceSummary:
+    voice_id: str
+    mode: VoiceMode
+    duration: float
+    persisted: bool
+
+
+@attrs.frozen
+class Voices:
+    request_id: str
+    voices: list[VoiceSummary]
+    type: Literal["voices"] = "voices"
+
+
+@attrs.frozen
+class VoiceDeleted:
+    request_id: str
+    voice_id: str
+    type: Literal["voice_deleted"] = "voice_deleted"
+
+
+VoiceServerMessage = VoiceRegistered | Voices | VoiceDeleted
+
+
+def registered_message(request_id: str, voice: Voice) -> VoiceRegistered:
+    return VoiceRegistered(request_id, voice.voice_id, voice.duration, voice.sample_rate)
+
+
+def voices_message(request_id: str, voices: list[Voice]) -> Voices:
+    return Voices(
+        request_id,
+        [VoiceSummary(v.voice_id, v.mode, v.duration, v.persisted) for v in voices],
+    )
+
+
+# ---------------------------------------------------------------- checks
+
+
+def invalid(field: str, message: str, *, request_id: str | None) -> ProtocolError:
+    """INVALID_PARAMS about one field."""
+    return ProtocolError(
+        ErrorCode.INVALID_PARAMS,
+        f"{field}: {message}",
+        details={field: message},
+        request_id=request_id,
+    )
+
+
+def decode_audio(message: VoiceRegister, *, max_bytes: int = MAX_PROMPT_BYTES) -> bytes:
+    """The audio bytes of a voice_register; the size is checked before decoding."""
+    text = message.audio
+    if (data_url := _DATA_URL.match(text)) is not None:
+        text = text[data_url.end() :]  # what a browser's FileReader.readAsDataURL gives
+    if len(text) > max_base64_chars(max_bytes):
+        raise invalid(
+            "audio",
+            f"too large: about {len(text) * 3 // 4} bytes, at most {max_bytes}",
+            request_id=message.request_id,
+        )
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise invalid(
+            "audio", "not valid base64 (standard alphabet, padded)", request_id=message.request_id
+        ) from None
+
+
+def voice_error(
+    exc: VoiceError | VoiceAudioError | FetchError,
+    *,
+    request_id: str | None,
+    prefix: str = "",
+    fetch_field: str = "params.prompt_wav_url",
+) -> ProtocolError:
+    """INVALID_PARAMS for a refused voice, prompt audio or fetch (`prefix`: e.g. "params.")."""
+    if isinstance(exc, FetchError):
+        return invalid(fetch_field, exc.reason, request_id=request_id)
+    return invalid(f"{prefix}{exc.field}", exc.message, request_id=request_id)
+
+
+def check_voice_params(
+    *,
+    voice_id: str | None,
+    prompt_wav_url: str | None,
+    prompt_text: str | None,
+    voice_description: str | None,
+    architecture: str,
+    url_prompts_enabled: bool,
+    request_id: str | None,
+    prefix: str = "params.",
+) -> VoiceMode | None:
+    """Check the voice fields of a synthesis request; return the mode a URL prompt uses.
+
+    Every problem is reported at once, as INVALID_PARAMS with one detail per field.
+    """
+    errors: dict[str, str] = {}
+    mode: VoiceMode | None = None
+    if voice_id is not None and prompt_wav_url is not None:
+        errors[f"{prefix}voice_id"] = "use either voice_id or prompt_wav_url, not both"
+    if prompt_text is not None and prompt_wav_url is None:
+        errors[f"{prefix}prompt_text"] = (
+            "only with prompt_wav_url (a registered voice has its own transcript)"
+        )
+    if prompt_wav_url is not None:
+        if not url_prompts_enabled:
+            errors[f"{prefix}prompt_wav_url"] = "fetching prompt audio is disabled on this server"
+        else:
+            try:
+                mode = resolve_mode(None, prompt_text, supported_modes(architecture))
+            except VoiceError as exc:
+                errors[f"{prefix}{exc.field}"] = exc.message
+    if voice_description is not None:
+        problem = _description_problem(voice_description, architecture)
+        if problem is not None:
+            errors[f"{prefix}voice_description"] = problem
+    if errors:
+        summary = "; ".join(f"{field}: {problem}" for field, problem in sorted(errors.items()))
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            summary,
+            details=dict(sorted(errors.items())),
+            request_id=request_id,
+        )
+    return mode
+
+
+def _description_problem(description: str, architecture: str) -> str | None:
+    if architecture != "voxcpm2":
+        return "voice design needs a VoxCPM2 model; this model is VoxCPM 1.x"
+    if not description.strip():
+        return "must not be empty"
+    if len(description) > MAX_VOICE_DESCRIPTION_CHARS:
+        return f"too long: {len(description)} characters, at most {MAX_VOICE_DESCRIPTION_CHARS}"
+    if "(" in description or ")" in description:
+        # VoxCPM2 reads "(description)text": a parenthesis would end it early.
+        return "must not contain parentheses"
+    return None
+
+
+def apply_voice_description(text: str, description: str | None) -> str:
+    """VoxCPM2's voice design convention: "(description)text" (check_voice_params first)."""
+    if description is None:
+        return text
+    return f"({' '.join(description.split())}){text}"

@@ -1,0 +1,215 @@
+"""The Trio WebSocket server: handshake routing, an error boundary per connection, drain."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from urllib.parse import urlsplit
+
+import attrs
+import structlog
+import trio
+from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
+
+from voxtrio._config import Settings
+from voxtrio.audio._dsp import dsp_available
+from voxtrio.ops._auth import KeyStore
+from voxtrio.ops._metrics import Metrics
+from voxtrio.protocol._connection_state import Capabilities
+from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
+from voxtrio.server._dashscope import DashScopeConnection
+from voxtrio.server._native import Connection
+from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.voices._service import VoiceService
+
+log = structlog.get_logger("voxtrio.server")
+
+TTS_PATHS = frozenset({"/tts", "/"})
+
+
+@attrs.define
+class ServerStats:
+    connections_total: int = 0
+    rejected_handshakes: int = 0
+
+
+@attrs.frozen
+class ServerHandle:
+    """What `serve` reports once it is listening and the model is warm."""
+
+    host: str
+    port: int
+    server: TtsServer = attrs.field(eq=False, repr=False)
+    metrics_port: int | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"ws://{host}:{self.port}/tts"
+
+
+class _GuardedWebSocketServer(WebSocketServer):
+    """trio-websocket's server with an error boundary around its own per-connection tasks.
+
+    trio-websocket 0.12.2 can raise inside the connection task it runs beside our
+    handler (e.g. wsproto's LocalProtocolError when a ping crosses our close frame,
+    python-trio/trio-websocket#184); uncaught, that tears down every connection.
+    """
+
+    async def _handle_connection(self, stream: trio.abc.Stream) -> None:
+        try:
+            await super()._handle_connection(stream)
+        except Exception:
+            log.warning("websocket_connection_error", exc_info=True)
+
+
+class TtsServer:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: ReplicaPool,
+        *,
+        keys: KeyStore | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.pool = pool
+        self.keys = keys if keys is not None else KeyStore()
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.stats = ServerStats()
+        self.capabilities = Capabilities(
+            max_text_chars=settings.max_text_chars,
+            denoiser_available=settings.denoiser_path is not None,
+        )
+        self.connections: set[Connection | DashScopeConnection] = set()
+        self.voices: VoiceService | None = None  # set once the model is loaded
+        self.dsp_available = dsp_available()
+        self.draining = False
+        self._listener_scope = trio.CancelScope()
+        self._ids = itertools.count(1)
+        self._prefix = os.urandom(3).hex()
+
+    async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
+        """Listen until cancelled; the caller owns this task (`nursery.start`)."""
+        async with trio.open_nursery() as handlers:
+            listeners = await trio.open_tcp_listeners(self.settings.port, host=self.settings.host)
+            ws_server = _GuardedWebSocketServer(
+                self.handle,
+                listeners,
+                handler_nursery=handlers,
+                message_queue_size=1,
+                max_message_size=max(
+                    self.settings.max_message_bytes,
+                    self.voices.max_message_bytes if self.voices else 0,
+                ),
+                connect_timeout=self.settings.handshake_timeout,
+                disconnect_timeout=self.settings.handshake_timeout,
+            )
+            with self._listener_scope:
+                async with trio.open_nursery() as listening:
+                    await listening.start(ws_server.run)
+                    handle = ServerHandle(self.settings.host, ws_server.port, self)
+                    log.info("listening", url=handle.url, workers=len(self.pool.replicas))
+                    task_status.started(handle)
+
+    async def shutdown(self, drain_timeout: float) -> None:
+        """Stop accepting, let running requests finish within the deadline, then end them.
+
+        Requests still running at the deadline end with SHUTTING_DOWN; connections
+        close with 1001 (going away).
+        """
+        self.draining = True
+        self._listener_scope.cancel()
+        log.info("draining", connections=len(self.connections), drain_timeout=drain_timeout)
+        for connection in self.connections:
+            connection.begin_drain()
+        with trio.move_on_after(drain_timeout):
+            for connection in list(self.connections):
+                await connection.idle.wait()
+        async with trio.open_nursery() as nursery:
+            for connection in list(self.connections):
+                nursery.start_soon(connection.shut_down)
+        log.info("drained")
+
+    async def handle(self, request: WebSocketRequest) -> None:
+        """The error boundary: nothing a connection does may escape into the server."""
+        connection_id = f"{self._prefix}-{next(self._ids)}"
+        with structlog.contextvars.bound_contextvars(connection_id=connection_id):
+            try:
+                await self._handle(request)
+            except ConnectionClosed as exc:
+                log.debug("connection_closed", code=exc.reason.code if exc.reason else None)
+            except Exception:
+                log.exception("connection_failed")
+
+    async def _reject(
+        self,
+        request: WebSocketRequest,
+        status: int,
+        why: str,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        self.stats.rejected_handshakes += 1
+        self.metrics.handshake_rejected(status)
+        log.info("handshake_rejected", status=status, reason=why)
+        await request.reject(status, extra_headers=headers, body=f"{why}\n".encode())
+
+    async def _handle(self, request: WebSocketRequest) -> None:
+        path = urlsplit(request.path).path
+        if path not in TTS_PATHS and path != DASHSCOPE_PATH:
+            await self._reject(
+                request, 404, f"unknown path {path[:100]!r}: use /tts or {DASHSCOPE_PATH}"
+            )
+            return
+        if not self.keys.authorize(request.headers, request.path):
+            # Before any message is read; never log what was presented.
+            await self._reject(
+                request,
+                401,
+                "missing or invalid API key (Authorization: Bearer KEY, or ?api_key=KEY)",
+                [(b"WWW-Authenticate", b"Bearer")],
+            )
+            return
+        if self.draining:
+            await self._reject(request, 503, "server shutting down")
+            return
+        if len(self.connections) >= self.settings.max_connections:
+            await self._reject(request, 503, "too many connections")
+            return
+        ws = await request.accept()
+        try:
+            remote = str(request.remote)
+        except OSError:  # the peer reset the connection right after the handshake
+            return
+        connection: Connection | DashScopeConnection
+        if path == DASHSCOPE_PATH:
+            connection = DashScopeConnection(
+                ws,
+                settings=self.settings,
+                pool=self.pool,
+                metrics=self.metrics,
+                dsp_available=self.dsp_available,
+                voices=self.voices,
+            )
+        else:
+            connection = Connection(
+                ws,
+                settings=self.settings,
+                pool=self.pool,
+                capabilities=self.capabilities,
+                metrics=self.metrics,
+                voices=self.voices,
+            )
+        self.connections.add(connection)
+        self.metrics.connection_opened()
+        self.stats.connections_total += 1
+        log.info("connection_opened", remote=remote)
+        try:
+            await connection.run()
+        except Exception:
+            log.exception("connection_failed")
+            with trio.move_on_after(self.settings.handshake_timeout):
+                await ws.aclose(code=1011, reason="internal error")
+        finally:
+            self.connections.discard(connection)
+            log.info("connection_closed")

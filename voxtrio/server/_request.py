@@ -1,0 +1,422 @@
+"""One native-protocol request, from admission to its one terminal message."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, Literal
+
+import attrs
+import structlog
+import trio
+
+from voxtrio._config import ProgressIntervals
+from voxtrio.audio._codecs import AudioEncoder
+from voxtrio.ops._metrics import Metrics
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._frames import FrameType, encode_frame
+from voxtrio.protocol._messages import (
+    CancelledResult,
+    Complete,
+    Error,
+    ErrorBody,
+    Progress,
+    ProgressState,
+    ServerMessage,
+    SynthesisOptions,
+    SynthesisResult,
+    TextStreamStart,
+    Timings,
+    TtsRequest,
+    dump_message,
+    error_message,
+)
+from voxtrio.protocol._sentences import SentenceSplitter, is_speakable
+from voxtrio.server._writer import ConnectionGone, FrameWriter
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._speak import Utterance, speak
+from voxtrio.voices._service import VoiceService
+
+log = structlog.get_logger("voxtrio.request")
+
+StopReason = Literal["cancel", "shutdown", "overflow"]
+
+
+def spec_for(options: SynthesisOptions, text: str, *, streaming: bool) -> SynthesisSpec:
+    return SynthesisSpec(
+        text=text,
+        streaming=streaming,
+        cfg_value=options.cfg_value,
+        inference_timesteps=options.inference_timesteps,
+        normalize=options.normalize,
+        denoise=options.denoise,
+        retry_badcase=options.retry_badcase,
+        retry_badcase_max_times=options.retry_badcase_max_times,
+        retry_badcase_ratio_threshold=options.retry_badcase_ratio_threshold,
+        # Without a seed each request gets a fresh one, reported back so it can be replayed.
+        seed=options.seed if options.seed is not None else secrets.randbits(63),
+        max_len=options.max_len if options.max_len is not None else 4096,
+    )
+
+
+@attrs.define(eq=False)
+class RequestControl:
+    """How the connection stops a running request, and why."""
+
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    reason: StopReason | None = None
+    # The outcome is decided (the terminal message is on its way): a stop is too late.
+    settled: bool = False
+
+    def stop(self, reason: StopReason) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.scope.cancel()
+
+
+@attrs.define(eq=False)
+class TextInput:
+    """The text a request will speak: one text, or sentences cut from streamed deltas.
+
+    Bounded twice: at most `max_pending` sentences queued and `max_buffered_chars`
+    characters accepted but not yet spoken. A client that sends text faster than it
+    can be spoken past those bounds gets its request ended, never unbounded memory.
+    """
+
+    send: trio.MemorySendChannel[Utterance]
+    receive: trio.MemoryReceiveChannel[Utterance]
+    splitter: SentenceSplitter | None = None
+    max_buffered_chars: int = 20_000
+    buffered_chars: int = 0
+    next_index: int = 0
+
+    @classmethod
+    def single(cls, text: str) -> TextInput:
+        send, receive = trio.open_memory_channel[Utterance](1)
+        text_input = cls(send, receive)
+        text_input._queue(text)
+        send.close()
+        return text_input
+
+    @classmethod
+    def streamed(cls, *, max_pending: int = 256, max_buffered_chars: int = 20_000) -> TextInput:
+        send, receive = trio.open_memory_channel[Utterance](max_pending)
+        return cls(send, receive, SentenceSplitter(), max_buffered_chars)
+
+    def feed(self, text: str) -> None:
+        """Take a delta; queue the sentences it completes. Raises OverflowError if full."""
+        assert self.splitter is not None
+        self.buffered_chars += len(text)
+        if self.buffered_chars > self.max_buffered_chars:
+            raise OverflowError(
+                f"{self.buffered_chars} characters are waiting to be spoken, "
+                f"more than {self.max_buffered_chars}"
+            )
+        for sentence in self.splitter.feed(text):
+            self._queue(sentence)
+
+    def flush(self) -> None:
+        assert self.splitter is not None
+        for sentence in self.splitter.flush():
+            self._queue(sentence)
+
+    def end(self) -> None:
+        self.flush()
+        self.send.close()
+
+    def spoken(self, utterance: Utterance) -> None:
+        self.buffered_chars -= len(utterance.text)
+
+    def _queue(self, text: str) -> None:
+        if not is_speakable(text):
+            self.buffered_chars -= len(text)
+            return
+        try:
+            self.send.send_nowait(Utterance(self.next_index, text.strip()))
+        except trio.WouldBlock:
+            raise OverflowError("too many sentences are waiting to be spoken") from None
+        self.next_index += 1
+
+
+@attrs.define
+class NativeSink:
+    """Turns a speech stream into native frames and progress messages."""
+
+    request_id: str
+    writer: FrameWriter
+    encoder: AudioEncoder
+    streaming: bool
+    text_input: TextInput
+    accepted_at: float
+    frames_sent: int = 0
+    first_audio_at: float | None = None
+    pieces: list[bytes] = attrs.Factory(list)
+    _last_progress: tuple[str, float, str] | None = None
+    _queued_reported: bool = False
+
+    async def send(self, message: ServerMessage) -> None:
+        await self.writer.send(dump_message(message))
+
+    async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
+        await self.report("generating", steps / expected, f"{steps}/{expected} steps")
+
+    async def report(self, state: ProgressState, value: float, message: str = "") -> None:
+        value = round(min(max(value, 0.0), 1.0), 4)
+        if self._last_progress == (state, value, message):
+            return
+        self._last_progress = (state, value, message)
+        await self.send(Progress(self.request_id, state, value, message))
+
+    async def waiting(self, utterance: Utterance) -> None:
+        await self._report_queued()
+
+    async def utterance_started(self, utterance: Utterance) -> None:
+        await self._report_queued()  # the documented sequence starts with it
+        await self.report("processing", 0.0, f"sentence {utterance.index}")
+
+    async def _report_queued(self) -> None:
+        if not self._queued_reported:
+            self._queued_reported = True
+            await self.report("queued", 0.0, "waiting for a model replica")
+
+    async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
+        self.text_input.spoken(utterance)
+
+    async def audio(self, data: bytes) -> None:
+        if self.streaming:
+            await self._send_frame(data, is_final=False)
+        else:
+            self.pieces.append(data)
+
+    async def _send_frame(self, data: bytes, *, is_final: bool) -> None:
+        metadata = {
+            "request_id": self.request_id,
+            "sequence": self.frames_sent,
+            "sample_rate": self.encoder.sample_rate,
+            "is_final": is_final,
+            "format": self.encoder.format,
+        }
+        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, data))
+        self.frames_sent += 1
+        if self.first_audio_at is None and data:
+            self.first_audio_at = trio.current_time()
+
+    async def finish(self) -> None:
+        if self.streaming:
+            await self._send_frame(b"", is_final=True)
+            return
+        await self.report("encoding", 1.0, "sending audio")
+        metadata = {
+            "request_id": self.request_id,
+            "sample_rate": self.encoder.sample_rate,
+            "duration": round(self.encoder.duration, 6),
+            "format": self.encoder.format,
+        }
+        payload = b"".join(self.pieces)
+        await self.writer.send(encode_frame(FrameType.NON_STREAMING, metadata, payload))
+        self.first_audio_at = trio.current_time()
+
+
+def _encoder_for(options: SynthesisOptions, input_rate: int, request_id: str) -> AudioEncoder:
+    try:
+        return AudioEncoder(
+            options.format,
+            input_rate=input_rate,
+            output_rate=options.sample_rate,
+            bit_rate=options.bit_rate,
+        )
+    except ValueError as exc:
+        field = "params.bit_rate" if "bit" in str(exc) else "params.sample_rate"
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"invalid audio output: {exc}",
+            details={field: str(exc)},
+            request_id=request_id,
+        ) from None
+
+
+async def synthesize(
+    request: TtsRequest | TextStreamStart,
+    text_input: TextInput,
+    *,
+    writer: FrameWriter,
+    pool: ReplicaPool,
+    progress: ProgressIntervals,
+    accepted_at: float,
+    voices: VoiceService | None = None,
+) -> SynthesisResult:
+    """Speak the request's text and send its audio; return the result for `complete`."""
+    options: SynthesisOptions = request.params
+    streaming = not (isinstance(request, TtsRequest) and request.params.mode == "non_streaming")
+    base_spec = spec_for(options, "", streaming=streaming)
+    if voices is not None:
+        base_spec = attrs.evolve(base_spec, **await voices.resolve(options, request.request_id))
+    elif any(
+        getattr(options, name) is not None
+        for name in ("voice_id", "prompt_wav_url", "prompt_text", "voice_description")
+    ):
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            "voices are not available on this server",
+            request_id=request.request_id,
+        )
+    encoder = _encoder_for(options, pool.sample_rate, request.request_id)
+    sink = NativeSink(request.request_id, writer, encoder, streaming, text_input, accepted_at)
+    try:
+        stats = await speak(
+            text_input.receive,
+            pool=pool,
+            base_spec=base_spec,
+            encoder=encoder,
+            sink=sink,
+            request_id=request.request_id,
+            progress=progress,
+        )
+        await sink.finish()
+    finally:
+        encoder.close()
+    now = trio.current_time()
+
+    def ms_since_accepted(when: float | None) -> float | None:
+        return None if when is None else round((when - accepted_at) * 1000, 3)
+
+    duration = encoder.duration
+    return SynthesisResult(
+        duration=round(duration, 6),
+        sample_rate=encoder.sample_rate,
+        samples=encoder.samples_out,
+        chunks=stats.chunks,
+        seed=base_spec.seed,
+        format=encoder.format,
+        sentences=stats.utterances,
+        timings=Timings(
+            queue_ms=ms_since_accepted(stats.first_job_at) or 0.0,
+            first_audio_ms=ms_since_accepted(sink.first_audio_at),
+            total_ms=ms_since_accepted(now) or 0.0,
+            rtf=round(stats.compute_seconds / duration, 4) if duration > 0 else None,
+        ),
+    )
+
+
+async def run_request(
+    request: TtsRequest | TextStreamStart,
+    text_input: TextInput,
+    *,
+    writer: FrameWriter,
+    pool: ReplicaPool,
+    control: RequestControl,
+    progress: ProgressIntervals,
+    metrics: Metrics | None = None,
+    voices: VoiceService | None = None,
+) -> None:
+    """Run one request and send exactly one terminal message (unless the peer is gone).
+
+    Never raises (but Cancelled, when the whole connection goes): errors become
+    the request's `error` message.
+    """
+    request_id = request.request_id
+    started = time.perf_counter()
+    accepted_at = trio.current_time()
+    text_chars = len(request.params.text) if isinstance(request, TtsRequest) else None
+    mode = request.params.mode if isinstance(request, TtsRequest) else "text_stream"
+    fields: dict[str, Any] = {"mode": mode, "text_chars": text_chars}
+    outcome = "disconnected"
+    result: SynthesisResult | None = None
+    try:
+        terminal: ServerMessage
+        try:
+            with control.scope:
+                result = await synthesize(
+                    request,
+                    text_input,
+                    writer=writer,
+                    pool=pool,
+                    progress=progress,
+                    accepted_at=accepted_at,
+                    voices=voices,
+                )
+            control.settled = True
+            if result is None:  # the scope caught a stop before synthesis finished
+                _raise_for_stop(control.reason, request_id)
+                terminal, outcome = Complete(request_id, CancelledResult()), "cancelled"
+            else:
+                terminal, outcome = Complete(request_id, result), "ok"
+                fields.update(
+                    audio_seconds=result.duration,
+                    first_audio_ms=result.timings.first_audio_ms,
+                    queue_ms=result.timings.queue_ms,
+                    rtf=result.timings.rtf,
+                    sentences=result.sentences,
+                )
+        except ProtocolError as exc:
+            control.settled = True
+            exc.request_id = request_id
+            terminal, outcome = error_message(exc, terminal=True), str(exc.code)
+        except ConnectionGone:
+            raise
+        except Exception as exc:
+            control.settled = True
+            log.exception("request_crashed")
+            terminal = Error(
+                request_id,
+                ErrorBody(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"),
+                terminal=True,
+            )
+            outcome = str(ErrorCode.INTERNAL_ERROR)
+        await writer.send(dump_message(terminal))
+        if control.reason == "cancel" and not control.scope.cancelled_caught:
+            # The cancel arrived during a shielded write and the request ended another way
+            # before it took effect: answer it as a cancel that crossed the terminal.
+            late = ProtocolError(
+                ErrorCode.UNKNOWN_REQUEST,
+                f"request {request_id!r} already finished; see its terminal message",
+                request_id=request_id,
+            )
+            await writer.send(dump_message(error_message(late)))
+    except ConnectionGone as exc:
+        outcome = "disconnected"
+        fields["reason"] = str(exc)
+    finally:
+        duration_s = time.perf_counter() - started
+        log.info(
+            "request_finished", outcome=outcome, total_ms=round(duration_s * 1000, 3), **fields
+        )
+        if metrics is not None:
+            _record(metrics, mode, outcome, duration_s, result)
+
+
+def _record(
+    metrics: Metrics, mode: str, outcome: str, duration_s: float, result: SynthesisResult | None
+) -> None:
+    is_error = outcome not in ("ok", "cancelled", "disconnected")
+    timings = result.timings if result is not None else None
+    metrics.request_finished(
+        mode=mode,
+        status="error" if is_error else outcome,
+        duration_s=duration_s,
+        first_audio_s=(
+            timings.first_audio_ms / 1000 if timings and timings.first_audio_ms else None
+        ),
+        queue_wait_s=timings.queue_ms / 1000 if timings else None,
+        audio_s=result.duration if result is not None else 0.0,
+        rtf=timings.rtf if timings else None,
+        error_code=outcome if is_error else None,
+    )
+
+
+def _raise_for_stop(reason: StopReason | None, request_id: str) -> None:
+    if reason == "shutdown":
+        raise ProtocolError(
+            ErrorCode.SHUTTING_DOWN,
+            "the server is shutting down and the drain deadline passed",
+            details={"retry_after_ms": 1000},
+            request_id=request_id,
+        )
+    if reason == "overflow":
+        raise ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "text arrived faster than it can be spoken; the buffer limit was exceeded",
+            details={"scope": "text_stream"},
+            request_id=request_id,
+        )

@@ -1,0 +1,461 @@
+"""Engine replicas, each owned by one long-lived thread, behind a capacity limit.
+
+A VoxCPM model is not safe for concurrent use, and with CUDA graphs it must be
+called from the thread that built it. So each replica is a thread that loads its
+own engine and then runs one job at a time from a one-slot inbox. Admission is a
+`trio.CapacityLimiter` with one token per replica; a token (and the replica) is
+given back only when the thread has really finished the job, by a callback the
+thread schedules on the Trio loop.
+
+Chunks travel to the request task through a bounded memory channel, with credits
+for backpressure: the thread takes a credit (a `threading.Semaphore` sized like the
+channel) before each chunk and posts the chunk to the loop; the request task gives
+the credit back as it takes the chunk. So a slow client blocks its generator
+instead of piling up audio.
+
+Posting goes through one `LoopMailbox` per pool rather than a `run_sync_soon` per
+chunk: trio's entry queue holds a lock across its wake-up syscall, and with
+hundreds of replica threads each taking it per chunk the lock and the GIL convoy
+(measured: 38 of 256 threads queued on it, a core and a half of futex traffic).
+The mailbox's lock covers a deque append only, and one loop callback drains
+everything posted since the last one. (`trio.from_thread.run` per chunk, the
+first design, also spawned a system task per chunk.)
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import attrs
+import numpy as np
+import outcome
+import structlog
+import trio
+
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.speech._engine import Engine, EngineFactory, GenerationStopped, SynthesisSpec
+
+log = structlog.get_logger("voxtrio.replicas")
+
+
+class EngineLoadError(RuntimeError):
+    """A replica could not load or warm up its engine."""
+
+
+class LoopMailbox:
+    """Calls posted from any thread, run in order on the Trio thread, in batches.
+
+    Callbacks must not raise: they run inside a `run_sync_soon` callback, where an
+    exception crashes the whole run.
+    """
+
+    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
+        self._token = token
+        self._lock = threading.Lock()
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque()
+        )
+        self._drain_scheduled = False
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Any thread: run `fn(*args)` on the loop after everything posted before it.
+
+        Raises trio.RunFinishedError once the loop has gone.
+        """
+        with self._lock:
+            self._calls.append((fn, args))
+            if self._drain_scheduled:
+                return  # the pending drain will take this one too
+            self._drain_scheduled = True
+        try:
+            self._token.run_sync_soon(self._drain)
+        except trio.RunFinishedError:
+            with self._lock:
+                self._drain_scheduled = False
+            raise
+
+    def _drain(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, collections.deque()
+            self._drain_scheduled = False
+        for fn, args in calls:
+            fn(*args)
+
+
+@attrs.define(eq=False)
+class Job:
+    """One generation on one replica; shared by the request task and the thread."""
+
+    spec: SynthesisSpec
+    request_id: str
+    send_channel: trio.MemorySendChannel[Any]
+    mailbox: LoopMailbox
+    # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
+    # codec work stays off the event loop; what it returns is what the channel carries.
+    transform: Callable[[np.ndarray], Any] | None = None
+    # Chunks the thread may hand over before the request task has taken them.
+    chunk_buffer: int = 2
+    stop_event: threading.Event = attrs.Factory(threading.Event)
+    credits: threading.Semaphore = attrs.field(init=False)
+    done: trio.Event = attrs.Factory(trio.Event)
+    # Written by the thread, read by the Trio side; plain attribute stores are atomic.
+    steps: int = 0
+    expected_steps: int | None = None
+    last_step_at: float | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: outcome.Outcome[None] | None = None
+    stopped: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        self.credits = threading.Semaphore(self.chunk_buffer)
+
+    def request_stop(self) -> None:
+        self.stop_event.set()
+        # Wakes a thread waiting for a credit, so it sees the stop at once.
+        self.credits.release()
+
+    def deliver(self, item: Any) -> None:
+        """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
+        try:
+            self.send_channel.send_nowait(item)
+        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+            # The request has gone (or is stopping); the chunk has nowhere to go.
+            self.stop_event.set()
+
+
+class ChunkStream:
+    """The request side of a job's chunks: receiving one gives its credit back."""
+
+    def __init__(self, job: Job, receive: trio.MemoryReceiveChannel[Any]) -> None:
+        self._job = job
+        self._receive = receive
+
+    async def receive(self) -> Any:
+        """The next chunk; `trio.EndOfChannel` once the job has finished."""
+        item = await self._receive.receive()
+        self._job.credits.release()
+        return item
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+
+_CREDIT_RECHECK_S = 1.0
+
+
+class _Shutdown:
+    pass
+
+
+_SHUTDOWN = _Shutdown()
+
+
+class Replica:
+    """One engine and the thread that owns it."""
+
+    def __init__(self, index: int, factory: EngineFactory) -> None:
+        self.index = index
+        self._factory = factory
+        # One job plus the shutdown sentinel can be queued at most.
+        self._inbox: queue.Queue[Job | _Shutdown] = queue.Queue(maxsize=2)
+        self._thread = threading.Thread(
+            target=self._main, name=f"voxtrio-replica-{index}", daemon=True
+        )
+        self.engine: Engine | None = None
+        self.current: Job | None = None
+        self.jobs_run = 0
+        self._loaded: trio.Event | None = None
+        self._load_error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._on_job_done: object = None
+
+    # -- Trio side ------------------------------------------------------------
+
+    def start(self, token: trio.lowlevel.TrioToken, on_job_done: object) -> trio.Event:
+        self._token = token
+        self._on_job_done = on_job_done
+        self._loaded = trio.Event()
+        self._thread.start()
+        return self._loaded
+
+    def submit(self, job: Job) -> None:
+        self.current = job
+        self._inbox.put_nowait(job)
+
+    def shutdown(self) -> None:
+        # The inbox holds one job at most, so the sentinel always fits.
+        self._inbox.put_nowait(_SHUTDOWN)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    @property
+    def load_error(self) -> BaseException | None:
+        return self._load_error
+
+    # -- the replica's own thread --------------------------------------------
+
+    def _main(self) -> None:
+        assert self._token is not None
+        assert self._loaded is not None
+        try:
+            engine = self._factory()
+            engine.warm_up()
+        except BaseException as exc:
+            self._load_error = exc
+            self._token.run_sync_soon(self._loaded.set)
+            return
+        self.engine = engine
+        self._token.run_sync_soon(self._loaded.set)
+        try:
+            while True:
+                item = self._inbox.get()
+                if isinstance(item, _Shutdown):
+                    return
+                self._run(engine, item)
+        finally:
+            engine.close()
+
+    def _run(self, engine: Engine, job: Job) -> None:
+        job.started_at = time.perf_counter()
+
+        def on_step(steps: int) -> None:
+            job.steps = steps
+            job.last_step_at = time.perf_counter()
+            if job.expected_steps is None and (steps > 1 or not job.spec.streaming):
+                # Only progress needs it: computed after a streaming job's first chunk.
+                job.expected_steps = engine.max_steps(job.spec)
+            if job.stop_event.is_set():
+                raise GenerationStopped
+
+        result: outcome.Outcome[None]
+        stopped = False
+        try:
+            chunks = engine.generate(job.spec, on_step)
+            try:
+                for chunk in chunks:
+                    if job.stop_event.is_set():
+                        raise GenerationStopped
+                    item = chunk if job.transform is None else job.transform(chunk)
+                    self._hand_over(job, item)
+            finally:
+                # Close on this thread: an open VoxCPM2 stream keeps the VAE patched.
+                chunks.close()
+            result = outcome.Value(None)
+        except (
+            GenerationStopped,
+            trio.RunFinishedError,
+        ):
+            stopped = True
+            result = outcome.Value(None)
+        except BaseException as exc:
+            result = outcome.Error(exc)
+        job.finished_at = time.perf_counter()
+        self.jobs_run += 1
+        with suppress(trio.RunFinishedError):
+            # Through the mailbox: after every chunk this job posted.
+            job.mailbox.post(self._finish, job, result, stopped)
+
+    @staticmethod
+    def _hand_over(job: Job, item: Any) -> None:
+        # Blocks while the request task holds `chunk_buffer` untaken chunks:
+        # backpressure reaches the model. The timeout only re-checks the stop flag;
+        # `request_stop` also wakes this wait directly.
+        while not job.credits.acquire(timeout=_CREDIT_RECHECK_S):
+            if job.stop_event.is_set():
+                raise GenerationStopped
+        if job.stop_event.is_set():
+            raise GenerationStopped
+        job.mailbox.post(job.deliver, item)
+
+    def _finish(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
+        # Back on the Trio thread.
+        job.result = result
+        job.stopped = stopped
+        job.send_channel.close()
+        self.current = None
+        job.done.set()
+        callback = self._on_job_done
+        assert callable(callback)
+        callback(self, job)
+
+
+class ReplicaPool:
+    """N replicas, admission with a bounded wait, and the job lifecycle."""
+
+    def __init__(
+        self,
+        factory: EngineFactory,
+        *,
+        workers: int = 1,
+        max_admitted: int = 10,
+        queue_timeout: float = 60.0,
+        stop_timeout: float = 10.0,
+        chunk_buffer: int = 2,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.replicas = [Replica(i, factory) for i in range(workers)]
+        self.limiter = trio.CapacityLimiter(workers)
+        self.max_admitted = max(max_admitted, workers)
+        self.queue_timeout = queue_timeout
+        self.stop_timeout = stop_timeout
+        self.chunk_buffer = chunk_buffer
+        self._free: list[Replica] = []
+        self._mailbox: LoopMailbox | None = None
+        self._borrowers: dict[Job, object] = {}
+        self.admitted = 0
+        self.waiting = 0
+        self.ready = False
+        self.sample_rate = 0
+
+    @property
+    def busy(self) -> int:
+        return len(self.replicas) - len(self._free)
+
+    async def start(self, *, load_timeout: float = 900.0) -> None:
+        """Load and warm every replica; `ready` only once all of them are."""
+        token = trio.lowlevel.current_trio_token()
+        self._mailbox = LoopMailbox(token)
+        events = [replica.start(token, self._job_done) for replica in self.replicas]
+        with trio.move_on_after(load_timeout) as scope:
+            for event in events:
+                await event.wait()
+        if scope.cancelled_caught:
+            raise EngineLoadError(f"the model did not load within {load_timeout:g} s")
+        for replica in self.replicas:
+            if replica.load_error is not None:
+                err = replica.load_error
+                raise EngineLoadError(f"{type(err).__name__}: {err}") from err
+        rates = {replica.engine.sample_rate for replica in self.replicas if replica.engine}
+        if len(rates) != 1:
+            raise EngineLoadError(f"replicas disagree on the sample rate: {sorted(rates)}")
+        (self.sample_rate,) = rates
+        self._free = list(reversed(self.replicas))
+        self.ready = True
+
+    async def aclose(self, *, join_timeout: float = 10.0) -> None:
+        """Tell every thread to finish and wait for them (each job was stopped first)."""
+        self.ready = False
+        for replica in self.replicas:
+            replica.shutdown()
+        with trio.move_on_after(join_timeout):
+            for replica in self.replicas:
+                if replica.thread.is_alive():
+                    await trio.to_thread.run_sync(replica.thread.join, join_timeout)
+        for replica in self.replicas:
+            if replica.thread.is_alive():
+                log.error("replica_thread_did_not_exit", replica=replica.index)
+
+    def max_steps(self, spec: SynthesisSpec) -> int:
+        engine = self.replicas[0].engine
+        return engine.max_steps(spec) if engine is not None else spec.max_len
+
+    @asynccontextmanager
+    async def run(
+        self,
+        spec: SynthesisSpec,
+        *,
+        request_id: str,
+        transform: Callable[[np.ndarray], Any] | None = None,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[tuple[Job, ChunkStream]]:
+        """Admit a job, start it on a free replica, and yield it with its chunk stream.
+
+        `on_wait` is awaited first when no replica is free (to tell the client).
+
+        On exit (done, error, cancel) the job is told to stop and this waits,
+        shielded, until its thread has really stopped before returning.
+        """
+        if not self.ready:
+            raise ProtocolError(
+                ErrorCode.MODEL_NOT_LOADED, "the model is not loaded", request_id=request_id
+            )
+        assert self._mailbox is not None  # set by start(), before ready
+        if self.admitted >= self.max_admitted:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"the server is at its limit of {self.max_admitted} concurrent requests",
+                details={"scope": "server", "limit": self.max_admitted, "retry_after_ms": 1000},
+                request_id=request_id,
+            )
+        self.admitted += 1
+        try:
+            borrower = object()
+            # A request already cancelled takes no replica. (No full checkpoint after
+            # taking the token: a cancel there would leak it.)
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self.limiter.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._wait_for_replica(borrower, on_wait, request_id)
+            replica = self._free.pop()
+            send, receive = trio.open_memory_channel[Any](self.chunk_buffer)
+            job = Job(
+                spec,
+                request_id,
+                send,
+                self._mailbox,
+                transform,
+                chunk_buffer=self.chunk_buffer,
+            )
+            self._borrowers[job] = borrower
+            replica.submit(job)
+            try:
+                async with receive:
+                    yield job, ChunkStream(job, receive)
+            finally:
+                job.request_stop()
+                with trio.CancelScope(shield=True):
+                    with trio.move_on_after(self.stop_timeout):
+                        await job.done.wait()
+                if not job.done.is_set():
+                    # The slot stays taken until the thread really finishes.
+                    log.error(
+                        "replica_stop_timeout",
+                        replica=replica.index,
+                        request_id=request_id,
+                        stop_timeout=self.stop_timeout,
+                    )
+        finally:
+            self.admitted -= 1
+
+    async def _wait_for_replica(
+        self,
+        borrower: object,
+        on_wait: Callable[[], Awaitable[None]] | None,
+        request_id: str,
+    ) -> None:
+        self.waiting += 1
+        try:
+            if on_wait is not None:
+                await on_wait()
+            with trio.move_on_after(self.queue_timeout) as queue_scope:
+                await self.limiter.acquire_on_behalf_of(borrower)
+        finally:
+            self.waiting -= 1
+        if queue_scope.cancelled_caught:
+            raise ProtocolError(
+                ErrorCode.RATE_LIMITED,
+                f"no replica became free within {self.queue_timeout:g} s",
+                details={"scope": "queue", "retry_after_ms": 1000},
+                request_id=request_id,
+            )
+
+    def _job_done(self, replica: Replica, job: Job) -> None:
+        self._free.append(replica)
+        self.limiter.release_on_behalf_of(self._borrowers.pop(job))

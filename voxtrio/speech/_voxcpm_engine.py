@@ -1,0 +1,202 @@
+"""The real engine: a VoxCPM model loaded through voxcpm's own loader."""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Generator
+from typing import Any
+
+import attrs
+import numpy as np
+import structlog
+
+from voxtrio.speech._engine import StepCallback, SynthesisSpec
+
+log = structlog.get_logger("voxtrio.engine")
+
+_WHITESPACE = re.compile(r"\s+")
+_WARM_UP_TEXT = "Hello, this is a warm-up sentence."
+
+
+@attrs.frozen(kw_only=True)
+class VoxCPMOptions:
+    """How to load the model (the `serve` flags of the same names)."""
+
+    model: str = "openbmb/VoxCPM-0.5B"
+    device: str = "auto"
+    optimize: bool | None = None  # None: on for CUDA (torch.compile + CUDA graphs), off elsewhere
+    denoiser_path: str | None = None
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    warm_normalizer: bool = True
+    torch_threads: int | None = None  # None: leave torch's default
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means CUDA when this torch sees a GPU, else CPU."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class VoxCPMEngine:
+    """One VoxCPM model instance; used by the one replica thread that built it."""
+
+    def __init__(self, model: Any, *, device: str, warm_normalizer: bool = True) -> None:
+        import torch
+
+        from . import _seeding
+
+        self._model = model
+        self._tts = model.tts_model
+        self._device = device
+        self._warm_normalizer = warm_normalizer
+        self._normalizer: Any = None
+        # Set once the voice library exists (after loading, before any request).
+        self.voices: Any = None
+        self._build_prompt: Any = None
+        _seeding.install()
+        self._generator = torch.Generator(device=self._tts.device)
+
+    @classmethod
+    def load(cls, options: VoxCPMOptions) -> VoxCPMEngine:
+        from voxtrio.speech._voxcpm_import import import_voxcpm
+
+        voxcpm = import_voxcpm()
+        device = resolve_device(options.device)
+        if options.torch_threads and device == "cpu":
+            import torch
+
+            # Process-wide: every replica shares the cores with the event loop and codecs.
+            # Oversubscribed OpenMP threads spin against each other and run many times slower.
+            torch.set_num_threads(options.torch_threads)
+        optimize = device.startswith("cuda") if options.optimize is None else options.optimize
+        log.info("model_loading", model=options.model, device=device, optimize=optimize)
+        model = voxcpm.VoxCPM.from_pretrained(
+            options.model,
+            load_denoiser=options.denoiser_path is not None,
+            zipenhancer_model_id=options.denoiser_path,
+            cache_dir=options.cache_dir,
+            local_files_only=options.local_files_only,
+            optimize=optimize,
+            device=device,
+        )
+        return cls(model, device=device, warm_normalizer=options.warm_normalizer)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self._tts.sample_rate)
+
+    @property
+    def tts_model(self) -> Any:
+        return self._tts
+
+    @property
+    def architecture(self) -> str:
+        return "voxcpm2" if type(self._tts).__name__ == "VoxCPM2Model" else "voxcpm"
+
+    def _text_tokens(self, text: str) -> int:
+        return len(self._tts.text_tokenizer(text))
+
+    def max_steps(self, spec: SynthesisSpec) -> int:
+        # voxcpm's own cap: min(tokens * ratio + 10, max_len).
+        tokens = self._text_tokens(self._prepare_text(spec.text, normalize=False))
+        return max(1, min(int(tokens * spec.retry_badcase_ratio_threshold + 10), spec.max_len))
+
+    def _prepare_text(self, text: str, *, normalize: bool) -> str:
+        # What voxcpm's VoxCPM._generate does before it tokenises.
+        text = _WHITESPACE.sub(" ", text.replace("\n", " "))
+        if normalize:
+            text = self._get_normalizer().normalize(text)
+        return text
+
+    def _get_normalizer(self) -> Any:
+        if self._normalizer is None:
+            from voxcpm.utils.text_normalize import TextNormalizer
+
+            self._normalizer = TextNormalizer()
+        return self._normalizer
+
+    def _prompt_cache(self, spec: SynthesisSpec) -> Any:
+        """The prompt features of the request's voice, built once and cached."""
+        if spec.voice_id is None and spec.prompt_audio is None:
+            return None
+        if self.voices is None:
+            raise RuntimeError("voice cloning asked of an engine with no voice library")
+        if self._build_prompt is None:
+            from voxtrio.voices._store import voxcpm_prompt_builder
+
+            self._build_prompt = voxcpm_prompt_builder(self._tts)
+        if spec.voice_id is not None:
+            return self.voices.prompt_for(
+                spec.voice_id, self._build_prompt, field="params.voice_id"
+            )
+        return self.voices.prompt_for_audio(
+            spec.prompt_audio, spec.prompt_text, spec.prompt_mode, self._build_prompt
+        )
+
+    def generate(
+        self, spec: SynthesisSpec, on_step: StepCallback
+    ) -> Generator[np.ndarray, None, None]:
+        from voxtrio.protocol._voice_messages import apply_voice_description
+
+        from . import _seeding
+
+        # Normalise first: the normaliser must never see the description's parentheses.
+        text = self._prepare_text(spec.text, normalize=spec.normalize)
+        text = apply_voice_description(text, spec.voice_description)
+        prompt_cache = self._prompt_cache(spec)
+        _seeding.use_generator(self._generator)
+        self._generator.manual_seed(spec.seed)
+        # Non-streaming keeps voxcpm's bad-case retry (regenerate when the audio is
+        # implausibly long for the text). Both modes run voxcpm's streaming
+        # generator so a cancel stops at the next chunk in either; the joined
+        # stream equals voxcpm's non-streaming output.
+        attempts = spec.retry_badcase_max_times if spec.retry_badcase and not spec.streaming else 1
+        attempts = max(1, attempts)
+        badcase_steps = self._text_tokens(text) * spec.retry_badcase_ratio_threshold
+        for attempt in range(1, attempts + 1):
+            collected: list[np.ndarray] = []
+            stream = self._tts.generate_with_prompt_cache_streaming(
+                target_text=text,
+                prompt_cache=prompt_cache,
+                max_len=spec.max_len,
+                inference_timesteps=spec.inference_timesteps,
+                cfg_value=spec.cfg_value,
+                retry_badcase=False,
+                retry_badcase_ratio_threshold=spec.retry_badcase_ratio_threshold,
+            )
+            try:
+                for step, (wav, _tokens, _feats) in enumerate(stream, start=1):
+                    on_step(step)
+                    chunk = wav.squeeze(0).float().cpu().numpy()
+                    if spec.streaming:
+                        yield chunk
+                    else:
+                        collected.append(chunk)
+            finally:
+                stream.close()
+            if spec.streaming:
+                return
+            if attempt < attempts and len(collected) >= badcase_steps:
+                log.info("badcase_retry", attempt=attempt, steps=len(collected))
+                continue
+            yield np.concatenate(collected) if collected else np.zeros(0, np.float32)
+            return
+
+    def warm_up(self) -> None:
+        spec = SynthesisSpec(text=_WARM_UP_TEXT, max_len=4, seed=0)
+        for chunk in self.generate(spec, lambda _: None):
+            del chunk
+        if self._warm_normalizer:
+            try:
+                self._get_normalizer().normalize(_WARM_UP_TEXT)
+            except Exception as exc:  # normalisation is optional; say why it is off
+                print(f"voxtrio: text normaliser unavailable: {exc}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._model = None
+        self._tts = None

@@ -1,0 +1,141 @@
+"""Voices on the Trio side: the voice_* messages and a request's voice fields.
+
+Decoding and disk I/O run in worker threads behind a small capacity limit; prompt
+features are built on the replica thread that needs them (`VoxCPMEngine`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import attrs
+import structlog
+import trio
+
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._messages import ServerMessage, SynthesisOptions
+from voxtrio.protocol._voice_messages import (
+    VoiceClientMessage,
+    VoiceDelete,
+    VoiceDeleted,
+    VoiceList,
+    VoiceRegister,
+    check_voice_params,
+    decode_audio,
+    registered_message,
+    voice_error,
+    voices_message,
+)
+from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio, max_base64_chars
+from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
+from voxtrio.voices._store import VoiceError, VoiceStore
+
+log = structlog.get_logger("voxtrio.voices")
+
+
+@attrs.define
+class VoiceService:
+    store: VoiceStore
+    architecture: str
+    prompt_rate: int
+    allow_upload: bool = False
+    max_prompt_seconds: float = 30.0
+    max_prompt_bytes: int = 10 * 1024 * 1024
+    fetch_policy: FetchPolicy | None = None
+    # Decoding a prompt and writing a voice are CPU and disk work: two at a time.
+    limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
+
+    @property
+    def max_message_bytes(self) -> int:
+        """A voice_register must fit in one WebSocket message when uploads are on."""
+        return max_base64_chars(self.max_prompt_bytes) + 64 * 1024 if self.allow_upload else 0
+
+    def voice_names(self) -> frozenset[str]:
+        return frozenset(v.voice_id for v in self.store.list())
+
+    async def handle(self, message: VoiceClientMessage) -> ServerMessage:
+        """Answer voice_register / voice_list / voice_delete, or raise ProtocolError."""
+        rid = message.request_id
+        if isinstance(message, VoiceList):
+            return voices_message(rid, self.store.list())
+        if not self.allow_upload:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                "voice registration is disabled on this server (--allow-voice-upload)",
+                request_id=rid,
+            )
+        try:
+            if isinstance(message, VoiceRegister):
+                return await self._register(message)
+            assert isinstance(message, VoiceDelete)
+            async with self.limiter:
+                await trio.to_thread.run_sync(self.store.delete, message.voice_id)
+            log.info("voice_deleted", voice_id=message.voice_id)
+            return VoiceDeleted(rid, message.voice_id)
+        except (VoiceError, VoiceAudioError) as exc:
+            raise voice_error(exc, request_id=rid) from None
+
+    async def _register(self, message: VoiceRegister) -> ServerMessage:
+        data = decode_audio(message, max_bytes=self.max_prompt_bytes)
+        async with self.limiter:
+            audio = await trio.to_thread.run_sync(
+                partial(
+                    decode_prompt_audio,
+                    data,
+                    target_rate=self.prompt_rate,
+                    max_seconds=self.max_prompt_seconds,
+                    max_bytes=self.max_prompt_bytes,
+                )
+            )
+            voice = await trio.to_thread.run_sync(
+                partial(
+                    self.store.register,
+                    message.voice_id,
+                    audio,
+                    prompt_text=message.prompt_text,
+                    mode=message.mode,
+                    persist=message.persist,
+                    replace=message.replace,
+                )
+            )
+        log.info(
+            "voice_registered", voice_id=voice.voice_id, mode=voice.mode, persisted=voice.persisted
+        )
+        return registered_message(message.request_id, voice)
+
+    async def resolve(self, options: SynthesisOptions, request_id: str) -> dict[str, Any]:
+        """Check a request's voice fields; return the SynthesisSpec fields they become."""
+        mode = check_voice_params(
+            voice_id=options.voice_id,
+            prompt_wav_url=options.prompt_wav_url,
+            prompt_text=options.prompt_text,
+            voice_description=options.voice_description,
+            architecture=self.architecture,
+            url_prompts_enabled=self.fetch_policy is not None,
+            request_id=request_id,
+        )
+        fields: dict[str, Any] = {"voice_description": options.voice_description}
+        try:
+            if options.voice_id is not None:
+                self.store.check_usable(options.voice_id, field="voice_id")
+                fields["voice_id"] = options.voice_id
+            elif options.prompt_wav_url is not None:
+                assert self.fetch_policy is not None
+                assert mode is not None
+                data = await fetch_prompt(options.prompt_wav_url, self.fetch_policy)
+                async with self.limiter:
+                    audio = await trio.to_thread.run_sync(
+                        partial(
+                            decode_prompt_audio,
+                            data,
+                            target_rate=self.prompt_rate,
+                            max_seconds=self.max_prompt_seconds,
+                            max_bytes=self.max_prompt_bytes,
+                            field="prompt_wav_url",
+                        )
+                    )
+                fields.update(prompt_audio=audio, prompt_text=options.prompt_text, prompt_mode=mode)
+        except (VoiceError, VoiceAudioError, FetchError) as exc:
+            raise voice_error(exc, request_id=request_id, prefix="params.") from None
+        return fields
