@@ -13,7 +13,7 @@ import soundfile
 from voxtrio.protocol._frames import FrameType
 from voxtrio.server._listener import ServerHandle
 
-from .support import Outcome, session, speak
+from ..support import Outcome, session, speak
 
 TEXT = "Twenty characters!!!" * 2  # 40 chars -> 10 synthetic chunks = 1.6 s at 48 kHz
 SECONDS = 10 * 7680 / 48000

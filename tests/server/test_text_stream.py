@@ -11,7 +11,7 @@ import trio
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._synthetic import SyntheticEngine
 
-from .support import RawSession, session, speak
+from ..support import RawSession, session, speak
 
 TEXT = "Hello there. How are you today? I am fine, thanks! Bye."
 SENTENCES = ["Hello there.", "How are you today?", "I am fine, thanks!", "Bye."]

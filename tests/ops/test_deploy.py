@@ -11,7 +11,7 @@ import pytest
 
 from voxtrio._config import OPTIONS, Settings, load_settings
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 UNIT = DEPLOY / "voxtrio.service"
 TEMPLATE = DEPLOY / "voxtrio@.service"
 ENV_FILE = DEPLOY / "voxtrio.env"

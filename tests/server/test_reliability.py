@@ -28,8 +28,8 @@ from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._synthetic import SyntheticEngine
 
-from .stress import fuzzing, runs
-from .stress.harness import (
+from ..stress import fuzzing, runs
+from ..stress.harness import (
     FaultyEngine,
     Ledger,
     RawWebSocket,
@@ -40,7 +40,7 @@ from .stress.harness import (
     released,
     watch_logs,
 )
-from .stress.runs import scrape, speak_all, until_health, wait_for
+from ..stress.runs import scrape, speak_all, until_health, wait_for
 
 LONG = "A sentence long enough to take many chunks to speak. " * 8  # 432 chars, 108 chunks
 # Derandomized: the same inputs every run, so CI never flakes on a newly drawn one;
@@ -214,7 +214,7 @@ async def test_dashscope_engine_failure_fails_the_task_and_the_connection_goes_o
 
 def test_soak_30_seconds_on_the_tiny_checkpoint(tiny_model_dir: Path, tmp_path: Path) -> None:
     """30 s of mixed load on `voxtrio serve` with the tiny checkpoint: no error, no leak."""
-    from .stress.soak import SoakConfig, failures, run_soak
+    from ..stress.soak import SoakConfig, failures, run_soak
 
     config = SoakConfig(duration=30.0, clients=4, engine="tiny", model_dir=tiny_model_dir)
     summary = trio.run(run_soak, config, tmp_path)

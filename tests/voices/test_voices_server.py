@@ -19,7 +19,7 @@ from trio_websocket import open_websocket_url
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 
-from .support import session, speak
+from ..support import session, speak
 
 
 def prompt_wav(seconds: float = 2.0, rate: int = 16000, seed: int = 0) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from .support import handshake_status, host_port, http_get, serve_process, session, speak
+from ..support import handshake_status, host_port, http_get, serve_process, session, speak
 
 KEY = "k" * 24
 OTHER_KEY = "z" * 24

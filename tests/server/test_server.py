@@ -16,7 +16,7 @@ from voxtrio.protocol._frames import FrameType
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._synthetic import SyntheticEngine
 
-from .support import handshake_status, session, speak
+from ..support import handshake_status, session, speak
 
 LONG_TEXT = "A sentence long enough to take many chunks. " * 6  # 270 chars -> 68 chunks
 

@@ -17,7 +17,7 @@ from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 from voxtrio.tools._tiny_model import expected_chunks
 
-from .support import session, speak
+from ..support import session, speak
 
 TEXT = "Speech from the real generator."
 
