@@ -20,6 +20,16 @@ by generation) live in one LRU bounded by count and approximate bytes, keyed by
 ``(voice_id, sha256 of the audio, mode, prompt_text)``: a replaced voice has another
 key, so a stale prompt is never served. A miss rebuilds from disk.
 
+Several instances may share one directory (a network file system behind a load
+balancer): the directory, not memory, says which persisted voices exist. Each lookup
+of a persisted voice compares one ``stat`` of its ``meta.json`` with what was read
+(re-reading it if another instance replaced it, forgetting it if one deleted it), a
+lookup that misses reads the voice from disk, and ``list`` rescans the directory. So
+registering, replacing or deleting a voice on one instance is seen by the next request
+on any other, without polling. Every change to the directory, and start-up recovery,
+holds an exclusive ``flock`` on ``<dir>/.lock``, so one instance's recovery never
+mistakes another's write in progress for a crash's leftovers.
+
 Threads: metadata (``get``, ``list``) is for the Trio thread and takes a lock for a
 few dict operations only. ``register``, ``delete`` and ``load_all`` do disk I/O: run
 them with ``trio.to_thread.run_sync``; a second lock serialises them. ``prompt_for``
@@ -34,6 +44,7 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime
+import fcntl
 import functools
 import hashlib
 import json
@@ -42,8 +53,9 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol, get_args
 
@@ -66,6 +78,10 @@ VOICE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 RESERVED_VOICE_IDS: Final = frozenset({"default", "none", "null"})
 MAX_PROMPT_TEXT_CHARS: Final = 1000
 FORMAT_VERSION: Final = 1
+
+# How long a change waits for another instance's change to the shared directory.
+DIRECTORY_LOCK_TIMEOUT_S: Final = 30.0
+LOCK_FILE: Final = ".lock"
 
 AUDIO_FILE: Final = "audio.wav"
 META_FILE: Final = "meta.json"
@@ -122,10 +138,15 @@ class _Meta:
     sha256: str
 
 
+_Stamp = tuple[int, int, int]
+"""(inode, mtime_ns, size) of a persisted voice's meta.json: changes with every write."""
+
+
 @attrs.frozen(eq=False)
 class _Entry:
     voice: Voice
     wav: bytes | None  # in-memory voices only; persisted ones are read from disk
+    stamp: _Stamp | None = None  # persisted voices: meta.json as it was read
 
 
 def supported_modes(architecture: str) -> frozenset[VoiceMode]:
@@ -328,7 +349,8 @@ class VoiceStore:
     # ------------------------------------------------------------ metadata (any thread)
 
     def list(self) -> list[Voice]:
-        """Every voice, by id."""
+        """Every voice, by id (the shared directory rescanned first)."""
+        self._sync_all()
         with self._lock:
             return [self._entries[k].voice for k in sorted(self._entries)]
 
@@ -346,15 +368,71 @@ class VoiceStore:
         return voice
 
     def __contains__(self, voice_id: object) -> bool:
-        with self._lock:
-            return voice_id in self._entries
+        if not isinstance(voice_id, str):
+            return False
+        try:
+            self._entry(voice_id)
+        except VoiceNotFound:
+            return False
+        return True
 
     def _entry(self, voice_id: str, field: str = "voice_id") -> _Entry:
         with self._lock:
             entry = self._entries.get(voice_id)
+        if entry is None or entry.voice.persisted:
+            entry = self._sync_one(voice_id, entry)
         if entry is None:
             raise VoiceNotFound(field, f"no voice named {voice_id[:64]!r}")
         return entry
+
+    # ------------------------------------------------------------ the shared directory
+
+    def _stamp(self, voice_id: str) -> _Stamp | None:
+        assert self.directory is not None
+        try:
+            st = os.stat(self.directory / voice_id / META_FILE)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _sync_one(self, voice_id: str, entry: _Entry | None) -> _Entry | None:
+        """The entry for `voice_id` as the directory has it now (None: no such voice)."""
+        if self.directory is None or VOICE_ID_PATTERN.fullmatch(voice_id) is None:
+            return entry
+        stamp = self._stamp(voice_id)
+        if entry is not None and stamp == entry.stamp:
+            return entry
+        fresh: _Entry | None = None
+        if stamp is not None:
+            try:
+                voice = self._read_voice(self.directory / voice_id)
+            except Exception as exc:  # half-written by another instance, or damaged
+                log.warning("voice_unreadable", voice_id=voice_id, reason=_reason(exc))
+                return entry
+            fresh = _Entry(voice, None, stamp)
+        with self._lock:
+            current = self._entries.get(voice_id)
+            if current is not None and not current.voice.persisted:
+                return current  # registered here in memory meanwhile: that one wins
+            if fresh is None:
+                self._entries.pop(voice_id, None)
+            else:
+                self._entries[voice_id] = fresh
+        if current is not None and (fresh is None or fresh.voice != current.voice):
+            self._forget_prompts(voice_id)
+            log.info("voice_changed_elsewhere", voice_id=voice_id, deleted=fresh is None)
+        return fresh
+
+    def _sync_all(self) -> None:
+        """Bring every persisted voice in line with the directory (``list``)."""
+        if self.directory is None or not self.directory.is_dir():
+            return
+        on_disk = {p.name for p in self.directory.iterdir() if VOICE_ID_PATTERN.fullmatch(p.name)}
+        with self._lock:
+            known = {k for k, e in self._entries.items() if e.voice.persisted}
+            entries = {k: self._entries.get(k) for k in on_disk | known}
+        for voice_id, entry in sorted(entries.items()):
+            self._sync_one(voice_id, entry)
 
     # ------------------------------------------------------------ prompts (replica threads)
 
@@ -469,12 +547,17 @@ class VoiceStore:
         with self._write_lock:
             old = self._check_can_add(voice, replace=replace)
             on_disk = self.directory is not None and (self.directory / voice_id).exists()
-            if persist:
-                self._write_voice(voice, wav)
-            elif on_disk:
-                self._remove_voice_dir(voice_id)
+            if persist or on_disk:
+                assert self.directory is not None
+                self.directory.mkdir(parents=True, exist_ok=True)
+                with _directory_lock(self.directory):
+                    if persist:
+                        self._write_voice(voice, wav)
+                    else:
+                        self._remove_voice_dir(voice_id)
+            stamp = self._stamp(voice_id) if persist else None
             with self._lock:
-                self._entries[voice_id] = _Entry(voice, None if persist else wav)
+                self._entries[voice_id] = _Entry(voice, None if persist else wav, stamp)
             if old is not None:
                 self._forget_prompts(voice_id)
         log.info("voice_registered", voice_id=voice_id, mode=mode, persisted=persist)
@@ -512,7 +595,9 @@ class VoiceStore:
         with self._write_lock:
             voice = self._entry(voice_id).voice
             if voice.persisted:
-                self._remove_voice_dir(voice_id)
+                assert self.directory is not None
+                with _directory_lock(self.directory):
+                    self._remove_voice_dir(voice_id)
             with self._lock:
                 del self._entries[voice_id]
             self._forget_prompts(voice_id)
@@ -530,12 +615,15 @@ class VoiceStore:
             return []
         with self._write_lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._recover()
+            with _directory_lock(self.directory):
+                self._recover()
             loaded: builtins.list[Voice] = []
+            stamps: dict[str, _Stamp | None] = {}
             for path in sorted(self.directory.iterdir()):
                 if path.name.startswith("."):
                     continue
                 try:
+                    stamps[path.name] = self._stamp(path.name)
                     loaded.append(self._read_voice(path))
                 except Exception as exc:  # a broken voice is skipped, never fatal
                     log.warning("voice_skipped", path=str(path), reason=_reason(exc))
@@ -546,7 +634,7 @@ class VoiceStore:
                 for key in [k for k, e in self._entries.items() if e.voice.persisted]:
                     del self._entries[key]
                 for voice in loaded:
-                    self._entries[voice.voice_id] = _Entry(voice, None)
+                    self._entries[voice.voice_id] = _Entry(voice, None, stamps[voice.voice_id])
         log.info("voices_loaded", count=len(loaded), directory=str(self.directory))
         return loaded
 
@@ -665,6 +753,27 @@ def _write_synced(path: Path, data: bytes) -> None:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
+
+
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Exclusive across processes (and instances sharing the directory); bounded wait."""
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + DIRECTORY_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise VoiceError(
+                        "voice_id", "the voice library is busy (another instance); try again"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _rmtree(path: Path) -> None:
