@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from voxtrio.protocol._voice_rules import VoiceError
 from voxtrio.voices import _store
-from voxtrio.voices._store import VoiceError, VoiceNotFound, VoiceStore
+from voxtrio.voices._store import VoiceNotFound, VoiceStore
 
 from .test_voices import Builder, audio
 

@@ -13,18 +13,15 @@ import pytest
 import soundfile
 from structlog.testing import capture_logs
 
+from voxtrio.protocol._voice_rules import V1_MODES, VoiceError, VoiceMode, check_voice_id
 from voxtrio.voices import _store as _voices
 from voxtrio.voices._audio import PromptAudio
 from voxtrio.voices._store import (
     LOCK_FILE,
-    V1_MODES,
     PromptLRU,
-    VoiceError,
     VoiceExists,
-    VoiceMode,
     VoiceNotFound,
     VoiceStore,
-    check_voice_id,
     voxcpm_prompt_builder,
 )
 

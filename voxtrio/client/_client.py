@@ -48,8 +48,9 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
-from voxtrio.audio._codecs import AudioFormat
+from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._formats import AudioFormat
 from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
 from voxtrio.protocol._messages import (
     CancelledResult,
@@ -62,7 +63,6 @@ from voxtrio.protocol._messages import (
     SynthesisOptions,
     SynthesisResult,
     TtsParams,
-    structure_message,
 )
 
 log = logging.getLogger("voxtrio.client")

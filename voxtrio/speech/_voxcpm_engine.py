@@ -11,6 +11,7 @@ import attrs
 import numpy as np
 import structlog
 
+from voxtrio.protocol._voice_rules import apply_voice_description
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
 
 log = structlog.get_logger("voxtrio.engine")
@@ -141,8 +142,6 @@ class VoxCPMEngine:
     def generate(
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
-        from voxtrio.protocol._voice_messages import apply_voice_description
-
         from . import _seeding
 
         # Normalise first: the normaliser must never see the description's parentheses.

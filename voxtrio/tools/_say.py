@@ -27,8 +27,9 @@ from voxtrio.client._client import (
     connect,
     write_wav,
 )
+from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ProtocolError
-from voxtrio.protocol._messages import Mode, TtsRequest, structure_message
+from voxtrio.protocol._messages import Mode, TtsRequest
 
 URL_ENV: Final = "VOXTRIO_URL"
 API_KEY_ENV: Final = "VOXTRIO_API_KEY"

@@ -49,7 +49,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -57,26 +56,26 @@ import time
 import uuid
 from collections.abc import Callable, Hashable, Iterator
 from pathlib import Path
-from typing import Any, Final, Literal, Protocol, get_args
+from typing import Any, Final, Protocol
 
 import attrs
 import soundfile
 import structlog
 
+from voxtrio.protocol._converter import converter
+from voxtrio.protocol._limits import MAX_PROMPT_TEXT_CHARS
+from voxtrio.protocol._voice_rules import (
+    ALL_MODES,
+    VOICE_ID_PATTERN,
+    VoiceError,
+    VoiceMode,
+    check_voice_id,
+    resolve_mode,
+)
 from voxtrio.voices._audio import PromptAudio, encode_wav, fsync_dir
 
 log = structlog.get_logger("voxtrio.voices")
 
-VoiceMode = Literal["reference", "continuation", "both"]
-"""reference: VoxCPM2 isolated cloning; continuation: prompt wav + transcript;
-both: VoxCPM2's combined mode (the audio as reference and as continuation prompt)."""
-
-ALL_MODES: Final[frozenset[VoiceMode]] = frozenset(get_args(VoiceMode))
-V1_MODES: Final[frozenset[VoiceMode]] = frozenset({"continuation"})
-
-VOICE_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-RESERVED_VOICE_IDS: Final = frozenset({"default", "none", "null"})
-MAX_PROMPT_TEXT_CHARS: Final = 1000
 FORMAT_VERSION: Final = 1
 
 # How long a change waits for another instance's change to the shared directory.
@@ -93,15 +92,6 @@ class PromptBuilder(Protocol):
     """Build voxcpm's prompt cache for a WAV file (runs on the calling replica's thread)."""
 
     def __call__(self, mode: VoiceMode, wav_path: str, prompt_text: str | None) -> PromptCache: ...
-
-
-class VoiceError(ValueError):
-    """A voice request the store refuses; `field` names the request field at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 class VoiceNotFound(VoiceError):
@@ -147,41 +137,6 @@ class _Entry:
     voice: Voice
     wav: bytes | None  # in-memory voices only; persisted ones are read from disk
     stamp: _Stamp | None = None  # persisted voices: meta.json as it was read
-
-
-def supported_modes(architecture: str) -> frozenset[VoiceMode]:
-    """Modes a model supports: all on VoxCPM2 ("voxcpm2"), continuation only on 1.x."""
-    return ALL_MODES if architecture == "voxcpm2" else V1_MODES
-
-
-def check_voice_id(voice_id: str, field: str = "voice_id") -> str:
-    """Return `voice_id` if it is a safe name, else raise VoiceError naming `field`."""
-    if not VOICE_ID_PATTERN.fullmatch(voice_id):
-        raise VoiceError(
-            field,
-            "must be 1-64 characters: letters, digits, '_', '.', '-', starting with a letter "
-            "or digit",
-        )
-    if ".." in voice_id:
-        raise VoiceError(field, "must not contain '..'")
-    if voice_id.lower() in RESERVED_VOICE_IDS:
-        raise VoiceError(field, f"{voice_id!r} is reserved")
-    return voice_id
-
-
-def resolve_mode(
-    mode: VoiceMode | None, prompt_text: str | None, allowed: frozenset[VoiceMode]
-) -> VoiceMode:
-    """The mode a voice gets: continuation when it has a transcript, else reference."""
-    if mode is None:
-        mode = "continuation" if prompt_text else "reference"
-        if mode not in allowed:
-            raise VoiceError("prompt_text", "required: VoxCPM 1.x clones by continuation only")
-    if mode not in allowed:
-        raise VoiceError("mode", f"{mode!r} needs a VoxCPM2 model; this model is VoxCPM 1.x")
-    if mode != "reference" and not prompt_text:
-        raise VoiceError("prompt_text", f"required for mode {mode!r} (the prompt's transcript)")
-    return mode
 
 
 def voxcpm_prompt_builder(tts_model: Any) -> PromptBuilder:
@@ -666,8 +621,6 @@ class VoiceStore:
             fsync_dir(self.directory)
 
     def _read_voice(self, path: Path) -> Voice:
-        from voxtrio.protocol._messages import converter
-
         check_voice_id(path.name)
         raw = json.loads((path / META_FILE).read_text(encoding="utf-8"))
         meta = converter.structure(raw, _Meta)
