@@ -24,8 +24,9 @@ from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
+from voxtrio.voices._prompts import prompt_sample_rate
 from voxtrio.voices._service import VoiceService
-from voxtrio.voices._store import VoiceStore, prompt_sample_rate
+from voxtrio.voices._store import VoiceStore
 
 log = structlog.get_logger("voxtrio.app")
 

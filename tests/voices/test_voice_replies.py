@@ -11,7 +11,7 @@ from voxtrio.protocol._voice_messages import VoiceDeleted
 from voxtrio.protocol._voice_rules import VoiceError
 from voxtrio.voices._fetch import FetchError
 from voxtrio.voices._service import registered_message, voice_error, voices_message
-from voxtrio.voices._store import Voice
+from voxtrio.voices._voice import Voice
 
 
 def voice(**overrides: Any) -> Voice:

@@ -13,6 +13,7 @@ import structlog
 
 from voxtrio.protocol._voice_rules import apply_voice_description
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
+from voxtrio.voices._prompts import voxcpm_prompt_builder
 
 log = structlog.get_logger("voxtrio.engine")
 
@@ -128,8 +129,6 @@ class VoxCPMEngine:
         if self.voices is None:
             raise RuntimeError("voice cloning asked of an engine with no voice library")
         if self._build_prompt is None:
-            from voxtrio.voices._store import voxcpm_prompt_builder
-
             self._build_prompt = voxcpm_prompt_builder(self._tts)
         if spec.voice_id is not None:
             return self.voices.prompt_for(

@@ -32,7 +32,8 @@ from voxtrio.protocol._voice_messages import (
 from voxtrio.protocol._voice_rules import VoiceError
 from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio
 from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
-from voxtrio.voices._store import Voice, VoiceStore
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import Voice
 
 log = structlog.get_logger("voxtrio.voices")
 
