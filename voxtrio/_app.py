@@ -133,6 +133,7 @@ async def run_server(
                         settings.metrics_host or settings.host,
                         settings.metrics_port,
                         _side_routes(metrics, checks, keys),
+                        on_shed=metrics.http_connection_shed,
                     )
                 )
             notify(f"STATUS=loading model {settings.model}")

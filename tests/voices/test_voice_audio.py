@@ -150,6 +150,26 @@ def test_garbage_is_not_audio() -> None:
     assert error.message == "not a supported audio file (expected WAV, FLAC, MP3 or Ogg)"
 
 
+def id3_tag(body: bytes = b"TIT2\x00\x00\x00\x02\x00\x00\x00x") -> bytes:
+    """An ID3v2.4 tag around `body` (syncsafe size)."""
+    size = len(body)
+    syncsafe = bytes(((size >> 21) & 0x7F, (size >> 14) & 0x7F, (size >> 7) & 0x7F, size & 0x7F))
+    return b"ID3\x04\x00\x00" + syncsafe + body
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [("AIFF", "PCM_16"), ("AU", "PCM_16")])
+def test_id3_tag_does_not_smuggle_another_container(fmt: str, subtype: str) -> None:
+    """An ID3 tag in front of AIFF or AU is judged by what follows it, and refused."""
+    data = id3_tag() + encode(voice_like(2.0), fmt=fmt, subtype=subtype)
+    assert sniff_format(data) is None
+    assert refused(data).message.startswith("not a supported audio file")
+
+
+def test_id3_tag_running_past_the_end_is_not_audio() -> None:
+    """A tag claiming more bytes than there are is refused by the sniffer."""
+    assert sniff_format(b"ID3\x04\x00\x00\x7f\x7f\x7f\x7f" + b"\xff\xfb" * 10) is None
+
+
 def test_zip_is_not_audio() -> None:
     """A zip archive (even one holding a WAV) is refused by its magic bytes."""
     buffer = io.BytesIO()

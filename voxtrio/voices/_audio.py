@@ -71,19 +71,48 @@ class PromptAudio:
 
 
 def sniff_format(data: bytes) -> PromptFormat | None:
-    """The container named by the first bytes, or None for anything not accepted."""
+    """The container named by the first bytes, or None for anything not accepted.
+
+    ID3v2 tags are skipped first and what follows is judged on its own: decoders skip
+    them too, so a tag in front of, say, AIFF would otherwise smuggle it past the list.
+    """
+    data = _skip_id3_tags(data)
     if len(data) >= 12 and data[:4] in (b"RIFF", b"RIFX", b"RF64") and data[8:12] == b"WAVE":
         return "wav"
     if data[:4] == b"fLaC":
         return "flac"
     if data[:4] == b"OggS":
         return "ogg"
-    # ID3v2 tag, or a bare MPEG audio frame (11-bit sync, layer bits not "reserved").
-    if data[:3] == b"ID3" or (
-        len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE6 in (0xE2, 0xE4, 0xE6)
-    ):
+    # A bare MPEG audio frame (11-bit sync, layer bits not "reserved").
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE6 in (0xE2, 0xE4, 0xE6):
         return "mp3"
     return None
+
+
+_ID3_HEADER = 10
+_MAX_ID3_TAGS = 4
+
+
+def _skip_id3_tags(data: bytes) -> bytes:
+    """`data` after any leading ID3v2 tags; b"" when a tag is malformed or runs past the end."""
+    for _ in range(_MAX_ID3_TAGS):
+        if data[:3] != b"ID3":
+            return data
+        header = data[:_ID3_HEADER]
+        if len(header) < _ID3_HEADER or any(b & 0x80 for b in header[6:10]):
+            return b""
+        size = _syncsafe(header[6:10])
+        footer = _ID3_HEADER if header[5] & 0x10 else 0
+        end = _ID3_HEADER + size + footer
+        if end > len(data):
+            return b""
+        data = data[end:]
+    return b""
+
+
+def _syncsafe(four: bytes) -> int:
+    """ID3v2 sizes are 4 bytes of 7 bits each."""
+    return (four[0] << 21) | (four[1] << 14) | (four[2] << 7) | four[3]
 
 
 def decode_prompt_audio(
