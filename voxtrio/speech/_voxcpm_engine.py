@@ -122,6 +122,18 @@ class VoxCPMEngine:
             self._normalizer = TextNormalizer()
         return self._normalizer
 
+    def target_text(self, spec: SynthesisSpec) -> str:
+        """The text voxcpm is given: cleaned, optionally normalised, voice description added."""
+        from voxtrio.protocol._voice_messages import apply_voice_description
+
+        # Normalise first: the normaliser must never see the description's parentheses.
+        text = self._prepare_text(spec.text, normalize=spec.normalize)
+        return apply_voice_description(text, spec.voice_description)
+
+    def prompt_cache_for(self, spec: SynthesisSpec) -> Any:
+        """voxcpm's prompt cache for the request's voice (None: zero-shot)."""
+        return self._prompt_cache(spec)
+
     def _prompt_cache(self, spec: SynthesisSpec) -> Any:
         """The prompt features of the request's voice, built once and cached."""
         if spec.voice_id is None and spec.prompt_audio is None:
@@ -143,9 +155,7 @@ class VoxCPMEngine:
     ) -> Generator[np.ndarray, None, None]:
         from . import _seeding
 
-        # Normalise first: the normaliser must never see the description's parentheses.
-        text = self._prepare_text(spec.text, normalize=spec.normalize)
-        text = apply_voice_description(text, spec.voice_description)
+        text = self.target_text(spec)
         prompt_cache = self._prompt_cache(spec)
         _seeding.use_generator(self._generator)
         self._generator.manual_seed(spec.seed)
