@@ -124,8 +124,6 @@ class VoxCPMEngine:
 
     def target_text(self, spec: SynthesisSpec) -> str:
         """The text voxcpm is given: cleaned, optionally normalised, voice description added."""
-        from voxtrio.protocol._voice_messages import apply_voice_description
-
         # Normalise first: the normaliser must never see the description's parentheses.
         text = self._prepare_text(spec.text, normalize=spec.normalize)
         return apply_voice_description(text, spec.voice_description)
