@@ -196,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
         "optimize",
         "TTS_OPTIMIZE",
         _optional_bool,
-        "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
+        "torch.compile + CUDA graphs: true, false, or unset for auto (on for CUDA)",
     ),
     Option(
         "torch_threads",
@@ -320,7 +320,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         env = f" [env {option.env}]" if option.env else ""
         default = getattr(defaults, option.name)
-        help_text = f"{option.help} (default: {default}){env}"
+        # None means "decided at run time"; the help text itself says how.
+        shown = "" if default is None else f" (default: {default})"
+        help_text = f"{option.help}{shown}{env}"
         if option.flag_only_bool:
             parser.add_argument(
                 option.flag, dest=option.name, action="store_const", const="true", help=help_text
