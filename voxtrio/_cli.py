@@ -15,7 +15,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from voxtrio._app import check_settings_exposure, serve_until_signalled
     from voxtrio._config import ConfigError, load_settings
-    from voxtrio._logging import capture_prints, configure_logging
+    from voxtrio._logging import configure_logging
     from voxtrio.ops._auth import KeyStore
     from voxtrio.speech._replicas import EngineLoadError
 
@@ -31,7 +31,6 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     os.environ.setdefault("TQDM_DISABLE", "1")
     configure_logging(settings.log_level, settings.log_format)
-    capture_prints()
     code = 1
     # Errors leave trio.run inside exception groups (one per nursery they crossed).
     try:

@@ -196,7 +196,7 @@ OPTIONS: tuple[Option, ...] = (
         "optimize",
         "TTS_OPTIMIZE",
         _optional_bool,
-        "torch.compile + CUDA graphs: true, false, or unset for auto (on for CUDA)",
+        "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
     ),
     Option(
         "torch_threads",
@@ -320,9 +320,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for option in OPTIONS:
         env = f" [env {option.env}]" if option.env else ""
         default = getattr(defaults, option.name)
-        # None means "decided at run time"; the help text itself says how.
-        shown = "" if default is None else f" (default: {default})"
-        help_text = f"{option.help}{shown}{env}"
+        help_text = f"{option.help} (default: {default}){env}"
         if option.flag_only_bool:
             parser.add_argument(
                 option.flag, dest=option.name, action="store_const", const="true", help=help_text

@@ -7,7 +7,7 @@ import pytest
 
 from voxtrio.audio._dsp import StreamingStretch, dsp_available
 
-pytest.importorskip("pylibrb", reason="pylibrb (GPL, opt-in extra voxtrio[dsp]) is not installed")
+pytest.importorskip("pylibrb")
 
 SR = 48000
 CHUNK = 7680  # the synthetic engine's chunk: 160 ms at 48 kHz
