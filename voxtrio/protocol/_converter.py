@@ -9,7 +9,7 @@ checks every range declared on a field (:func:`field_range`, :func:`field_length
 from __future__ import annotations
 
 import math
-from typing import Any, Final, get_args
+from typing import Any, Final, TypeVar, get_args
 
 import attrs
 import cattrs
@@ -18,6 +18,8 @@ from cattrs.literals import is_literal
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._voice_rules import VoiceError, VoiceId, check_voice_id
+
+T = TypeVar("T")
 
 
 def field_range(low: float, high: float) -> dict[str, Any]:
@@ -174,7 +176,7 @@ def _describe_cattrs_error(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -> Any:
+def structure_message(cls: type[T], payload: Any, *, request_id: str | None) -> T:
     """Build `cls` from decoded JSON, or raise INVALID_PARAMS naming every bad field."""
     errors: dict[str, str] = {}
     if not isinstance(payload, dict):

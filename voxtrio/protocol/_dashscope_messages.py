@@ -29,6 +29,9 @@ RATE_RANGE: Final = (0.5, 2.0)
 PITCH_RANGE: Final = (0.5, 2.0)
 SDK_MAX_SEED: Final = 65535  # the SDK's documented range (speech_synthesizer.py:335)
 
+# Parameters the SDK (or DashScope's docs) send that voxtrio accepts and does not use,
+# with the value that means "nothing asked". StartTask.ignored reports every one that
+# came with another value, so the I/O layer logs it: none is dropped silently.
 IGNORED_PARAMETERS: Final[dict[str, Any]] = {
     "text_type": "PlainText",  # always sent by the SDK; SSML is enable_ssml's job
     "word_timestamp_enabled": False,  # sentence timestamps are sent; words stay []

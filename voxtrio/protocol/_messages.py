@@ -29,6 +29,7 @@ from voxtrio.protocol._limits import (
 )
 from voxtrio.protocol._voice_messages import (
     VOICE_CLIENT_MESSAGE_TYPES,
+    VoiceClientMessage,
     VoiceServerMessage,
 )
 from voxtrio.protocol._voice_rules import VoiceId
@@ -119,8 +120,17 @@ class Ping:
     timestamp: int
 
 
-ClientMessage = TtsRequest | Cancel | Ping | TextStreamStart | TextDelta | TextFlush | TextStreamEnd
-CLIENT_MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
+ClientMessage = (
+    TtsRequest
+    | Cancel
+    | Ping
+    | TextStreamStart
+    | TextDelta
+    | TextFlush
+    | TextStreamEnd
+    | VoiceClientMessage
+)
+CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "tts_request": TtsRequest,
     "cancel": Cancel,
     "ping": Ping,

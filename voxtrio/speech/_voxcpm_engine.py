@@ -13,7 +13,8 @@ import structlog
 
 from voxtrio.protocol._voice_rules import apply_voice_description
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
-from voxtrio.voices._prompts import voxcpm_prompt_builder
+from voxtrio.voices._prompts import PromptBuilder, voxcpm_prompt_builder
+from voxtrio.voices._store import VoiceStore
 
 log = structlog.get_logger("voxtrio.engine")
 
@@ -58,8 +59,8 @@ class VoxCPMEngine:
         self._warm_normalizer = warm_normalizer
         self._normalizer: Any = None
         # Set once the voice library exists (after loading, before any request).
-        self.voices: Any = None
-        self._build_prompt: Any = None
+        self.voices: VoiceStore | None = None
+        self._build_prompt: PromptBuilder | None = None
         _seeding.install()
         self._generator = torch.Generator(device=self._tts.device)
 
@@ -144,6 +145,8 @@ class VoxCPMEngine:
             return self.voices.prompt_for(
                 spec.voice_id, self._build_prompt, field="params.voice_id"
             )
+        assert spec.prompt_audio is not None
+        assert spec.prompt_mode is not None
         return self.voices.prompt_for_audio(
             spec.prompt_audio, spec.prompt_text, spec.prompt_mode, self._build_prompt
         )
