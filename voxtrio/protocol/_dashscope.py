@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import collections
 import enum
-import json
 from typing import Any, Final
 
 import attrs
@@ -37,6 +36,7 @@ from voxtrio.audio._codecs import (
     mp3_bit_rates,
 )
 from voxtrio.protocol._errors import ProtocolError
+from voxtrio.protocol._json import JsonRefused, dump_json, load_json
 from voxtrio.protocol._messages import structure_message
 from voxtrio.protocol._sentences import SentenceSplitter, is_speakable
 from voxtrio.protocol._ssml import (
@@ -244,14 +244,9 @@ def _invalid(message: str, task_id: str | None) -> TaskFailure:
 def parse_client_message(text: str) -> ClientMessage:
     """Decode one text frame into a message, or raise TaskFailure saying what is wrong."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        msg = f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        raise _invalid(msg, None) from None
-    except RecursionError:
-        raise _invalid("JSON nested too deeply", None) from None
-    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise _invalid(f"JSON not accepted: {exc}"[:200], None) from None
+        data = load_json(text)
+    except JsonRefused as exc:
+        raise _invalid(exc.message, None) from None
     if not isinstance(data, dict):
         raise _invalid("a message must be a JSON object with header and payload", None)
     header = data.get("header")
@@ -481,7 +476,7 @@ def task_failed(task_id: str, code: str, message: str) -> dict[str, Any]:
 
 
 def dump_event(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return dump_json(event)
 
 
 def count_characters(text: str) -> int:

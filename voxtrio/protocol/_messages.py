@@ -1,23 +1,28 @@
 """Messages of the native protocol: frozen attrs classes and the one converter.
 
-Parsing is strict (no "7" for 7, no 1 for true), refuses unknown keys (typos),
-checks every range declared on a field, and reports every bad field at once as
-`details: {"params.cfg_value": "must be between 0.1 and 10.0", ...}`.
+Parsing is strict (no "7" for 7, no 1 for true, no lone surrogates in text), refuses
+unknown keys (typos), checks every range declared on a field while it structures the
+field, and reports every bad field at once as
+`details: {"params.cfg_value": "must be between 0.1 and 10.0", ...}`: type, range and
+unknown-key errors together, at most MAX_REPORTED_KEYS unknown keys per object.
 """
 
 from __future__ import annotations
 
-import json
+import heapq
 import math
+from collections.abc import Callable
 from typing import Any, Final, Literal, get_args
 
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn, override
 from cattrs.literals import is_literal
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._formats import SUPPORTED_RATES, AudioFormat
+from voxtrio.protocol._json import JsonRefused, dump_json, load_json, lone_surrogate_problem, shown
 from voxtrio.protocol._voice_messages import (
     MAX_VOICE_DESCRIPTION_CHARS,
     VOICE_CLIENT_MESSAGE_TYPES,
@@ -30,6 +35,9 @@ MAX_REQUEST_ID_CHARS: Final = 128
 MAX_TEXT_CHARS: Final = 5000
 MAX_SEED: Final = 2**63 - 1
 MAX_LEN_CAP: Final = 4096  # voxcpm's own default cap on LM steps
+# Unknown keys named per object; the rest are counted. Bounds the work and the reply.
+MAX_REPORTED_KEYS: Final = 10
+MAX_PROBLEM_CHARS: Final = 200
 
 Mode = Literal["streaming", "non_streaming"]
 
@@ -230,6 +238,9 @@ def _strict_float(value: Any, _: type) -> float:
 def _strict_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise _FieldError(f"must be a string, got {_json_type(value)}")
+    # The one check every inbound string passes, on both endpoints.
+    if (problem := lone_surrogate_problem(value)) is not None:
+        raise _FieldError(problem)
     return value
 
 
@@ -268,8 +279,56 @@ def _strict_literal(cls: Any) -> Any:
     return structure
 
 
+def _limit_problem(metadata: Any, value: Any) -> str | None:
+    """What is wrong with a structured value against its field's `range`/`choices`/`length`."""
+    if value is None:
+        return None
+    if (bounds := metadata.get("range")) is not None:
+        low, high = bounds
+        if not low <= value <= high:
+            return f"must be between {low} and {high}, got {value}"
+    if (choices := metadata.get("choices")) is not None and value not in choices:
+        return f"must be one of {', '.join(map(str, choices))}, got {value}"
+    if (length := metadata.get("length")) is not None:
+        low, high = length
+        if len(value) < low:
+            return "must not be empty" if low == 1 else f"needs {low}+ characters"
+        if len(value) > high:
+            return f"too long: {len(value)} characters, at most {high}"
+    return None
+
+
+def _limited(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
+    structure = conv.get_structure_hook(field.type)
+
+    def hook(value: Any, field_type: Any) -> Any:
+        result = structure(value, field_type)
+        if (problem := _limit_problem(field.metadata, result)) is not None:
+            raise _FieldError(problem)
+        return result
+
+    return hook
+
+
+def _attrs_with_limits(conv: cattrs.Converter) -> Callable[[type[Any]], Any]:
+    """Structure attrs classes with each field's limits checked as that field is built,
+    so range and length errors join type and unknown-key errors in one report."""
+
+    def factory(cls: type[Any]) -> Any:
+        fields = attrs.fields(attrs.resolve_types(cls))
+        overrides = {
+            f.name: override(struct_hook=_limited(conv, f))
+            for f in fields
+            if {"range", "choices", "length"} & f.metadata.keys()
+        }
+        return make_dict_structure_fn(cls, conv, **overrides)
+
+    return factory
+
+
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    conv.register_structure_hook_factory(attrs.has, _attrs_with_limits(conv))
     conv.register_structure_hook_factory(is_literal, _strict_literal)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
@@ -280,30 +339,6 @@ def _make_converter() -> cattrs.Converter:
 
 
 converter: Final = _make_converter()
-
-
-def _check_declared_limits(obj: Any, prefix: str, errors: dict[str, str]) -> None:
-    """Check the `range`/`length` metadata of every field, recursing into attrs fields."""
-    for field in attrs.fields(type(obj)):
-        value = getattr(obj, field.name)
-        path = f"{prefix}{field.name}"
-        if attrs.has(type(value)):
-            _check_declared_limits(value, f"{path}.", errors)
-            continue
-        if value is None:
-            continue
-        if (bounds := field.metadata.get("range")) is not None:
-            low, high = bounds
-            if not low <= value <= high:
-                errors[path] = f"must be between {low} and {high}, got {value}"
-        if (choices := field.metadata.get("choices")) is not None and value not in choices:
-            errors[path] = f"must be one of {', '.join(map(str, choices))}, got {value}"
-        if (length := field.metadata.get("length")) is not None:
-            low, high = length
-            if len(value) < low:
-                errors[path] = "must not be empty" if low == 1 else f"needs {low}+ characters"
-            elif len(value) > high:
-                errors[path] = f"too long: {len(value)} characters, at most {high}"
 
 
 def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> None:
@@ -321,12 +356,16 @@ def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> No
         for sub in unindexed:
             _collect_errors(sub, path, errors)
     elif isinstance(exc, ForbiddenExtraKeysError):
-        for key in sorted(exc.extra_fields):
-            errors[f"{path}.{key}" if path else key] = "unknown key"
+        # A message may carry ~10^5 unknown keys: name a few, count the rest.
+        named = heapq.nsmallest(MAX_REPORTED_KEYS, exc.extra_fields)
+        for key in named:
+            errors[f"{path}.{shown(key)}" if path else shown(key)] = "unknown key"
+        if (more := len(exc.extra_fields) - len(named)) > 0:
+            errors[f"{path}.*" if path else "*"] = f"and {more} more unknown keys"
     elif isinstance(exc, KeyError):
         errors[path] = "is required"
     elif isinstance(exc, _FieldError):
-        errors[path] = str(exc)
+        errors[path] = str(exc)[:MAX_PROBLEM_CHARS]
     elif isinstance(exc, ExceptionGroup):
         for sub in exc.exceptions:
             _collect_errors(sub, path, errors)
@@ -339,7 +378,7 @@ def _describe_cattrs_error(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, AttributeError | TypeError):
         return "has the wrong type"
-    return text or type(exc).__name__
+    return shown(text, MAX_PROBLEM_CHARS) if text else type(exc).__name__
 
 
 def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -> Any:
@@ -348,20 +387,18 @@ def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -
     if not isinstance(payload, dict):
         raise ProtocolError(ErrorCode.INVALID_PARAMS, "message must be a JSON object")
     try:
-        obj = converter.structure(payload, cls)
+        return converter.structure(payload, cls)
     except (ClassValidationError, IterableValidationError) as exc:
         _collect_errors(exc, "", errors)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         _collect_errors(exc, "", errors)
-    else:
-        _check_declared_limits(obj, "", errors)
-        if not errors:
-            return obj
-    summary = "; ".join(f"{field}: {problem}" for field, problem in sorted(errors.items()))
+    # By path; a count of further unknown keys ("params.*") after the keys it follows.
+    details = dict(sorted(errors.items(), key=lambda item: (item[0].endswith("*"), item[0])))
+    summary = "; ".join(f"{field}: {problem}" for field, problem in details.items())
     raise ProtocolError(
         ErrorCode.INVALID_PARAMS,
         f"invalid {cls.__name__} message: {summary}",
-        details=dict(sorted(errors.items())),
+        details=details,
         request_id=request_id,
     )
 
@@ -369,16 +406,9 @@ def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -
 def parse_client_message(text: str) -> ClientMessage:
     """Decode one text frame from a client into a message, or raise ProtocolError."""
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_JSON,
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from None
-    except RecursionError:
-        raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"JSON not accepted: {exc}"[:200]) from None
+        payload = load_json(text)
+    except JsonRefused as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, exc.message) from None
     if not isinstance(payload, dict):
         raise ProtocolError(
             ErrorCode.INVALID_JSON, f"expected a JSON object, got {_json_type(payload)}"
@@ -412,7 +442,7 @@ def parse_client_message(text: str) -> ClientMessage:
 
 def dump_message(message: ServerMessage) -> str:
     """Serialise a server message to the JSON text frame the client receives."""
-    return json.dumps(converter.unstructure(message), separators=(",", ":"), ensure_ascii=False)
+    return dump_json(converter.unstructure(message))
 
 
 def error_message(exc: ProtocolError, *, terminal: bool = False) -> Error:
