@@ -1,6 +1,6 @@
 """Hostile-input probe: what a running server answers to the messages of issue 15.
 
-    python -m bench.hostile_input [--engine synthetic|voxcpm --model-path DIR] [--upload]
+    python -m bench.hostile_input [--engine voxcpm --model DIR] [--upload]
 
 Starts `voxtrio serve` on 127.0.0.1 (a subprocess, its own event loop) and, per attack,
 sends its messages on a fresh connection while a bystander (another process, another
@@ -91,7 +91,7 @@ def finish_task(task_id: str) -> dict[str, Any]:
 LONE = "\ud800"  # json.dumps writes it as the legal escape "\ud800"
 
 
-def native_attacks(upload: bool) -> list[tuple[str, list[str]]]:
+def native_attacks(upload: bool, model: bool) -> list[tuple[str, list[str]]]:
     attacks = [
         ("1 surrogate request_id (tts_request)", [tts(LONE, text="Hi.")]),
         ("1 surrogate request_id (cancel)", [json.dumps({"type": "cancel", "request_id": LONE})]),
@@ -117,6 +117,11 @@ def native_attacks(upload: bool) -> list[tuple[str, list[str]]]:
     ]
     if upload:
         attacks.append(("3 unknown keys 13.5 MB", [unknown_keys(13_500_000)]))
+    if model:  # the tokenizer's limit: only a real VoxCPM engine has one
+        attacks += [
+            ("9 a + 4999 combining marks", [tts("r", text="a" + "\u0301" * 4999, max_len=2)]),
+            ("9 5000 digits, normalize", [tts("r", text="7" * 5000, normalize=True, max_len=2)]),
+        ]
     return attacks
 
 
@@ -180,7 +185,7 @@ async def attack(url: str, messages: list[str], dashscope: bool) -> dict[str, An
     async with open_websocket_url(url, max_message_size=256 * 1024 * 1024) as ws:
         for message in messages:
             await ws.send_message(message)
-        with trio.move_on_after(10):
+        with trio.move_on_after(60):
             try:
                 while True:
                     reply = await ws.get_message()
@@ -215,9 +220,10 @@ def summarise(answer: str, dashscope: bool) -> str:
     return event.get("type", "?")
 
 
-async def probe(ws_url: str, upload: bool, log: Path) -> None:
+async def probe(ws_url: str, upload: bool, model: bool, log: Path) -> None:
     base = "/".join(ws_url.split("/", 3)[:3])
-    for dashscope, attacks in ((False, native_attacks(upload)), (True, dash_attacks(upload))):
+    runs = ((False, native_attacks(upload, model)), (True, dash_attacks(upload)))
+    for dashscope, attacks in runs:
         url = base + ("/api-ws/v1/inference" if dashscope else "/tts")
         for label, messages in attacks:
             await trio.sleep(0.3)
@@ -237,7 +243,7 @@ async def probe(ws_url: str, upload: bool, log: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="synthetic")
-    parser.add_argument("--model-path")
+    parser.add_argument("--model", help="VoxCPM checkpoint (with --engine voxcpm)")
     parser.add_argument("--upload", action="store_true", help="--allow-voice-upload (13.5 MB)")
     parser.add_argument("--pinger", nargs=2, metavar=("URL", "LOG"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -248,8 +254,8 @@ def main() -> None:
         ready = Path(tmp) / "ready"
         flags = ["--engine", args.engine, "--port", "0", "--metrics-port", "0"]
         flags += ["--ready-file", str(ready), "--log-format", "json"]
-        if args.model_path:
-            flags += ["--model-path", args.model_path]
+        if args.model:
+            flags += ["--model", args.model]
         if args.upload:
             flags += ["--allow-voice-upload", "--voices-dir", str(Path(tmp) / "voices")]
         process = subprocess.Popen(
@@ -271,7 +277,7 @@ def main() -> None:
                 [sys.executable, "-m", "bench.hostile_input", "--pinger", url, str(log)]
             )
             try:
-                trio.run(probe, url, args.upload, log)
+                trio.run(probe, url, args.upload, args.model is not None, log)
             finally:
                 bystander.kill()
                 bystander.wait()
