@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable
 from typing import Any, Final, Literal, get_args
 
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-from cattrs.gen import make_dict_structure_fn, override
 from cattrs.literals import is_literal
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._field_limits import LimitError, install_limit_hooks
 from voxtrio.protocol._formats import SUPPORTED_RATES, AudioFormat
 from voxtrio.protocol._json import JsonRefused, dump_json, load_json, lone_surrogate_problem, shown
 from voxtrio.protocol._voice_messages import (
@@ -279,56 +278,9 @@ def _strict_literal(cls: Any) -> Any:
     return structure
 
 
-def _limit_problem(metadata: Any, value: Any) -> str | None:
-    """What is wrong with a structured value against its field's `range`/`choices`/`length`."""
-    if value is None:
-        return None
-    if (bounds := metadata.get("range")) is not None:
-        low, high = bounds
-        if not low <= value <= high:
-            return f"must be between {low} and {high}, got {value}"
-    if (choices := metadata.get("choices")) is not None and value not in choices:
-        return f"must be one of {', '.join(map(str, choices))}, got {value}"
-    if (length := metadata.get("length")) is not None:
-        low, high = length
-        if len(value) < low:
-            return "must not be empty" if low == 1 else f"needs {low}+ characters"
-        if len(value) > high:
-            return f"too long: {len(value)} characters, at most {high}"
-    return None
-
-
-def _limited(conv: cattrs.Converter, field: attrs.Attribute[Any]) -> Callable[[Any, Any], Any]:
-    structure = conv.get_structure_hook(field.type)
-
-    def hook(value: Any, field_type: Any) -> Any:
-        result = structure(value, field_type)
-        if (problem := _limit_problem(field.metadata, result)) is not None:
-            raise _FieldError(problem)
-        return result
-
-    return hook
-
-
-def _attrs_with_limits(conv: cattrs.Converter) -> Callable[[type[Any]], Any]:
-    """Structure attrs classes with each field's limits checked as that field is built,
-    so range and length errors join type and unknown-key errors in one report."""
-
-    def factory(cls: type[Any]) -> Any:
-        fields = attrs.fields(attrs.resolve_types(cls))
-        overrides = {
-            f.name: override(struct_hook=_limited(conv, f))
-            for f in fields
-            if {"range", "choices", "length"} & f.metadata.keys()
-        }
-        return make_dict_structure_fn(cls, conv, **overrides)
-
-    return factory
-
-
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook_factory(attrs.has, _attrs_with_limits(conv))
+    install_limit_hooks(conv)
     conv.register_structure_hook_factory(is_literal, _strict_literal)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
@@ -364,7 +316,7 @@ def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> No
             errors[f"{path}.*" if path else "*"] = f"and {more} more unknown keys"
     elif isinstance(exc, KeyError):
         errors[path] = "is required"
-    elif isinstance(exc, _FieldError):
+    elif isinstance(exc, _FieldError | LimitError):
         errors[path] = str(exc)[:MAX_PROBLEM_CHARS]
     elif isinstance(exc, ExceptionGroup):
         for sub in exc.exceptions:
