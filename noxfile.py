@@ -47,10 +47,14 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules) over the code and tests."""
-    session.install("ruff")
+    """ruff (with the ASYNC rules) over the code and tests; the layer contracts (pyproject)."""
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", "voxtrio", "tests", "bench", "noxfile.py")
     session.run("ruff", "format", "--check", "voxtrio", "tests", "bench", "noxfile.py")
+    # import-linter reads the source, never imports it: the package only has to be
+    # findable, so skip its (large) dependencies.
+    session.install("--no-deps", "-e", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")

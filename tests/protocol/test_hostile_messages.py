@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from voxtrio.protocol._connection_state import ConnectionState, Reply
-from voxtrio.protocol._dashscope import DashScopeTask
-from voxtrio.protocol._dashscope import Reply as DashReply
+from voxtrio.protocol._converter import MAX_REPORTED_KEYS
+from voxtrio.protocol._dashscope import DashScopeTask, SendEvent
 from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._messages import MAX_REPORTED_KEYS, Error, dump_message
+from voxtrio.protocol._messages import Error, dump_message
 
 from .test_dashscope import TID, continue_task, run_task
 
@@ -36,7 +36,7 @@ def native_reply(text: str) -> tuple[Error, str]:
 def dash_failure(task: DashScopeTask, text: str) -> tuple[dict[str, Any], str]:
     """The task-failed header `text` gets, and the frame that carries it."""
     (frame,) = [
-        a.text for a in task.receive_text(text) if isinstance(a, DashReply) and "failed" in a.event
+        a.text for a in task.receive_text(text) if isinstance(a, SendEvent) and "failed" in a.event
     ]
     frame.encode("utf-8")
     header: dict[str, Any] = json.loads(frame)["header"]

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from voxtrio.voices import _store
-from voxtrio.voices._store import VoiceError, VoiceNotFound, VoiceStore
+from voxtrio.protocol._voice_rules import VoiceError
+from voxtrio.voices import _disk
+from voxtrio.voices._disk import VoiceDirectory
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import VoiceNotFound
 
 from .test_voices import Builder, audio
 
@@ -79,11 +82,11 @@ def test_recovery_waits_for_another_instances_write(
 ) -> None:
     """While one instance holds the directory lock, another's load_all waits, then gives up."""
     first, second = pair
-    monkeypatch.setattr(_store, "DIRECTORY_LOCK_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(_disk, "DIRECTORY_LOCK_TIMEOUT_S", 0.2)
     assert first.directory is not None
     half = first.directory / ".tmp-inflight"
     half.mkdir()
-    with _store._directory_lock(first.directory):
+    with VoiceDirectory(first.directory).lock():
         with pytest.raises(VoiceError, match="busy"):
             second.load_all()
         assert half.exists()  # not mistaken for a crash's leftover

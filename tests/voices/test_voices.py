@@ -13,20 +13,13 @@ import pytest
 import soundfile
 from structlog.testing import capture_logs
 
-from voxtrio.voices import _store as _voices
+from voxtrio.protocol._voice_rules import V1_MODES, VoiceError, VoiceMode, check_voice_id
+from voxtrio.voices import _disk
 from voxtrio.voices._audio import PromptAudio
-from voxtrio.voices._store import (
-    LOCK_FILE,
-    V1_MODES,
-    PromptLRU,
-    VoiceError,
-    VoiceExists,
-    VoiceMode,
-    VoiceNotFound,
-    VoiceStore,
-    check_voice_id,
-    voxcpm_prompt_builder,
-)
+from voxtrio.voices._disk import LOCK_FILE
+from voxtrio.voices._prompts import PromptLRU, voxcpm_prompt_builder
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import VoiceExists, VoiceNotFound
 
 RATE = 16000
 
@@ -148,7 +141,7 @@ def test_crash_mid_write_leaves_no_half_voice(
         path.write_bytes(data[:10])
         raise OSError("disk full")
 
-    monkeypatch.setattr(_voices, "_write_synced", crash)
+    monkeypatch.setattr(_disk, "write_synced", crash)
     with pytest.raises(OSError, match="disk full"):
         store.register("alice", audio(), persist=True)
     assert store.directory is not None
@@ -161,7 +154,7 @@ def test_crash_mid_replace_keeps_the_old_voice(
 ) -> None:
     """A replacement that fails while writing leaves the previous voice on disk and in memory."""
     first = store.register("alice", audio(1), persist=True)
-    monkeypatch.setattr(_voices, "_write_synced", lambda path, data: 1 / 0)
+    monkeypatch.setattr(_disk, "write_synced", lambda path, data: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         store.register("alice", audio(2), persist=True, replace=True)
     assert store.get("alice") == first
