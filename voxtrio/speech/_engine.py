@@ -39,6 +39,14 @@ class SynthesisSpec:
     prompt_mode: VoiceMode | None = None
 
 
+class TextTooLong(ValueError):
+    """The text, tokenised after normalisation, is more than the model can take.
+
+    Raised by `Engine.generate` before any audio: a client error (INVALID_PARAMS), not
+    a failed generation. The message names the count and the limit.
+    """
+
+
 class GenerationStopped(Exception):
     """Raised inside an engine's step callback when the request was cancelled."""
 
@@ -64,6 +72,8 @@ class Engine(Protocol):
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
         """Yield mono float32 audio: one chunk per step when streaming, else one array.
+
+        Raises TextTooLong before the first chunk when the text does not fit the model.
 
         The server closes the iterator when it stops early; an engine must free
         whatever a half-finished generation holds in `finally`.
