@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import io
 import struct
@@ -19,7 +18,6 @@ from voxtrio.voices import _audio as _voice_audio
 from voxtrio.voices._audio import (
     VoiceAudioError,
     decode_prompt_audio,
-    max_base64_chars,
     sniff_format,
     write_wav_atomic,
 )
@@ -306,9 +304,3 @@ def test_failed_atomic_write_leaves_the_old_file(
         write_wav_atomic(path, voice_like(1.0), RATE)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["audio.wav"]
-
-
-def test_base64_limit_matches_encoded_length() -> None:
-    """max_base64_chars is the exact padded length of the base64 of that many bytes."""
-    for size in (0, 1, 2, 3, 4, 1000, 1001):
-        assert max_base64_chars(size) == len(base64.b64encode(b"x" * size))

@@ -11,7 +11,9 @@ import attrs
 import numpy as np
 import structlog
 
+from voxtrio.protocol._voice_rules import apply_voice_description
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
+from voxtrio.voices._prompts import voxcpm_prompt_builder
 
 log = structlog.get_logger("voxtrio.engine")
 
@@ -120,6 +122,16 @@ class VoxCPMEngine:
             self._normalizer = TextNormalizer()
         return self._normalizer
 
+    def target_text(self, spec: SynthesisSpec) -> str:
+        """The text voxcpm is given: cleaned, optionally normalised, voice description added."""
+        # Normalise first: the normaliser must never see the description's parentheses.
+        text = self._prepare_text(spec.text, normalize=spec.normalize)
+        return apply_voice_description(text, spec.voice_description)
+
+    def prompt_cache_for(self, spec: SynthesisSpec) -> Any:
+        """voxcpm's prompt cache for the request's voice (None: zero-shot)."""
+        return self._prompt_cache(spec)
+
     def _prompt_cache(self, spec: SynthesisSpec) -> Any:
         """The prompt features of the request's voice, built once and cached."""
         if spec.voice_id is None and spec.prompt_audio is None:
@@ -127,8 +139,6 @@ class VoxCPMEngine:
         if self.voices is None:
             raise RuntimeError("voice cloning asked of an engine with no voice library")
         if self._build_prompt is None:
-            from voxtrio.voices._store import voxcpm_prompt_builder
-
             self._build_prompt = voxcpm_prompt_builder(self._tts)
         if spec.voice_id is not None:
             return self.voices.prompt_for(
@@ -141,13 +151,9 @@ class VoxCPMEngine:
     def generate(
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
-        from voxtrio.protocol._voice_messages import apply_voice_description
-
         from . import _seeding
 
-        # Normalise first: the normaliser must never see the description's parentheses.
-        text = self._prepare_text(spec.text, normalize=spec.normalize)
-        text = apply_voice_description(text, spec.voice_description)
+        text = self.target_text(spec)
         prompt_cache = self._prompt_cache(spec)
         _seeding.use_generator(self._generator)
         self._generator.manual_seed(spec.seed)

@@ -28,10 +28,9 @@ import numpy as np
 import soundfile
 import soxr
 
-AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES
 
-MAX_PROMPT_BYTES: Final = 10 * 1024 * 1024
-"""Default cap on an encoded prompt: 30 s of 48 kHz stereo 24-bit WAV is 8.6 MB."""
+PromptFormat = Literal["wav", "flac", "mp3", "ogg"]
 
 MIN_SOURCE_RATE: Final = 8000
 MAX_SOURCE_RATE: Final = 192_000
@@ -66,12 +65,12 @@ class PromptAudio:
     sample_rate: int
     duration: float
     source_rate: int
-    format: AudioFormat
+    format: PromptFormat
     sha256: str
     """SHA-256 of the encoded input bytes (the key for fetched prompts)."""
 
 
-def sniff_format(data: bytes) -> AudioFormat | None:
+def sniff_format(data: bytes) -> PromptFormat | None:
     """The container named by the first bytes, or None for anything not accepted.
 
     ID3v2 tags are skipped first and what follows is judged on its own: decoders skip
@@ -200,7 +199,7 @@ def _decode_soundfile(data: bytes, *, field: str, max_seconds: float) -> tuple[n
 
 
 def _decode_pyav(
-    data: bytes, fmt: AudioFormat, *, field: str, max_seconds: float
+    data: bytes, fmt: PromptFormat, *, field: str, max_seconds: float
 ) -> tuple[np.ndarray, int]:
     import av
 
@@ -304,8 +303,3 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def max_base64_chars(max_bytes: int) -> int:
-    """Length of the padded base64 text of `max_bytes` bytes (checked before decoding)."""
-    return 4 * ((max_bytes + 2) // 3)

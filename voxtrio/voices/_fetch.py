@@ -35,7 +35,7 @@ import attrs
 import h11
 import trio
 
-from voxtrio.voices._audio import MAX_PROMPT_BYTES
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
