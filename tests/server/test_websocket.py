@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio
-from wsproto.events import AcceptConnection
 
 from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._listener import ServerHandle
 
-from ..stress.harness import RawWebSocket, client_frame, split_url
+from ..stress.harness import FRAMING_VIOLATIONS, RawWebSocket, client_frame, split_url
 
 SMALL = 64 * 1024
-
-
-async def open_with_first_frame(url: str, frame: bytes) -> RawWebSocket:
-    """Handshake and `frame` in one TCP write, then read the server's 101."""
-    host, port, path = split_url(url)
-    raw = RawWebSocket(await trio.open_tcp_stream(host, port), host)
-    await raw.send_raw(raw.handshake_bytes(path) + frame)
-    while True:
-        data = await raw.stream.receive_some(65536)
-        assert data, "closed during the handshake"
-        raw.ws.receive_data(data)
-        events = list(raw.ws.events())
-        if any(isinstance(event, AcceptConnection) for event in events):
-            return raw
 
 
 @pytest.mark.parametrize("path", ["/tts", DASHSCOPE_PATH])
@@ -40,31 +24,19 @@ async def test_frame_in_the_handshake_write_is_answered(
     """A frame sent in the same TCP write as the handshake is processed, not dropped."""
     url = synthetic_server.url.replace("/tts", path)
     with trio.fail_after(5):
-        raw = await open_with_first_frame(url, client_frame(0x1, b"not json"))
-        try:
+        async with RawWebSocket.open(url, handshake=False) as raw:
+            await raw.handshake(split_url(url)[2], then=client_frame(0x1, b"not json"))
             reply = await raw.receive()
-        finally:
-            await raw.abort()
     assert isinstance(reply, str)
     assert "INVALID_JSON" in reply or "task-failed" in reply
 
 
-VIOLATIONS = {
-    "rsv_bits": (bytes([0xC1]) + client_frame(0x1, b"hi")[1:], 1002),
-    "reserved_opcode": (client_frame(0x3, b"hi"), 1002),
-    "unmasked_frame": (bytes([0x81, 0x02]) + b"hi", 1002),
-    "oversized_ping": (client_frame(0x9, b"x" * 126), 1002),
-    "bad_close_code": (client_frame(0x8, struct.pack(">H", 999)), 1002),
-    "bad_utf8": (client_frame(0x1, b"\xff\xfe"), 1007),
-}
-
-
-@pytest.mark.parametrize("name", sorted(VIOLATIONS))
+@pytest.mark.parametrize("name", sorted(FRAMING_VIOLATIONS))
 async def test_framing_violation_gets_a_close_frame(
     synthetic_server: ServerHandle, name: str
 ) -> None:
     """A framing violation is answered with a close frame naming it, not a TCP drop."""
-    frame, code = VIOLATIONS[name]
+    frame, code = FRAMING_VIOLATIONS[name]
     with trio.fail_after(5):
         async with RawWebSocket.open(synthetic_server.url) as raw:
             await raw.send_raw(frame)
