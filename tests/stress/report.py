@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXED = "fixed in 6fd5115"
 FIXED_LATER = "fixed in bc23cdc"
 FIXED_CODECS = "fixed in aebba92"
+FIXED_HOSTILE = "fixed (issue 15)"
 
 # Every fault the suites found: what, where, the regression test that pins it, status.
 FINDINGS: tuple[tuple[str, str, str, str], ...] = (
@@ -107,6 +108,69 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "test_closed_encoder_keeps_no_codec_threads",
         FIXED_CODECS,
     ),
+    (
+        "With --allow-voice-upload every message of both endpoints may be ~14 MB, and "
+        "unfinished ones are parked without a server-wide bound: 99 connections took 2.2 GB",
+        "voxtrio/server/_websocket.py `VoxWebSocketConnection`, `PartialMessageBudget`",
+        "test_unfinished_messages_share_one_server_wide_budget`, "
+        "`test_parked_partial_uploads_are_bounded_server_wide",
+        FIXED_HOSTILE,
+    ),
+    (
+        "80 slowloris connections fill the side port's 64 slots: /ready probes are reset "
+        "and every refusal logs a warning",
+        "voxtrio/ops/_http.py `_HttpServer.handle`",
+        "test_health_checks_are_answered_under_slowloris`, "
+        "`test_slowloris_on_the_side_port_leaves_ready_answering",
+        FIXED_HOSTILE,
+    ),
+    (
+        "An ID3 tag in front of AIFF/AU is sniffed as MP3 and libsndfile decodes the AIFF",
+        "voxtrio/voices/_audio.py `sniff_format`",
+        "test_id3_tag_does_not_smuggle_another_container`, "
+        "`test_id3_prefixed_aiff_is_refused_by_voice_register",
+        FIXED_HOSTILE,
+    ),
+    (
+        "A frame in the same TCP write as the handshake is dropped (wsproto's server "
+        "handshake discards h11's trailing data on accept): the request is never answered",
+        "voxtrio/server/_websocket.py `HeadFirstStream`",
+        "test_frame_in_the_handshake_write_is_answered` (and chaos `early_frame`",
+        FIXED_HOSTILE,
+    ),
+    (
+        "Framing violations (RSV bits, reserved opcode, unmasked or oversized control frame, "
+        "bad close code, bad UTF-8) end in a TCP drop: trio-websocket only answers a close "
+        "the peer sent, not the one wsproto raises on a parse failure",
+        "voxtrio/server/_websocket.py `_handle_close_connection_event`",
+        "test_framing_violation_gets_a_close_frame` (and chaos `framing_violation`",
+        FIXED_HOSTILE,
+    ),
+    (
+        "A flood of 1xx responses from an allow-listed origin is parsed without a checkpoint "
+        "until the fetch deadline: a bystander's ping waited up to 361 ms",
+        "voxtrio/voices/_fetch.py `_exchange`",
+        "test_interim_response_flood_is_refused_promptly`, "
+        "`test_interim_response_flood_does_not_stall_the_server",
+        FIXED_HOSTILE,
+    ),
+    (
+        "IPv6 forms of IPv4 addresses were judged as IPv6: NAT64 and IPv4-compatible forms "
+        "of metadata addresses pass with allow-private on, 6to4 forms of loopback/private "
+        "with it off (NAT64/compatible were refused only as 'reserved' ::/8)",
+        "voxtrio/voices/_fetch.py `embedded_ipv4`",
+        "test_embedded_metadata_is_refused_even_with_allow_private`, "
+        "`test_ipv6_forms_of_ipv4_addresses_are_judged_by_the_ipv4_address",
+        FIXED_HOSTILE,
+    ),
+    (
+        "The misbehaving-clients audit failed a server that does not leak: RSS rises once "
+        "more on the second client mix (allocator high-water, +15 %) then stays flat over "
+        "8 rounds while Python's heap stays within 1 %",
+        "tests/stress/runs.py `chaos_rounds` (one warm-up round)",
+        "test_hundreds_of_misbehaving_clients_leave_no_leaks",
+        FIXED_HOSTILE,
+    ),
 )
 
 
@@ -158,6 +222,7 @@ def render(figures: dict[str, Any], soak: dict[str, Any] | None, png: Path | Non
     lines += _fuzz_section(figures)
     lines += _clients_section(figures)
     lines += _faults_section(figures)
+    lines += _hostile_section(figures)
     lines += _soak_section(soak, png)
     lines += _policy_section()
     lines += _findings_section()
@@ -334,6 +399,52 @@ def _faults_section(figures: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _hostile_section(figures: dict[str, Any]) -> list[str]:
+    """Issue 15's attacks, each against a server of its own (tests/stress/test_hostile.py)."""
+    lines = ["### Hostile input", ""]
+    fig = figures.get("hostile_uploads")
+    if fig:
+        lines.append(
+            f"- Parked uploads: {fig['connections']} connections each parking "
+            f"{fig['parked_mb_each']:g} MiB of an unfinished voice_register against a "
+            f"{fig['budget_mb']:g} MiB budget: {fig['refused']} closed with 1009, RSS "
+            f"+{fig['rss_growth_mb']} MiB at the peak."
+        )
+    fig = figures.get("hostile_slowloris")
+    if fig:
+        lines.append(
+            f"- Side-port slowloris: {fig['connections']} connections trickling a byte each; "
+            f"{fig['probes_ok']} of {fig['probes']} /ready probes answered 200; "
+            f"{fig['shed_warnings']} shed warning(s) logged."
+        )
+    fig = figures.get("hostile_interim_flood")
+    if fig:
+        lines.append(
+            f"- 1xx flood from an allow-listed origin: a bystander's ping p50 "
+            f"{fig['ping_p50_ms']} ms, max {fig['ping_max_ms']} ms; the request got "
+            f"`{fig['terminal']}`."
+        )
+    fig = figures.get("hostile_id3")
+    if fig:
+        lines.append(f"- ID3 + AIFF voice_register: `{fig['reply']}`.")
+    embedded = sorted(k for k in figures if k.startswith("hostile_embedded_ipv4_"))
+    for key in embedded:
+        address = key.removeprefix("hostile_embedded_ipv4_")
+        lines.append(f"- prompt_wav_url on [{address}]: `{figures[key]['reply']}`.")
+    fig = figures.get("clients")
+    if fig:
+        behaviours = fig["behaviours"]
+        lines.append(
+            f"- In the misbehaving-clients rounds: {behaviours.get('early_frame', 0)} clients "
+            f"sent their first request in the handshake's TCP write and "
+            f"{behaviours.get('framing_violation', 0)} broke RFC 6455 framing (each must get "
+            "its answer, or 1002/1007); violations are counted with the rounds' problems above."
+        )
+    if len(lines) == 2:
+        return []
+    return [*lines, ""]
+
+
 def _soak_section(soak: dict[str, Any] | None, png: Path | None) -> list[str]:
     lines = ["### Soak", ""]
     if not soak:
@@ -418,11 +529,10 @@ def _findings_section() -> list[str]:
         lines.append(f"| {fault} | {where} | `{test}` | {status} |")
     lines += [
         "",
-        "Also seen, in a dependency, and accepted by the suites: on invalid UTF-8 in a text",
-        "frame trio-websocket 0.12.2 drops the TCP connection without the 1007 close frame",
-        "RFC 6455 asks for (the client sees 1006); and a message far over the size limit may",
-        "reach the client as 1006 rather than 1009, when the kernel's reset to the bytes",
-        "still coming overtakes the close frame. Only that connection is affected.",
+        "Also seen, in a dependency, and accepted by the suites: a message far over the size",
+        "limit may reach the client as 1006 rather than 1009, when the kernel's reset to the",
+        "bytes still coming overtakes the close frame (trio-websocket closes the socket at",
+        "once). Only that connection is affected.",
         "",
         "By design, not a fault: a generation that hangs holds its request until the client",
         "cancels or leaves (the cancel is answered after --stop-timeout, the replica stays",

@@ -78,7 +78,11 @@ class _GuardedWebSocketServer(WebSocketServer):
         """trio-websocket's own per-connection routine, on voxtrio's connection class."""
         assert isinstance(stream, trio.SocketStream)
         connection = VoxWebSocketConnection(
-            HeadFirstStream(stream), WSConnection(ConnectionType.SERVER), limits=self._limits
+            HeadFirstStream(stream),
+            WSConnection(ConnectionType.SERVER),
+            limits=self._limits,
+            message_queue_size=self._message_queue_size,
+            receive_buffer_size=self._receive_buffer_size,
         )
         try:
             async with trio.open_nursery() as nursery:

@@ -22,6 +22,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 from trio_websocket._impl import CloseReason, _get_stream_endpoint
+from wsproto import WSConnection
 from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, TextMessage
 
@@ -65,7 +66,8 @@ class HeadFirstStream(trio.abc.Stream):
         if not self._switched:
             return b""
         if self._held:
-            data, self._held = self._held[:max_bytes], self._held[max_bytes:]
+            size = len(self._held) if max_bytes is None else max_bytes
+            data, self._held = self._held[:size], self._held[size:]
             return data
         return bytes(await self.transport_stream.receive_some(max_bytes))
 
@@ -116,11 +118,23 @@ class VoxWebSocketConnection(WebSocketConnection):
     """trio-websocket's connection with the size policy and the close frame on bad framing."""
 
     def __init__(
-        self, stream: HeadFirstStream, ws_connection: object, *, limits: MessageLimits, **kw: int
+        self,
+        stream: HeadFirstStream,
+        ws_connection: WSConnection,
+        *,
+        limits: MessageLimits,
+        message_queue_size: int,
+        receive_buffer_size: int | None,
     ) -> None:
         # trio-websocket's own check gets the upload cap; the small cap is checked here.
         largest = max(limits.small, limits.upload)
-        super().__init__(stream, ws_connection, max_message_size=largest, **kw)  # type: ignore[arg-type]
+        super().__init__(
+            stream,
+            ws_connection,
+            message_queue_size=message_queue_size,
+            max_message_size=largest,
+            receive_buffer_size=receive_buffer_size,
+        )
         self._limits = limits
         self._budgeted = 0  # this connection's share of the budget
         self._upload_allowed: bool | None = None  # decided once per message
