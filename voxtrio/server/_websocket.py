@@ -182,7 +182,7 @@ class VoxWebSocketConnection(WebSocketConnection):
             self._upload_allowed = (
                 self._limits.upload > 0
                 and isinstance(event, TextMessage)
-                and self._path.partition("?")[0] in self._limits.upload_paths
+                and (self._path or "").partition("?")[0] in self._limits.upload_paths
                 and _VOICE_REGISTER.search(self._message_start(event), 0, self._limits.small)
                 is not None
             )
