@@ -50,6 +50,8 @@ class Settings:
     denoiser_path: str | None = None
     max_text_chars: int = 5000
     max_message_bytes: int = 1024 * 1024
+    # Unfinished messages of all connections together (uploads are the large ones).
+    partial_message_budget_bytes: int = 64 * 1024 * 1024
     max_stream_buffer_chars: int = 20_000
     chunk_buffer: int = 2
     queue_timeout: float = 30.0
@@ -212,6 +214,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_text_chars", "TTS_MAX_TEXT_CHARS", _positive_int, "longest text accepted"),
     Option("max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"),
+    Option(
+        "partial_message_budget_bytes",
+        "TTS_PARTIAL_MESSAGE_BUDGET",
+        _positive_int,
+        "unfinished client messages of all connections together",
+    ),
     Option(
         "max_stream_buffer_chars",
         "TTS_MAX_STREAM_BUFFER_CHARS",
