@@ -18,14 +18,16 @@ from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
+from voxtrio.protocol._voice_rules import supported_modes
 from voxtrio.server._listener import ServerHandle, TtsServer
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech.batched._factory import batch_replicas
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
+from voxtrio.voices._prompts import prompt_sample_rate
 from voxtrio.voices._service import VoiceService
-from voxtrio.voices._store import VoiceStore, prompt_sample_rate, supported_modes
+from voxtrio.voices._store import VoiceStore
 
 log = structlog.get_logger("voxtrio.app")
 
@@ -146,6 +148,7 @@ async def run_server(
                         settings.metrics_host or settings.host,
                         settings.metrics_port,
                         _side_routes(metrics, checks, keys),
+                        on_shed=metrics.http_connection_shed,
                     )
                 )
             notify(f"STATUS=loading model {settings.model}")

@@ -34,6 +34,7 @@ STATUSES: tuple[Status, ...] = ("ok", "cancelled", "error", "disconnected")
 MODES = ("streaming", "non_streaming", "text_stream", "dashscope")
 # Handshake refusals the server answers with, pre-created so rate() sees zeros.
 REJECT_STATUSES = (400, 401, 403, 404, 429, 503)
+HTTP_SHED_REASONS = ("evicted", "refused")
 # Label values outside these sets are folded into "other": a misbehaving caller
 # must not be able to create unbounded series.
 OTHER = "other"
@@ -184,6 +185,12 @@ class Metrics:
         self.connections = Counter(
             "voxcpm_tts_connections", "WebSocket connections accepted", registry=r
         )
+        self.http_connections_shed = Counter(
+            "voxcpm_http_connections_shed",
+            "Side-port connections dropped for lack of a slot (evicted: stalled, refused)",
+            ["reason"],
+            registry=r,
+        )
         self.handshakes_rejected = Counter(
             "voxcpm_tts_handshakes_rejected",
             "WebSocket handshakes refused, by HTTP status",
@@ -234,6 +241,8 @@ class Metrics:
             self.errors.labels(code)
         for reject in REJECT_STATUSES:
             self.handshakes_rejected.labels(str(reject))
+        for shed in HTTP_SHED_REASONS:
+            self.http_connections_shed.labels(shed)
 
     def bind_live_state(
         self,
@@ -266,6 +275,9 @@ class Metrics:
 
     def connection_opened(self) -> None:
         self.connections.inc()
+
+    def http_connection_shed(self, reason: str) -> None:
+        self.http_connections_shed.labels(reason if reason in HTTP_SHED_REASONS else OTHER).inc()
 
     def handshake_rejected(self, status: int) -> None:
         label = str(status) if status in REJECT_STATUSES else OTHER

@@ -25,20 +25,20 @@ from voxtrio._config import Settings
 from voxtrio.audio._codecs import AudioEncoder, check_finite
 from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._dashscope import (
-    Action,
     CancelTask,
     DashScopeCapabilities,
     DashScopeErrorCode,
     DashScopeTask,
     FinishTask,
-    Reply,
+    SendEvent,
     SpeakSentence,
     StartTask,
+    TaskAction,
     TaskParams,
     TaskState,
-    make_encoder,
 )
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.server._dashscope_audio import make_encoder
 from voxtrio.server._native import keepalive
 from voxtrio.server._writer import ConnectionGone, FrameWriter
 from voxtrio.speech._engine import SynthesisSpec
@@ -206,11 +206,11 @@ class DashScopeConnection:
 
     # -- carrying out actions ----------------------------------------------------
 
-    async def perform(self, actions: Sequence[Action]) -> None:
+    async def perform(self, actions: Sequence[TaskAction]) -> None:
         """Carry out the state machine's actions, in order."""
         for action in actions:
             match action:
-                case Reply(text=text):
+                case SendEvent(text=text):
                     await self.writer.send(text)
                 case StartTask():
                     self._start_task(action)

@@ -11,7 +11,9 @@ import attrs
 import numpy as np
 import structlog
 
+from voxtrio.protocol._voice_rules import apply_voice_description
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
+from voxtrio.voices._prompts import voxcpm_prompt_builder
 
 log = structlog.get_logger("voxtrio.engine")
 
@@ -126,8 +128,6 @@ class VoxCPMEngine:
 
     def target_text(self, spec: SynthesisSpec) -> str:
         """The text voxcpm is given: cleaned, optionally normalised, voice description added."""
-        from voxtrio.protocol._voice_messages import apply_voice_description
-
         # Normalise first: the normaliser must never see the description's parentheses.
         text = self._prepare_text(spec.text, normalize=spec.normalize)
         return apply_voice_description(text, spec.voice_description)
@@ -143,8 +143,6 @@ class VoxCPMEngine:
         if self.voices is None:
             raise RuntimeError("voice cloning asked of an engine with no voice library")
         if self._build_prompt is None:
-            from voxtrio.voices._store import voxcpm_prompt_builder
-
             self._build_prompt = voxcpm_prompt_builder(self._tts)
         if spec.voice_id is not None:
             return self.voices.prompt_for(

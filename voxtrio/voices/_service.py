@@ -14,6 +14,7 @@ import structlog
 import trio
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES, max_base64_chars
 from voxtrio.protocol._messages import ServerMessage, SynthesisOptions
 from voxtrio.protocol._voice_messages import (
     VoiceClientMessage,
@@ -21,17 +22,44 @@ from voxtrio.protocol._voice_messages import (
     VoiceDeleted,
     VoiceList,
     VoiceRegister,
+    VoiceRegistered,
+    Voices,
+    VoiceSummary,
     check_voice_params,
     decode_audio,
-    registered_message,
-    voice_error,
-    voices_message,
+    invalid,
 )
-from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio, max_base64_chars
+from voxtrio.protocol._voice_rules import VoiceError
+from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio
 from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
-from voxtrio.voices._store import VoiceError, VoiceStore
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import Voice
 
 log = structlog.get_logger("voxtrio.voices")
+
+
+def registered_message(request_id: str, voice: Voice) -> VoiceRegistered:
+    return VoiceRegistered(request_id, voice.voice_id, voice.duration, voice.sample_rate)
+
+
+def voices_message(request_id: str, voices: list[Voice]) -> Voices:
+    return Voices(
+        request_id,
+        [VoiceSummary(v.voice_id, v.mode, v.duration, v.persisted) for v in voices],
+    )
+
+
+def voice_error(
+    exc: VoiceError | VoiceAudioError | FetchError,
+    *,
+    request_id: str | None,
+    prefix: str = "",
+    fetch_field: str = "params.prompt_wav_url",
+) -> ProtocolError:
+    """INVALID_PARAMS for a refused voice, prompt audio or fetch (`prefix`: e.g. "params.")."""
+    if isinstance(exc, FetchError):
+        return invalid(fetch_field, exc.reason, request_id=request_id)
+    return invalid(f"{prefix}{exc.field}", exc.message, request_id=request_id)
 
 
 @attrs.define
@@ -41,7 +69,7 @@ class VoiceService:
     prompt_rate: int
     allow_upload: bool = False
     max_prompt_seconds: float = 30.0
-    max_prompt_bytes: int = 10 * 1024 * 1024
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
     fetch_policy: FetchPolicy | None = None
     # Decoding a prompt and writing a voice are CPU and disk work: two at a time.
     limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))

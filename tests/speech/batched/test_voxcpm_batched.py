@@ -140,7 +140,7 @@ def schedule(loaded: Loaded) -> list[Arrival]:
             text=texts[i % 3],
             seed=100 + i,
             max_len=4 + (i * 3) % 7,
-            cfg_value=1.5 + 0.5 * (i % 3),
+            cfg_value=1.5 + 0.5 * (i % 4),
             inference_timesteps=(10, 4, 7)[i % 3],
             voice_id=names[i % len(names)],
         )
@@ -203,4 +203,12 @@ def test_prefill_beyond_free_slots_is_refused(loaded: Loaded) -> None:
     model = BatchedVoxCPM(loaded.engine, max_batch=1)
     with pytest.raises(RuntimeError, match="slots free"):
         model.prefill([SynthesisSpec(text=TEXT)] * 2)
+    assert model.free_slots == 1
+
+
+def test_request_longer_than_the_kv_cache_is_refused(loaded: Loaded) -> None:
+    """A row whose prompt plus max_len cannot fit its KV slot is refused at prefill."""
+    model = BatchedVoxCPM(loaded.engine, max_batch=1, max_length=16)
+    with pytest.raises(ValueError, match="KV positions"):
+        model.prefill([SynthesisSpec(text=TEXT, max_len=20)])
     assert model.free_slots == 1
