@@ -169,6 +169,7 @@ class BatchReplica:
             for row in list(self._rows.values()):
                 self._leave(model, row, outcome.Value(None), stopped=True)
             model.close()
+            log.info("step_loop_finished", replica=self.index, **self.stats.summary())
 
     def _take_inbox(self, joining: list[Job]) -> bool:
         while True:

@@ -23,6 +23,17 @@ class LoopStats:
     on_step: StepObserver | None = None
     on_prefill: StepObserver | None = None
 
+    def summary(self) -> dict[str, float]:
+        return {
+            "steps": self.steps,
+            "rows_stepped": self.rows_stepped,
+            "mean_batch": round(self.rows_stepped / self.steps, 2) if self.steps else 0.0,
+            "mean_step_ms": round(1000 * self.step_seconds / self.steps, 2) if self.steps else 0.0,
+            "skipped": self.skipped,
+            "prefills": self.prefills,
+            "max_prefill_stall_ms": round(1000 * self.max_prefill_stall, 2),
+        }
+
     def stepped(self, rows: int, seconds: float) -> None:
         self.steps += 1
         self.rows_stepped += rows
