@@ -10,11 +10,13 @@ import attrs
 import numpy as np
 import pytest
 
+from voxtrio.protocol._voice_rules import supported_modes
 from voxtrio.speech._voxcpm_engine import VoxCPMEngine
 from voxtrio.speech._voxcpm_import import import_voxcpm
 from voxtrio.tools._tiny_model import build_checkpoint
 from voxtrio.voices._audio import decode_prompt_audio
-from voxtrio.voices._store import VoiceStore, prompt_sample_rate, supported_modes
+from voxtrio.voices._prompts import prompt_sample_rate
+from voxtrio.voices._store import VoiceStore
 
 TRANSCRIPT = "This is the prompt."
 
