@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -208,3 +209,20 @@ async def test_more_requests_than_slots_wait_for_a_free_row() -> None:
                     )
         assert len(out) == 5
         assert pool.slots == 2
+
+
+async def test_health_sees_the_loop_beat_while_every_row_waits_for_its_reader() -> None:
+    """All rows skipped (no credit) is not a stall: /health reads the loop's heartbeat."""
+    from voxtrio.ops._health import snapshot, stalled
+
+    async with loop_pool() as (pool, _, _):
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                while job.steps < 2:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.3)  # skipped ever since, for want of a credit
+                state = snapshot(pool, draining=False)
+                now = time.perf_counter()
+                assert state.replicas[0].busy
+                assert stalled(state, now=now, stall_timeout=0.2) == {}
+                assert job.steps == 2
