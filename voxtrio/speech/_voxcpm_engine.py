@@ -98,6 +98,10 @@ class VoxCPMEngine:
         return self._tts
 
     @property
+    def device(self) -> str:
+        return self._device
+
+    @property
     def architecture(self) -> str:
         return "voxcpm2" if type(self._tts).__name__ == "VoxCPM2Model" else "voxcpm"
 
