@@ -1,0 +1,202 @@
+"""POST /v1/audio/speech and friends, driven by the real OpenAI SDK against a real server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import av
+import httpx
+import openai
+import pytest
+import trio
+
+from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._synthetic import SyntheticEngine
+
+TEXT = "Hello from the OpenAI route."  # synthetic engine: 7680 samples at 48 kHz per 4 chars
+EXPECTED_SECONDS = (len(TEXT) + 3) // 4 * 7680 / 48000
+
+
+def base_url(server: ServerHandle) -> str:
+    return f"http://127.0.0.1:{server.port}/v1"
+
+
+def run_sync(fn: Callable[[], Any]) -> Any:
+    return trio.to_thread.run_sync(fn)
+
+
+def decoded_seconds(data: bytes, fmt: str) -> tuple[float, int]:
+    """Duration and rate of `data` decoded by libav (pcm: 24 kHz s16le mono as OpenAI's)."""
+    if fmt == "pcm":
+        return len(data) / 2 / 24000, 24000
+    container_format = {"opus": "ogg", "aac": "aac"}.get(fmt)
+    with av.open(io.BytesIO(data), format=container_format) as container:
+        frames = list(container.decode(audio=0))
+    rate = frames[0].sample_rate
+    return sum(frame.samples for frame in frames) / rate, rate
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate"),
+    [
+        ("mp3", 24000),
+        ("opus", 48000),
+        ("aac", 24000),
+        ("flac", 24000),
+        ("wav", 24000),
+        ("pcm", 24000),
+    ],
+)
+async def test_sdk_streams_every_format_to_the_expected_length(
+    synthetic_server: ServerHandle, fmt: str, rate: int
+) -> None:
+    """The SDK's streaming response decodes to the text's length at OpenAI's rate."""
+
+    def fetch() -> tuple[bytes, str]:
+        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
+        with client.audio.speech.with_streaming_response.create(
+            model="tts-1",
+            voice="alloy",
+            input=TEXT,
+            response_format=fmt,  # type: ignore[arg-type]
+        ) as response:
+            return b"".join(response.iter_bytes()), response.headers["content-type"]
+
+    data, content_type = await run_sync(fetch)
+    seconds, decoded_rate = decoded_seconds(data, fmt)
+    assert decoded_rate == rate
+    # Codec priming/padding: mp3/aac/opus add at most a few frames.
+    assert seconds == pytest.approx(EXPECTED_SECONDS, abs=0.1)
+    assert content_type.startswith("audio/")
+
+
+async def test_sse_stream_carries_base64_deltas_and_a_done_event(
+    synthetic_server: ServerHandle,
+) -> None:
+    """stream_format=sse sends speech.audio.delta events, then one speech.audio.done."""
+
+    def fetch() -> list[dict[str, Any]]:
+        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
+        with client.audio.speech.with_streaming_response.create(
+            model="gpt-4o-mini-tts",
+            voice="coral",
+            input=TEXT,
+            response_format="pcm",
+            stream_format="sse",
+        ) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            return [
+                json.loads(line[len("data: ") :])
+                for line in response.iter_lines()
+                if line.startswith("data: ")
+            ]
+
+    events = await run_sync(fetch)
+    assert [e["type"] for e in events[-1:]] == ["speech.audio.done"]
+    deltas = [e for e in events if e["type"] == "speech.audio.delta"]
+    assert len(deltas) >= 2
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in deltas)
+    assert len(pcm) / 2 / 24000 == pytest.approx(EXPECTED_SECONDS, abs=0.01)
+
+
+async def test_unknown_fields_are_ignored_and_wrong_values_refused(
+    synthetic_server: ServerHandle,
+) -> None:
+    """An extra field passes; a wrong response_format is a 400 in OpenAI's error shape."""
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{base_url(synthetic_server)}/audio/speech", json=body, timeout=10)
+
+    ok = await run_sync(lambda: post({"input": "Hi.", "voice": "nova", "user": "x", "extra": 1}))
+    assert ok.status_code == 200
+    assert ok.headers["content-type"] == "audio/mpeg"
+    bad = await run_sync(lambda: post({"input": "Hi.", "voice": "nova", "response_format": "ogg"}))
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["code"] == "invalid_params"
+    assert error["param"] == "response_format"
+    assert error["type"] == "invalid_request_error"
+
+
+async def test_sdk_raises_bad_request_for_an_unknown_voice(synthetic_server: ServerHandle) -> None:
+    """A voice that is neither OpenAI's nor in the library is a 400 the SDK raises."""
+
+    def create() -> None:
+        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
+        client.audio.speech.create(model="tts-1", voice="nobody-here", input=TEXT)
+
+    with pytest.raises(openai.BadRequestError, match="nobody-here"):
+        await run_sync(create)
+
+
+async def test_missing_key_is_401_and_the_right_key_works(nursery: trio.Nursery) -> None:
+    """With API keys configured the endpoint needs `Authorization: Bearer KEY`."""
+    from functools import partial
+
+    from voxtrio._app import run_server
+    from voxtrio._config import Settings
+    from voxtrio.ops._auth import KeyStore
+
+    settings = Settings(port=0, metrics_port=0, engine="synthetic")
+    server: ServerHandle = await nursery.start(
+        partial(
+            run_server,
+            settings,
+            engine_factory=partial(SyntheticEngine, rtf=0.0),
+            keys=KeyStore(["sk-test-0123456789abcdef"]),
+        )
+    )
+
+    def create(key: str) -> bytes:
+        client = openai.OpenAI(base_url=base_url(server), api_key=key, max_retries=0)
+        return client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.").content
+
+    with pytest.raises(openai.AuthenticationError):
+        await run_sync(lambda: create("sk-wrong-0123456789abcdef"))
+    assert len(await run_sync(lambda: create("sk-test-0123456789abcdef"))) > 0
+
+
+async def test_over_the_limit_is_429_with_retry_after(start_server: Callable[..., Any]) -> None:
+    """A request past max_concurrent gets 429 with Retry-After, while the first streams."""
+    server: ServerHandle = await start_server(
+        lambda: SyntheticEngine(rtf=1.0), max_concurrent=1, workers=1
+    )
+    url = f"http://127.0.0.1:{server.port}/v1/audio/speech"
+    async with (
+        httpx.AsyncClient(timeout=10) as client,
+        client.stream("POST", url, json={"input": "A long text. " * 20}) as first,
+    ):
+        assert first.status_code == 200
+        second = await client.post(url, json={"input": "Hi."})
+        assert second.status_code == 429
+        assert int(second.headers["retry-after"]) >= 1
+        assert second.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_models_and_voices_are_listed(synthetic_server: ServerHandle) -> None:
+    """GET /v1/models lists the model ids the SDK may send; /v1/audio/voices OpenAI's names."""
+
+    def fetch() -> tuple[list[str], list[str]]:
+        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
+        models = [m.id for m in client.models.list()]
+        voices = httpx.get(f"{base_url(synthetic_server)}/audio/voices").json()["voices"]
+        return models, voices
+
+    models, voices = await run_sync(fetch)
+    assert {"tts-1", "voxtrio"} <= set(models)
+    assert {"alloy", "verse", "shimmer"} <= set(voices)
+
+
+async def test_websocket_still_works_beside_http(synthetic_server: ServerHandle) -> None:
+    """The native /tts WebSocket endpoint answers on the same port."""
+    from voxtrio.client import connect
+
+    async with connect(synthetic_server.url) as client, client.synthesize(TEXT) as stream:
+        chunks = [chunk async for chunk in stream]
+    assert chunks
+    assert stream.result is not None
+    assert stream.result.duration == pytest.approx(EXPECTED_SECONDS, abs=0.01)
