@@ -200,3 +200,59 @@ async def test_websocket_still_works_beside_http(synthetic_server: ServerHandle)
     assert chunks
     assert stream.result is not None
     assert stream.result.duration == pytest.approx(EXPECTED_SECONDS, abs=0.01)
+
+
+async def _open_speech(port: int, body: dict[str, Any]) -> tuple[trio.SocketStream, bytes]:
+    """A raw POST /v1/audio/speech; returns the stream and what arrived with the head."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    payload = json.dumps(body).encode()
+    await stream.send_all(
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += await stream.receive_some(65536)
+    return stream, received
+
+
+async def test_first_bytes_leave_long_before_the_last(start_server: Callable[..., Any]) -> None:
+    """Chunked transfer: the first audio arrives at the first chunk, not at the end."""
+    server: ServerHandle = await start_server(lambda: SyntheticEngine(rtf=1.0))
+    started = trio.current_time()
+    stream, received = await _open_speech(
+        server.port, {"input": "x" * 40, "response_format": "pcm"}
+    )
+    assert b"transfer-encoding: chunked" in received.lower()
+    while received.endswith(b"\r\n\r\n"):  # the head alone: wait for the first chunk
+        received += await stream.receive_some(65536)
+    first_byte = trio.current_time() - started
+    while not received.endswith(b"0\r\n\r\n"):
+        data = await stream.receive_some(65536)
+        assert data
+        received += data
+    total = trio.current_time() - started
+    # 10 chunks of 0.16 s at real-time pace: the first is out after about one of them.
+    assert total >= 1.5
+    assert first_byte < total / 3
+    await stream.aclose()
+
+
+async def test_client_disconnect_frees_the_slot(start_server: Callable[..., Any]) -> None:
+    """A client that hangs up mid-stream cancels its generation and frees its replica."""
+    server: ServerHandle = await start_server(
+        lambda: SyntheticEngine(rtf=1.0), max_concurrent=1, workers=1
+    )
+    pool = server.server.pool
+    stream, _ = await _open_speech(server.port, {"input": "A long text. " * 40})
+    assert pool.admitted == 1
+    await stream.aclose()
+    with trio.fail_after(5):  # 40 sentences at real-time pace would take ~60 s
+        while pool.admitted:
+            await trio.sleep(0.01)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(
+            f"http://127.0.0.1:{server.port}/v1/audio/speech", json={"input": "Hi."}
+        )
+    assert response.status_code == 200
