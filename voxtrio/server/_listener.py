@@ -21,7 +21,7 @@ from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._dashscope import DashScopeConnection
 from voxtrio.server._native import Connection
 from voxtrio.server._sniff import HeadTooLarge, ReplayStream, read_head, wants_websocket
-from voxtrio.server.openai._routes import HttpFront
+from voxtrio.server.openai._routes import HttpFront, HttpRequestHandle
 from voxtrio.server.openai._speech import SpeechContext
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.voices._service import VoiceService
@@ -159,12 +159,16 @@ class TtsServer:
         for connection in self.connections:
             connection.begin_drain()
         http_requests = list(self.http.requests) if self.http is not None else []
+        ending: list[Connection | DashScopeConnection | HttpRequestHandle] = [
+            *self.connections,
+            *http_requests,
+        ]
         with trio.move_on_after(drain_timeout):
-            for connection in [*self.connections, *http_requests]:
-                await connection.idle.wait()
+            for item in ending:
+                await item.idle.wait()
         async with trio.open_nursery() as nursery:
-            for connection in [*self.connections, *http_requests]:
-                nursery.start_soon(connection.shut_down)
+            for item in ending:
+                nursery.start_soon(item.shut_down)
         log.info("drained")
 
     async def handle(self, request: WebSocketRequest) -> None:

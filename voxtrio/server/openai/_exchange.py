@@ -49,7 +49,7 @@ class HttpExchange:
             except h11.RemoteProtocolError as exc:
                 raise BadRequest(exc.error_status_hint, "malformed HTTP request") from None
             if event is h11.NEED_DATA:
-                self.conn.receive_data(await self.stream.receive_some(_RECEIVE_SIZE))
+                self.conn.receive_data(bytes(await self.stream.receive_some(_RECEIVE_SIZE)))
             elif isinstance(event, h11.Request):
                 target = event.target.decode("latin-1")
                 request = HttpRequest(

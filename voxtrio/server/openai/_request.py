@@ -12,9 +12,9 @@ from typing import Any, Final, Literal
 
 import attrs
 
+from voxtrio.audio._codecs import EncoderFormat
 from voxtrio.protocol._converter import field_length, field_range, structure_message
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.protocol._formats import AudioFormat
 from voxtrio.protocol._limits import MAX_TEXT_CHARS, MAX_VOICE_DESCRIPTION_CHARS
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -25,7 +25,7 @@ StreamFormat = Literal["audio", "sse"]
 class OutputFormat:
     """What one `response_format` becomes: the encoder's format, rate and media type."""
 
-    codec: AudioFormat
+    codec: EncoderFormat
     sample_rate: int
     media_type: str
 

@@ -22,6 +22,7 @@ from voxtrio.audio._codecs import AudioEncoder
 from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._messages import SynthesisOptions
+from voxtrio.protocol._voice_rules import VoiceId
 from voxtrio.server._request import TextInput, spec_for
 from voxtrio.server.openai._exchange import HttpExchange
 from voxtrio.server.openai._request import OUTPUT_FORMATS, OutputFormat, SpeechRequest
@@ -109,7 +110,10 @@ async def synthesize_speech(
             details={"input": "too long"},
         )
     voice_id = resolve_voice(request.voice, context.voices)
-    options = SynthesisOptions(voice_id=voice_id, voice_description=request.instructions or None)
+    options = SynthesisOptions(
+        voice_id=None if voice_id is None else VoiceId(voice_id),
+        voice_description=request.instructions or None,
+    )
     base_spec = spec_for(options, "", streaming=True)
     if context.voices is not None:
         base_spec = attrs.evolve(base_spec, **await context.voices.resolve(options, request_id))
