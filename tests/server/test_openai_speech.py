@@ -256,3 +256,32 @@ async def test_client_disconnect_frees_the_slot(start_server: Callable[..., Any]
             f"http://127.0.0.1:{server.port}/v1/audio/speech", json={"input": "Hi."}
         )
     assert response.status_code == 200
+
+
+async def test_instructions_become_voice_design_and_bad_ones_are_refused(
+    synthetic_server: ServerHandle,
+) -> None:
+    """`instructions` is VoxCPM2 voice design; one with parentheses is a 400 naming it."""
+    url = f"{base_url(synthetic_server)}/audio/speech"
+
+    def post(instructions: str) -> httpx.Response:
+        body = {"input": "Hi.", "instructions": instructions, "response_format": "pcm"}
+        return httpx.post(url, json=body, timeout=10)
+
+    ok = await run_sync(lambda: post("a calm low voice"))
+    assert ok.status_code == 200
+    assert len(ok.content) > 0
+    bad = await run_sync(lambda: post("a (calm) voice"))
+    assert bad.status_code == 400
+    assert "voice_description" in bad.json()["error"]["message"]
+
+
+async def test_text_over_the_server_limit_is_400(start_server: Callable[..., Any]) -> None:
+    """Input longer than TTS_MAX_TEXT_CHARS is refused before any audio, naming `input`."""
+    server: ServerHandle = await start_server(max_text_chars=10)
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.post(
+            f"http://127.0.0.1:{server.port}/v1/audio/speech", json={"input": "x" * 11}
+        )
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "input"
