@@ -285,3 +285,51 @@ async def test_text_over_the_server_limit_is_400(start_server: Callable[..., Any
         )
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "input"
+
+
+def _prompt_wav() -> bytes:
+    import numpy as np
+    import soundfile
+
+    rng = np.random.default_rng(3)
+    buffer = io.BytesIO()
+    soundfile.write(
+        buffer, (0.1 * rng.standard_normal(32000)).astype(np.float32), 16000, format="WAV"
+    )
+    return buffer.getvalue()
+
+
+async def test_multipart_upload_registers_a_voice_the_speech_route_uses(
+    start_server: Callable[..., Any],
+) -> None:
+    """POST /v1/audio/voices (multipart) adds a voice; it is listed and speaks."""
+    server: ServerHandle = await start_server(allow_voice_upload=True)
+    url = base_url(server)
+    async with httpx.AsyncClient(timeout=10) as client:
+        upload = await client.post(
+            f"{url}/audio/voices",
+            data={"name": "my-voice", "persist": "false"},
+            files={"audio_sample": ("me.wav", _prompt_wav(), "audio/wav")},
+        )
+        assert upload.status_code == 200, upload.text
+        assert upload.json()["id"] == "my-voice"
+        listed = (await client.get(f"{url}/audio/voices")).json()["voices"]
+        speech = await client.post(
+            f"{url}/audio/speech", json={"input": "Hi.", "voice": "my-voice"}
+        )
+    assert "my-voice" in listed
+    assert speech.status_code == 200
+
+
+async def test_multipart_upload_is_403_when_uploads_are_off(
+    synthetic_server: ServerHandle,
+) -> None:
+    """Without --allow-voice-upload the upload is refused in OpenAI's error shape."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        upload = await client.post(
+            f"{base_url(synthetic_server)}/audio/voices",
+            data={"name": "my-voice"},
+            files={"audio_sample": ("me.wav", _prompt_wav(), "audio/wav")},
+        )
+    assert upload.status_code == 403
+    assert upload.json()["error"]["type"] == "permission_error"

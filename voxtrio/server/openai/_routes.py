@@ -31,6 +31,7 @@ from voxtrio.server.openai._speech import (
     record,
     synthesize_speech,
 )
+from voxtrio.server.openai._upload import register_uploaded_voice
 from voxtrio.server.openai._voices import OPENAI_VOICES, library_voices
 
 log = structlog.get_logger("voxtrio.openai")
@@ -88,7 +89,7 @@ class HttpFront:
         settings = self.context.settings
         try:
             with trio.fail_after(settings.handshake_timeout):
-                read = await exchange.read_request(max(_MAX_JSON_BODY, settings.max_message_bytes))
+                read = await exchange.read_request(self._max_body_bytes())
         except trio.TooSlowError:
             await self._error(exchange, 408, "request timeout", "timeout")
             return
@@ -127,6 +128,8 @@ class HttpFront:
                 {"id": m, "object": "model", "created": 0, "owned_by": "voxtrio"} for m in MODEL_IDS
             ]
             await exchange.respond_json(200, {"object": "list", "data": models})
+        elif route == ("POST", "/v1/audio/voices"):
+            await self._upload(exchange, request, body)
         elif route == ("GET", "/v1/audio/voices"):
             voices = [*OPENAI_VOICES, *library_voices(self.context.voices)]
             await exchange.respond_json(200, {"voices": sorted(set(voices))})
@@ -134,6 +137,11 @@ class HttpFront:
             await self._error(
                 exchange, 404, f"no route {request.method} {request.path[:100]}", "not_found"
             )
+
+    def _max_body_bytes(self) -> int:
+        voices = self.context.voices
+        uploads = voices.max_message_bytes if voices is not None else 0
+        return max(_MAX_JSON_BODY, self.context.settings.max_message_bytes, uploads)
 
     async def _speech(self, exchange: HttpExchange, http_request: HttpRequest, body: bytes) -> None:
         request_id = f"openai-{secrets.token_hex(6)}"
@@ -168,6 +176,32 @@ class HttpFront:
                 log.info("openai_speech_finished", outcome=outcome, audio_seconds=round(audio_s, 3))
                 if sink is not None:
                     record(self.context.metrics, outcome, started, sink, accepted_at, audio_s)
+
+    async def _upload(self, exchange: HttpExchange, request: HttpRequest, body: bytes) -> None:
+        voices = self.context.voices
+        try:
+            if voices is None or not voices.allow_upload:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    "voice upload is disabled on this server (--allow-voice-upload)",
+                )
+            request_id = f"upload-{secrets.token_hex(6)}"
+            registered = await register_uploaded_voice(
+                body, request.header("content-type") or "", voices, request_id
+            )
+        except ProtocolError as exc:
+            status, payload, headers = http_error(exc)
+            await exchange.respond_json(status, payload, *headers)
+            return
+        await exchange.respond_json(
+            200,
+            {
+                "id": registered.voice_id,
+                "name": registered.voice_id,
+                "duration": registered.duration,
+                "sample_rate": registered.sample_rate,
+            },
+        )
 
     async def _error(
         self,
