@@ -3,10 +3,11 @@
     python -m bench.openai_ttfb [--model DIR | --engine synthetic] [--runs 20]
 
 One `voxtrio serve` process (the tiny checkpoint, built if --model is not given, or
-the synthetic engine); the same text over both paths (each request a fresh seed), alternating, one
-request at a time. HTTP: from sending `POST /v1/audio/speech` (pcm) on a fresh TCP
-connection to the first body byte (then it hangs up). WebSocket: from sending `tts_request` (pcm16,
-24 kHz) on a fresh connection to the first audio frame. Both include connecting.
+the synthetic engine); the same text over both paths, alternating, one request at a
+time. HTTP: from sending `POST /v1/audio/speech` (pcm) on a fresh TCP connection to
+the first body byte, then it hangs up. WebSocket: from opening a fresh connection and
+sending `tts_request` (pcm16, 24 kHz) to the first audio frame, then it cancels.
+Both include connecting (the WebSocket path its upgrade handshake too).
 """
 
 from __future__ import annotations
