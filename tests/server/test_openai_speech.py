@@ -333,3 +333,16 @@ async def test_multipart_upload_is_403_when_uploads_are_off(
         )
     assert upload.status_code == 403
     assert upload.json()["error"]["type"] == "permission_error"
+
+
+async def test_http_requests_past_max_connections_get_503(
+    start_server: Callable[..., Any],
+) -> None:
+    """HTTP requests count against TTS_MAX_CONNECTIONS like WebSocket connections."""
+    server: ServerHandle = await start_server(lambda: SyntheticEngine(rtf=1.0), max_connections=1)
+    stream, _ = await _open_speech(server.port, {"input": "A long text. " * 10})
+    async with httpx.AsyncClient(timeout=10) as client:
+        response = await client.get(f"http://127.0.0.1:{server.port}/v1/models")
+    await stream.aclose()
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"

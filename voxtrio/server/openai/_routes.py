@@ -100,6 +100,17 @@ class HttpFront:
             return
         request, body = read
         log.info("http_request", method=request.method, path=request.path[:200])
+        if len(self.requests) > settings.max_connections:
+            # Bounded like WebSocket connections (TTS_MAX_CONNECTIONS).
+            await self._error(
+                exchange,
+                503,
+                "too many connections",
+                "overloaded",
+                kind="server_error",
+                extra=[("retry-after", "1")],
+            )
+            return
         route = (request.method, request.path)
         if request.method in ("GET", "HEAD") and request.path in WEB_FILES and self.web_page:
             name, media = WEB_FILES[request.path]
