@@ -47,10 +47,12 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         self._prefix = prefix
 
     def __repr__(self) -> str:
+        # trio-websocket shows a stream it cannot see into by its repr (the `remote`).
         try:
-            return f"ReplayStream({self.stream.socket.getpeername()!r})"
+            host, port, *_ = self.stream.socket.getpeername()
         except OSError:
-            return "ReplayStream(closed)"
+            return "closed"
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:

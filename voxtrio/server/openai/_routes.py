@@ -112,7 +112,7 @@ class HttpFront:
             )
             return
         route = (request.method, request.path)
-        if request.method in ("GET", "HEAD") and request.path in WEB_FILES and self.web_page:
+        if request.method == "GET" and request.path in WEB_FILES and self.web_page:
             name, media = WEB_FILES[request.path]
             data = resources.files("voxtrio.server.web").joinpath(name).read_bytes()
             await exchange.respond(
