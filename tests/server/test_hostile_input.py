@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from trio_websocket import open_websocket_url
 
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.server._listener import ServerHandle
+from voxtrio.server.openai._request import parse_speech_request
 
 from ..support import session
 from .test_dashscope_endpoint import (
@@ -157,3 +159,19 @@ async def test_dashscope_hostile_frames_are_task_failed_and_the_connection_goes_
         events, audio = await collect_task(ws)
     assert events[-1]["header"]["event"] == "task-finished"
     assert audio
+
+
+def test_openai_body_with_a_lone_surrogate_or_a_key_flood_is_refused() -> None:
+    """The HTTP speech API decodes with the same bounded codec and string check."""
+    error = _openai_error({"input": "Hi " + LONE})
+    assert (error.code, set(error.details)) == (ErrorCode.INVALID_PARAMS, {"input"})
+    flood = ",".join(f'"n{i}":0' for i in range(40_000))
+    error = _openai_error(None, ('{"input":"Hi",' + flood + "}").encode())
+    assert error.code is ErrorCode.INVALID_JSON
+    assert "at most 65536" in error.message
+
+
+def _openai_error(payload: dict[str, Any] | None, body: bytes | None = None) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        parse_speech_request(body if body is not None else json.dumps(payload).encode())
+    return info.value

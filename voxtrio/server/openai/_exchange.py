@@ -9,7 +9,6 @@ goes away raises `ConnectionGone`, the same error the WebSocket writer raises.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -17,6 +16,7 @@ import h11
 import trio
 
 from voxtrio.ops._http import HttpRequest, reason_phrase
+from voxtrio.protocol._json import dump_json
 from voxtrio.server._writer import ConnectionGone
 
 _RECEIVE_SIZE = 16384
@@ -81,7 +81,7 @@ class HttpExchange:
         await self._write(data)
 
     async def respond_json(self, status: int, payload: Any, *extra: tuple[str, str]) -> None:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        body = dump_json(payload).encode()  # lone surrogates escaped, like every reply
         await self.respond(status, [("content-type", "application/json"), *extra], body)
 
     async def start(self, status: int, headers: Headers) -> None:

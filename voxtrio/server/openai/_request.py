@@ -7,7 +7,6 @@ and the frameworks on top of them add their own over time.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final, Literal
 
 import attrs
@@ -15,6 +14,7 @@ import attrs
 from voxtrio.audio._codecs import EncoderFormat
 from voxtrio.protocol._converter import field_length, field_range, structure_message
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._json import JsonRefused, load_json
 from voxtrio.protocol._limits import MAX_TEXT_CHARS, MAX_VOICE_DESCRIPTION_CHARS
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -60,9 +60,11 @@ _KNOWN_FIELDS: Final = frozenset(field.name for field in attrs.fields(SpeechRequ
 def parse_speech_request(body: bytes) -> SpeechRequest:
     """Decode and check a request body, or raise INVALID_PARAMS / INVALID_JSON."""
     try:
-        payload: Any = json.loads(body)
-    except (ValueError, RecursionError):
+        payload: Any = load_json(body.decode("utf-8"))
+    except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.INVALID_JSON, "the request body is not valid JSON") from None
+    except JsonRefused as exc:  # the same bounded decoding as the WebSocket endpoints
+        raise ProtocolError(ErrorCode.INVALID_JSON, exc.message) from None
     if not isinstance(payload, dict):
         raise ProtocolError(ErrorCode.INVALID_JSON, "the request body must be a JSON object")
     if isinstance(payload.get("voice"), dict):
