@@ -41,7 +41,8 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "An integer literal over 4300 digits makes json.loads raise a plain ValueError, "
         "which escapes the read loop: the connection closes with 1011 and its running "
         "requests die (both endpoints)",
-        "voxtrio/_messages.py and voxtrio/_dashscope.py `parse_client_message`",
+        "voxtrio/protocol/_messages.py `parse_client_message`, "
+        "voxtrio/protocol/_dashscope_messages.py `parse_dashscope_message`",
         "test_integer_literal_beyond_4300_digits_is_an_error_not_a_closed_connection`, "
         "`test_dashscope_integer_literal_beyond_4300_digits_is_task_failed",
         FIXED,
