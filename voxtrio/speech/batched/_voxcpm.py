@@ -67,6 +67,11 @@ class BatchedVoxCPM:
         self._device = next(tts.parameters()).device
 
     @property
+    def engine(self) -> VoxCPMEngine:
+        """The loaded engine underneath (its voices, architecture, tts_model)."""
+        return self._engine
+
+    @property
     def sample_rate(self) -> int:
         return self._engine.sample_rate
 
