@@ -45,6 +45,7 @@ fi
 echo "== checkpoint ready after $(( $(date +%s) - started )) s"
 
 left=$(( BUDGET_S - ($(date +%s) - started) ))
+[ "$left" -lt 120 ] && left=120
 timeout "$left" "$PY" -m bench.batching --model "$MODEL" --device "$DEVICE" --modes batched \
   --concurrency "$CONCURRENCY" --max-len "$MAX_LEN" --rounds 1 --max-batch 128 \
   --level-timeout 120 --out "$OUT"
