@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -32,7 +33,9 @@ def install_runtime(session: nox.Session, *extras: str) -> None:
 def tests(session: nox.Session) -> None:
     """The default test run (CI): everything but the suites marked slow."""
     install_runtime(session, "test")
-    session.run("pytest", "-m", "not slow", *session.posargs, env={"TQDM_DISABLE": "1"})
+    session.run(
+        "pytest", "-m", "not slow and not cluster", *session.posargs, env={"TQDM_DISABLE": "1"}
+    )
 
 
 @nox.session(python="3.11")
@@ -44,10 +47,14 @@ def slow(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
-    """ruff (with the ASYNC rules) over the code and tests."""
-    session.install("ruff")
+    """ruff (with the ASYNC rules) over the code and tests; the layer contracts (pyproject)."""
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", "voxtrio", "tests", "bench", "noxfile.py")
     session.run("ruff", "format", "--check", "voxtrio", "tests", "bench", "noxfile.py")
+    # import-linter reads the source, never imports it: the package only has to be
+    # findable, so skip its (large) dependencies.
+    session.install("--no-deps", "-e", ".")
+    session.run("lint-imports")
 
 
 @nox.session(python="3.11")
@@ -122,3 +129,22 @@ def stress(session: nox.Session) -> None:
         *session.posargs,
         env=env,
     )
+
+
+@nox.session(python="3.11")
+def cluster(session: nox.Session) -> None:
+    """Three instances on the tiny checkpoint behind HAProxy (deploy/haproxy.cfg), on 127.0.0.1.
+
+    Needs Debian's haproxy (installed here when missing and running as root). Prints the
+    figures (requests per instance, failures, time to recover) and writes them to
+    bench/results/cluster-figures.json; docs/DEPLOY.md quotes them.
+    """
+    if not shutil.which("haproxy") and not Path("/usr/sbin/haproxy").exists():
+        if os.geteuid() != 0:
+            session.error("haproxy is missing: sudo apt-get install haproxy")
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run("apt-get", "install", "-y", "-qq", "haproxy", external=True)
+    install_runtime(session, "test")
+    figures = ROOT / "bench" / "results" / "cluster-figures.json"
+    env = {"TQDM_DISABLE": "1", "VOXTRIO_CLUSTER_FIGURES": str(figures)}
+    session.run("pytest", "-m", "cluster", "-s", "tests/cluster", *session.posargs, env=env)

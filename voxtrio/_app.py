@@ -18,13 +18,16 @@ from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
+from voxtrio.protocol._voice_rules import supported_modes
 from voxtrio.server._listener import ServerHandle, TtsServer
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech.batched._factory import batch_replicas
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
+from voxtrio.voices._prompts import prompt_sample_rate
 from voxtrio.voices._service import VoiceService
-from voxtrio.voices._store import VoiceStore, prompt_sample_rate, supported_modes
+from voxtrio.voices._store import VoiceStore
 
 log = structlog.get_logger("voxtrio.app")
 
@@ -100,15 +103,29 @@ async def run_server(
     """
     keys = keys if keys is not None else KeyStore()
     check_settings_exposure(settings, keys)
+    factory = engine_factory or engine_factory_for(settings)
+    replicas = None
+    if settings.batched:
+        replicas = batch_replicas(
+            factory,
+            workers=settings.workers,
+            max_batch=settings.max_batch,
+            prefill_group=settings.prefill_group,
+            credit_timeout=settings.write_timeout,
+        )
     pool = ReplicaPool(
-        engine_factory or engine_factory_for(settings),
+        factory,
         workers=settings.workers,
         max_admitted=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
         stop_timeout=settings.stop_timeout,
         chunk_buffer=settings.chunk_buffer,
+        replicas=replicas,
     )
     metrics = Metrics(engine=settings.engine, model=settings.model)
+    for replica in replicas or ():
+        replica.stats.on_step = metrics.step_observed
+        replica.stats.on_prefill = metrics.prefill_observed
     server = TtsServer(settings, pool, keys=keys, metrics=metrics)
     checks = HealthChecks(
         lambda: snapshot(pool, draining=server.draining), stall_timeout=settings.stall_timeout
@@ -131,6 +148,7 @@ async def run_server(
                         settings.metrics_host or settings.host,
                         settings.metrics_port,
                         _side_routes(metrics, checks, keys),
+                        on_shed=metrics.http_connection_shed,
                     )
                 )
             notify(f"STATUS=loading model {settings.model}")

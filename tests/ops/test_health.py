@@ -106,6 +106,8 @@ def test_loaded_engine_is_ready_with_its_load_in_the_body() -> None:
         draining=False,
         replicas=(working(0, progress_ago=1.0), idle(1)),
         queue_length=3,
+        admitted=4,
+        capacity=10,
     )
     status, body = readiness(state, now=NOW)
     assert status == 200
@@ -116,7 +118,25 @@ def test_loaded_engine_is_ready_with_its_load_in_the_body() -> None:
         "replicas_total": 2,
         "replicas_busy": 1,
         "queue_length": 3,
+        "admitted": 4,
+        "capacity": 10,
     }
+
+
+def test_full_is_not_ready_but_still_healthy() -> None:
+    """With every admission slot taken /ready says "full" so a balancer looks elsewhere."""
+    state = EngineState(
+        loaded=True, draining=False, replicas=(working(0, progress_ago=1.0),), admitted=10,
+        capacity=10,
+    )  # fmt: skip
+    status, body = readiness(state, now=NOW)
+    assert (status, body["status"]) == (503, "full")
+    assert health(state, now=NOW)[0] == 200
+    one_free = EngineState(
+        loaded=True, draining=False, replicas=(working(0, progress_ago=1.0),), admitted=9,
+        capacity=10,
+    )  # fmt: skip
+    assert readiness(one_free, now=NOW)[0] == 200
 
 
 def test_draining_is_not_ready_but_still_healthy() -> None:

@@ -294,21 +294,51 @@ async def test_concurrent_clients_are_served_while_one_stalls(start: Starter) ->
     ]
 
 
-async def test_connections_beyond_the_limit_are_closed(start: Starter) -> None:
-    """Past max_connections a new connection is closed without a response."""
-    port = await start(max_connections=1, request_timeout=2.0)
-    with trio.fail_after(1.0), capture_logs():
-        holder = await trio.open_tcp_stream("127.0.0.1", port)
-        async with holder:
-            await holder.send_all(b"GET /hello HTTP/1.1\r\n")
-            await trio.sleep(0.05)  # let the server accept the holder first
-            extra = await trio.open_tcp_stream("127.0.0.1", port)
-            async with extra:
-                try:
-                    data = await read_all(extra)
-                except trio.BrokenResourceError:  # a reset is as good as EOF here
-                    data = b""
-    assert data == b""
+async def test_newcomer_evicts_the_longest_stalled_client(start: Starter) -> None:
+    """With every slot held by a stalled client, a new request is served; the oldest goes."""
+    shed: list[str] = []
+    port = await start(max_connections=2, request_timeout=30.0, on_shed=shed.append)
+    with trio.fail_after(5.0), capture_logs():
+        stalled = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(2)]
+        for stream in stalled:
+            await stream.send_all(b"GET /hello HTTP/1.1\r\n")
+            await trio.sleep(0.05)  # accepted in this order
+        probe = await trio.open_tcp_stream("127.0.0.1", port)
+        async with probe:
+            await probe.send_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+            reply = await read_all(probe)
+        try:
+            oldest = await read_all(stalled[0])
+        except trio.BrokenResourceError:
+            oldest = b""
+        for stream in stalled:
+            await stream.aclose()
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert oldest == b""
+    assert shed == ["evicted"]
+
+
+async def test_health_checks_are_answered_under_slowloris(start: Starter) -> None:
+    """80 clients trickling a header each cannot make a probe fail; one warning is logged."""
+    shed: list[str] = []
+    port = await start(max_connections=64, request_timeout=30.0, on_shed=shed.append)
+    with trio.fail_after(10.0), capture_logs() as logs:
+        attackers = []
+        for _ in range(80):
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(b"G")
+            attackers.append(stream)
+        answered = 0
+        for _ in range(10):
+            probe = await trio.open_tcp_stream("127.0.0.1", port)
+            async with probe:
+                await probe.send_all(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
+                answered += (await read_all(probe)).startswith(b"HTTP/1.1 200 ")
+        for stream in attackers:
+            await stream.aclose()
+    assert answered == 10
+    assert len(shed) >= 16
+    assert [e["event"] for e in logs].count("http_connections_shed") == 1
 
 
 async def test_started_reports_the_real_port_on_the_given_host_only(start: Starter) -> None:

@@ -14,14 +14,14 @@ from voxtrio.protocol._dashscope import (
     DashScopeErrorCode,
     DashScopeTask,
     FinishTask,
-    Reply,
+    SendEvent,
     SpeakSentence,
     StartTask,
     TaskState,
     count_characters,
-    make_encoder,
     volume_to_gain,
 )
+from voxtrio.server._dashscope_audio import make_encoder
 
 TID = "0123456789abcdef0123456789abcdef"
 
@@ -83,7 +83,7 @@ def finish_task(task_id: str = TID, directive: str | None = None) -> str:
 
 
 def events(actions: list[Any]) -> list[dict[str, Any]]:
-    return [json.loads(a.text) for a in actions if isinstance(a, Reply)]
+    return [json.loads(a.text) for a in actions if isinstance(a, SendEvent)]
 
 
 def failure(actions: list[Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def sentences(actions: list[Any]) -> list[SpeakSentence]:
 def started(caps: DashScopeCapabilities | None = None, **parameters: Any) -> DashScopeTask:
     task = DashScopeTask(caps or DashScopeCapabilities())
     actions = task.receive_text(run_task(**parameters))
-    assert [type(a) for a in actions] == [StartTask, Reply], actions
+    assert [type(a) for a in actions] == [StartTask, SendEvent], actions
     return task
 
 
@@ -119,7 +119,7 @@ def test_run_task_starts_with_the_sdk_defaults() -> None:
     assert (params.gain, params.rate, params.pitch, params.seed) == (1.0, 1.0, 1.0, 0)
     assert params.bit_rate is None
     assert not params.enable_ssml
-    assert isinstance(reply, Reply)
+    assert isinstance(reply, SendEvent)
     assert json.loads(reply.text) == {
         "header": {"task_id": TID, "event": "task-started", "attributes": {}},
         "payload": {},
@@ -183,7 +183,7 @@ def test_bad_parameters_fail_the_task_and_name_the_field(
 ) -> None:
     task = DashScopeTask()
     actions = task.receive_text(run_task(**params))
-    assert [type(a) for a in actions] == [Reply]  # no StartTask, nothing to cancel
+    assert [type(a) for a in actions] == [SendEvent]  # no StartTask, nothing to cancel
     header = failure(actions)
     assert header["task_id"] == TID
     assert header["error_code"] == "InvalidParameter"
@@ -345,7 +345,7 @@ def test_full_task_events_and_timeline() -> None:
     assert end1["payload"]["output"]["sentence"]["end_time"] == 2000
     assert end1["payload"]["usage"] == {"characters": 22}
     (finished,) = task.finished()
-    assert isinstance(finished, Reply)
+    assert isinstance(finished, SendEvent)
     assert json.loads(finished.text) == {
         "header": {"task_id": TID, "event": "task-finished", "attributes": {}},
         "payload": {"output": {"sentence": {"words": []}}, "usage": {"characters": 22}},
@@ -425,7 +425,7 @@ def test_finish_before_run_task_fails() -> None:
 def test_second_run_task_fails_only_the_new_task() -> None:
     task = started()
     actions = task.receive_text(run_task("intruder"))
-    assert [type(a) for a in actions] == [Reply]
+    assert [type(a) for a in actions] == [SendEvent]
     header = failure(actions)
     assert header["task_id"] == "intruder"
     assert "still running" in header["error_message"]
@@ -445,7 +445,7 @@ def test_same_id_run_task_fails_the_running_task() -> None:
 def test_wrong_task_id_is_refused_without_touching_the_running_task() -> None:
     task = started()
     actions = task.receive_text(continue_task("hi", task_id="other"))
-    assert [type(a) for a in actions] == [Reply]
+    assert [type(a) for a in actions] == [SendEvent]
     assert failure(actions)["task_id"] == "other"
     assert task.state is TaskState.STARTED
 

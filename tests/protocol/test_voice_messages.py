@@ -10,30 +10,20 @@ import attrs
 import pytest
 
 from voxtrio.protocol import _messages as _messages
+from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.protocol._messages import dump_message, parse_client_message, structure_message
+from voxtrio.protocol._limits import MAX_AUDIO_BASE64_CHARS
+from voxtrio.protocol._messages import parse_client_message
 from voxtrio.protocol._voice_messages import (
-    MAX_AUDIO_BASE64_CHARS,
-    MAX_REQUEST_ID_CHARS,
     VOICE_CLIENT_MESSAGE_TYPES,
     VoiceDelete,
-    VoiceDeleted,
     VoiceId,
     VoiceList,
     VoiceRegister,
-    apply_voice_description,
     check_voice_params,
     decode_audio,
-    install_voice_hooks,
-    registered_message,
-    voice_error,
-    voices_message,
 )
-from voxtrio.voices._fetch import FetchError
-from voxtrio.voices._store import Voice, VoiceError
-
-# What _messages' converter does once the voice messages are wired in (idempotent).
-install_voice_hooks(_messages.converter)
+from voxtrio.protocol._voice_rules import apply_voice_description
 
 AUDIO = base64.b64encode(b"RIFF....WAVEfmt ").decode()
 
@@ -50,21 +40,6 @@ def details(**fields: Any) -> dict[str, str]:
     assert info.value.code == ErrorCode.INVALID_PARAMS
     assert info.value.request_id == "r1"
     return info.value.details
-
-
-def voice(**overrides: Any) -> Voice:
-    fields: dict[str, Any] = {
-        "voice_id": "alice",
-        "mode": "continuation",
-        "prompt_text": "Hi.",
-        "duration": 2.5,
-        "sample_rate": 16000,
-        "sha256": "0" * 64,
-        "created_at": "2026-01-01T00:00:00.000000Z",
-        "persisted": True,
-        **overrides,
-    }
-    return Voice(**fields)
 
 
 def test_register_defaults() -> None:
@@ -189,41 +164,6 @@ def test_optional_voice_id_in_another_message() -> None:
     assert list(info.value.details) == ["voice_id"]
 
 
-def test_server_messages_serialise() -> None:
-    """voice_registered, voices and voice_deleted have the documented JSON shape."""
-    frames = [
-        dump_message(registered_message("r1", voice())),  # type: ignore[arg-type]
-        dump_message(voices_message("r2", [voice(), voice(voice_id="bob", persisted=False)])),  # type: ignore[arg-type]
-        dump_message(VoiceDeleted("r3", "bob")),  # type: ignore[arg-type]
-    ]
-    assert [json.loads(f) for f in frames] == [
-        {"request_id": "r1", "voice_id": "alice", "duration": 2.5, "sample_rate": 16000,
-         "type": "voice_registered"},
-        {"request_id": "r2", "type": "voices", "voices": [
-            {"voice_id": "alice", "mode": "continuation", "duration": 2.5, "persisted": True},
-            {"voice_id": "bob", "mode": "continuation", "duration": 2.5, "persisted": False},
-        ]},
-        {"request_id": "r3", "voice_id": "bob", "type": "voice_deleted"},
-    ]  # fmt: skip
-
-
-def test_voice_error_names_the_prefixed_field() -> None:
-    """A store error becomes INVALID_PARAMS on the request's field path."""
-    error = voice_error(
-        VoiceError("voice_id", "no voice named 'x'"), request_id="r", prefix="params."
-    )
-    assert (error.code, error.details) == (
-        ErrorCode.INVALID_PARAMS,
-        {"params.voice_id": "no voice named 'x'"},
-    )
-
-
-def test_fetch_error_lands_on_prompt_wav_url() -> None:
-    """A refused fetch is reported on params.prompt_wav_url."""
-    error = voice_error(FetchError("HTTP 404 from example.com"), request_id="r")
-    assert error.details == {"params.prompt_wav_url": "HTTP 404 from example.com"}
-
-
 def check(**overrides: Any) -> str | None:
     fields: dict[str, Any] = {
         "voice_id": None,
@@ -296,8 +236,3 @@ def test_voice_description_is_prefixed_in_parentheses() -> None:
         "(a warm female voice)Hello."
     )
     assert apply_voice_description("Hello.", None) == "Hello."
-
-
-def test_request_id_limit_matches_the_protocol() -> None:
-    """The voice messages bound request_id exactly as every other message does."""
-    assert MAX_REQUEST_ID_CHARS == _messages.MAX_REQUEST_ID_CHARS

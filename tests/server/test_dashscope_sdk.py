@@ -28,11 +28,11 @@ from voxtrio.protocol._dashscope import (
     DashScopeErrorCode,
     DashScopeTask,
     FinishTask,
-    Reply,
+    SendEvent,
     SpeakSentence,
     StartTask,
-    make_encoder,
 )
+from voxtrio.server._dashscope_audio import make_encoder
 
 dashscope = pytest.importorskip("dashscope")
 tts_v2 = pytest.importorskip("dashscope.audio.tts_v2")
@@ -71,7 +71,7 @@ async def _handle(request: WebSocketRequest, rec: Recorder) -> None:
     )
     encoder = None
 
-    async def send(reply: Reply) -> None:
+    async def send(reply: SendEvent) -> None:
         rec.sent_events.append(reply.event)
         rec.log.append(f"out:{reply.event}")
         await ws.send_message(reply.text)
@@ -80,7 +80,7 @@ async def _handle(request: WebSocketRequest, rec: Recorder) -> None:
         nonlocal encoder
         for action in actions:
             match action:
-                case Reply():
+                case SendEvent():
                     await send(action)
                 case StartTask(params=params):
                     encoder = make_encoder(params, input_rate=MODEL_RATE)

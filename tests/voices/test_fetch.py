@@ -6,6 +6,7 @@ Fake host names resolve through a Trio custom resolver that counts its lookups.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
@@ -211,6 +212,14 @@ async def test_name_resolving_to_a_private_address_is_refused(resolver: Resolver
         ("fe80::1", "a link-local address"),
         ("::1", "a loopback address"),
         ("::ffff:127.0.0.1", "a loopback address"),
+        ("64:ff9b::127.0.0.1", "a loopback address"),
+        ("64:ff9b::10.0.0.1", "a private address"),
+        ("64:ff9b::a9fe:a9fe", "a cloud metadata address"),
+        ("::10.0.0.1", "a private address"),
+        ("::169.254.169.254", "a cloud metadata address"),
+        ("::127.0.0.1", "a loopback address"),
+        ("2002:a9fe:a9fe::1", "a cloud metadata address"),
+        ("64:ff9b::8.8.8.8", None),
         ("192.168.1.1", "a private address"),
         ("fc00::1", "a private address"),
         ("224.0.0.1", "a multicast address"),
@@ -233,6 +242,15 @@ def test_metadata_is_refused_even_with_allow_private() -> None:
     import ipaddress
 
     problem = address_problem(ipaddress.ip_address("169.254.169.254"), allow_private=True)
+    assert problem == "a cloud metadata address"
+
+
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "::a9fe:a9fe", "2002:a9fe:a9fe::1"])
+def test_embedded_metadata_is_refused_even_with_allow_private(address: str) -> None:
+    """NAT64, IPv4-compatible and 6to4 forms of a metadata address are refused as one."""
+    import ipaddress
+
+    problem = address_problem(ipaddress.ip_address(address), allow_private=True)
     assert problem == "a cloud metadata address"
 
 
@@ -325,6 +343,23 @@ async def test_slow_server_hits_the_time_cap(server: Server) -> None:
     reason = await refused(f"http://127.0.0.1:{server.port}/slow", policy(timeout=0.5))
     assert reason == "timed out after 0.5 s"
     assert trio.current_time() - started < 1.5
+
+
+async def test_interim_response_flood_is_refused_promptly(nursery: trio.Nursery) -> None:
+    """Thousands of 1xx responses end the fetch at once instead of busying the loop."""
+
+    async def flood(stream: trio.abc.Stream) -> None:
+        await stream.receive_some(65536)
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(b"HTTP/1.1 100 Continue\r\n\r\n" * 20_000)
+            await trio.sleep(10)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, flood, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    started = trio.current_time()
+    reason = await refused(f"http://127.0.0.1:{port}/voice.wav", policy(timeout=5.0))
+    assert reason == "more than 8 interim (1xx) responses"
+    assert trio.current_time() - started < 1.0
 
 
 async def test_redirect_to_an_allow_listed_host_is_followed(

@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from voxtrio.protocol._voice_rules import V1_MODES, VoiceError, VoiceMode, supported_modes
 from voxtrio.tools._tiny_model import build_checkpoint
 from voxtrio.voices._audio import decode_prompt_audio, encode_wav, write_wav_atomic
-from voxtrio.voices._store import (
-    V1_MODES,
-    VoiceError,
-    VoiceMode,
-    VoiceStore,
-    prompt_sample_rate,
-    supported_modes,
-    voxcpm_prompt_builder,
-)
+from voxtrio.voices._prompts import prompt_sample_rate, voxcpm_prompt_builder
+from voxtrio.voices._store import VoiceStore
 
 # librosa.load (voxcpm 2's prompt loader) imports audioread's backends on first use,
 # which import the deprecated aifc/sunau modules.

@@ -13,21 +13,20 @@ import pytest
 import soundfile
 from structlog.testing import capture_logs
 
-from voxtrio.voices import _store as _voices
+from voxtrio.protocol._voice_rules import V1_MODES, VoiceError, VoiceMode, check_voice_id
+from voxtrio.voices import _disk
 from voxtrio.voices._audio import PromptAudio
-from voxtrio.voices._store import (
-    V1_MODES,
-    PromptLRU,
-    VoiceError,
-    VoiceExists,
-    VoiceMode,
-    VoiceNotFound,
-    VoiceStore,
-    check_voice_id,
-    voxcpm_prompt_builder,
-)
+from voxtrio.voices._disk import LOCK_FILE
+from voxtrio.voices._prompts import PromptLRU, voxcpm_prompt_builder
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import VoiceExists, VoiceNotFound
 
 RATE = 16000
+
+
+def listing(directory: Path) -> list[str]:
+    """What the library directory holds, less its permanent lock file."""
+    return sorted(p.name for p in directory.iterdir() if p.name != LOCK_FILE)
 
 
 def audio(seed: int = 0, seconds: float = 1.5) -> PromptAudio:
@@ -80,7 +79,7 @@ def test_persisted_voice_is_a_directory_with_audio_and_meta(store: VoiceStore) -
     }
     info = soundfile.info(store.directory / "alice" / "audio.wav")
     assert (info.samplerate, info.channels, info.subtype) == (RATE, 1, "PCM_16")
-    assert sorted(p.name for p in store.directory.iterdir()) == ["alice"]
+    assert listing(store.directory) == ["alice"]
 
 
 def test_restart_serves_the_same_voices(store: VoiceStore) -> None:
@@ -142,11 +141,11 @@ def test_crash_mid_write_leaves_no_half_voice(
         path.write_bytes(data[:10])
         raise OSError("disk full")
 
-    monkeypatch.setattr(_voices, "_write_synced", crash)
+    monkeypatch.setattr(_disk, "write_synced", crash)
     with pytest.raises(OSError, match="disk full"):
         store.register("alice", audio(), persist=True)
     assert store.directory is not None
-    assert list(store.directory.iterdir()) == []
+    assert listing(store.directory) == []
     assert "alice" not in store
 
 
@@ -155,12 +154,12 @@ def test_crash_mid_replace_keeps_the_old_voice(
 ) -> None:
     """A replacement that fails while writing leaves the previous voice on disk and in memory."""
     first = store.register("alice", audio(1), persist=True)
-    monkeypatch.setattr(_voices, "_write_synced", lambda path, data: 1 / 0)
+    monkeypatch.setattr(_disk, "write_synced", lambda path, data: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         store.register("alice", audio(2), persist=True, replace=True)
     assert store.get("alice") == first
     assert store.directory is not None
-    assert sorted(p.name for p in store.directory.iterdir()) == ["alice"]
+    assert listing(store.directory) == ["alice"]
     assert VoiceStore(store.directory, max_cached_prompts=2).load_all() == [first]
 
 
@@ -173,7 +172,7 @@ def test_leftover_temp_dir_is_ignored_and_removed(store: VoiceStore) -> None:
     (half / "audio.wav").write_bytes(b"RIFF")
     loaded = VoiceStore(store.directory, max_cached_prompts=2).load_all()
     assert [v.voice_id for v in loaded] == ["alice"]
-    assert sorted(p.name for p in store.directory.iterdir()) == ["alice"]
+    assert listing(store.directory) == ["alice"]
 
 
 def test_interrupted_replace_is_undone_at_load(store: VoiceStore) -> None:
@@ -182,7 +181,7 @@ def test_interrupted_replace_is_undone_at_load(store: VoiceStore) -> None:
     assert store.directory is not None
     (store.directory / "alice").rename(store.directory / ".old-99")
     assert VoiceStore(store.directory, max_cached_prompts=2).load_all() == [voice]
-    assert sorted(p.name for p in store.directory.iterdir()) == ["alice"]
+    assert listing(store.directory) == ["alice"]
 
 
 def test_finished_replace_drops_the_old_copy_at_load(store: VoiceStore) -> None:
@@ -192,7 +191,7 @@ def test_finished_replace_drops_the_old_copy_at_load(store: VoiceStore) -> None:
     (store.directory / "alice").rename(store.directory / ".old-1")
     new = store.register("alice", audio(2), persist=True, replace=True)
     assert VoiceStore(store.directory, max_cached_prompts=2).load_all() == [new]
-    assert sorted(p.name for p in store.directory.iterdir()) == ["alice"]
+    assert listing(store.directory) == ["alice"]
 
 
 def test_interrupted_delete_is_finished_at_load(store: VoiceStore) -> None:
@@ -201,7 +200,7 @@ def test_interrupted_delete_is_finished_at_load(store: VoiceStore) -> None:
     assert store.directory is not None
     (store.directory / "alice").rename(store.directory / ".del-7")
     assert VoiceStore(store.directory, max_cached_prompts=2).load_all() == []
-    assert list(store.directory.iterdir()) == []
+    assert listing(store.directory) == []
 
 
 @pytest.mark.parametrize(
@@ -237,7 +236,7 @@ def test_delete_removes_the_voice_and_its_directory(store: VoiceStore) -> None:
     assert store.list() == []
     assert len(store.prompts) == 0
     assert store.directory is not None
-    assert list(store.directory.iterdir()) == []
+    assert listing(store.directory) == []
 
 
 def test_delete_unknown_voice_is_not_found(store: VoiceStore) -> None:

@@ -36,7 +36,18 @@ import numpy.typing as npt
 import soxr
 from av.audio.stream import AudioStream
 
-from voxtrio.protocol._formats import AUDIO_FORMATS, SUPPORTED_RATES, AudioFormat
+from voxtrio.protocol._formats import (
+    AUDIO_FORMATS,
+    OPUS_BIT_RATE_RANGE,
+    SUPPORTED_RATES,
+    AudioFormat,
+    mp3_bit_rates,
+)
+
+# What the encoder writes: the protocol's formats, and AAC (ADTS), which only the
+# OpenAI-compatible endpoint offers (its clients ask for it; the native protocol's do not).
+EncoderFormat = AudioFormat | Literal["aac"]
+ENCODER_FORMATS: Final[tuple[EncoderFormat, ...]] = (*AUDIO_FORMATS, "aac")
 
 # Rates the Opus codec itself runs at. A request for another rate is encoded at the
 # next Opus rate up (22050 -> 24000, 44100 -> 48000), as ffmpeg picks for `-c:a libopus`:
@@ -48,25 +59,6 @@ OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
 # Written for both the RIFF and the data chunk size of a streamed WAV header.
 WAV_UNKNOWN_SIZE: Final = 0xFFFFFFFF
 
-# Legal CBR bit rates (bits/s) of an MPEG audio layer III frame header, per MPEG version.
-# LAME tops MPEG-2.5 (8 kHz) out at 64 kbit/s, so its table stops there.
-_MP3_BIT_RATES_MPEG1: Final = tuple(
-    k * 1000 for k in (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-)
-_MP3_BIT_RATES_MPEG2: Final = tuple(
-    k * 1000 for k in (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)
-)
-_MP3_BIT_RATES_MPEG25: Final = tuple(k * 1000 for k in (8, 16, 24, 32, 40, 48, 56, 64))
-
-
-def mp3_bit_rates(sample_rate: int) -> tuple[int, ...]:
-    """The MP3 bit rates (bits/s) allowed at `sample_rate`."""
-    if sample_rate >= 32000:
-        return _MP3_BIT_RATES_MPEG1
-    if sample_rate >= 16000:
-        return _MP3_BIT_RATES_MPEG2
-    return _MP3_BIT_RATES_MPEG25
-
 
 def _default_mp3_bit_rate(sample_rate: int) -> int:
     # Generous for mono speech at every rate (ElevenLabs' default is 128k at 44.1 kHz).
@@ -77,11 +69,7 @@ def _default_mp3_bit_rate(sample_rate: int) -> int:
     return 32_000
 
 
-# Accepted opus bit rates: DashScope's documented range (6-510 kbit/s, default 32, good
-# mono wideband speech), so its requests pass through unchanged. libav's libopus wrapper
-# refuses more than 256 kbit/s per channel, and Opus cannot use more on mono anyway, so
-# higher requests are capped there (`AudioEncoder.bit_rate` reports the capped value).
-OPUS_BIT_RATE_RANGE: Final = (6_000, 510_000)
+# The most libav's libopus wrapper takes per channel (see OPUS_BIT_RATE_RANGE).
 _OPUS_MONO_MAX_BIT_RATE: Final = 256_000
 OPUS_DEFAULT_BIT_RATE: Final = 32_000
 
@@ -256,13 +244,15 @@ _AV_SPECS: Final[dict[str, _AvSpec]] = {
         # The default 8 KiB PADDING block only serves in-place tag edits of files.
         {"metadata_header_padding": "0"},
     ),
+    # ADTS: a header on every frame, so the stream decodes from any point (no moov atom).
+    "aac": _AvSpec("adts", "aac", "fltp"),
 }
 
 
 class _AvBackend:
-    """mp3/opus/flac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
+    """mp3/opus/flac/aac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
 
-    def __init__(self, fmt: AudioFormat, sample_rate: int, bit_rate: int | None) -> None:
+    def __init__(self, fmt: EncoderFormat, sample_rate: int, bit_rate: int | None) -> None:
         spec = _AV_SPECS[fmt]
         self._sample_format = spec.sample_format
         self._sample_rate = sample_rate
@@ -333,7 +323,7 @@ def _rate(name: str, value: object) -> int:
     return int(value)
 
 
-def _check_bit_rate(fmt: AudioFormat, sample_rate: int, bit_rate: object) -> int | None:
+def _check_bit_rate(fmt: EncoderFormat, sample_rate: int, bit_rate: object) -> int | None:
     """Validate `bit_rate` (bits/s) for `fmt`; return the effective one (None = n/a)."""
     if fmt not in ("mp3", "opus"):
         if bit_rate is not None:
@@ -382,7 +372,7 @@ class AudioEncoder:
     is the duration the client gets.
     """
 
-    format: AudioFormat
+    format: EncoderFormat
     input_rate: int
     sample_rate: int  # output rate actually encoded (see OPUS_RATES for opus)
     bit_rate: int | None  # bits/s for mp3/opus, None for the lossless formats
@@ -392,17 +382,17 @@ class AudioEncoder:
 
     def __init__(
         self,
-        fmt: AudioFormat,
+        fmt: EncoderFormat,
         *,
         input_rate: int,
         output_rate: int | None = None,
         bit_rate: int | None = None,
         volume: float = 1.0,
     ) -> None:
-        if fmt not in AUDIO_FORMATS:
+        if fmt not in ENCODER_FORMATS:
             raise InvalidEncoderSetting(
                 "format",
-                f"unsupported audio format {fmt!r}; expected one of {', '.join(AUDIO_FORMATS)}",
+                f"unsupported audio format {fmt!r}; expected one of {', '.join(ENCODER_FORMATS)}",
             )
         self.input_rate = _rate("input_rate", input_rate)
         requested = self.input_rate if output_rate is None else output_rate

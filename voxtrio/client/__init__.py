@@ -20,26 +20,30 @@
 Audio is mono 16-bit little-endian PCM at the model's sample rate. A server
 `error` raises SynthesisError (with `.code`, `.details`); leaving a `synthesize`
 block early cancels the request and waits until the server has let it go.
+
+The package, by concern: `_connect` (URL, TCP/TLS, handshake), `_connection` (the
+WebSocket, the reader task, failure), `_client` (VoxtrioClient, the public calls),
+`_streams` (SynthesisStream, TextStream), `_request` (one request's checks),
+`_incoming` (server messages decoded), `_results`, `_errors`, `_wav`.
+It imports only `voxtrio.protocol`, Trio and trio-websocket: never the server's
+stack (torch, voxcpm, codecs, numpy), as the import contracts in pyproject.toml check.
 """
 
-from voxtrio.client._client import (
-    DEFAULT_URL,
-    AudioChunk,
+from voxtrio.client._client import VoxtrioClient
+from voxtrio.client._connect import DEFAULT_URL, connect
+from voxtrio.client._errors import (
     ConnectError,
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
-    Speech,
     SynthesisCancelled,
     SynthesisError,
-    SynthesisStream,
-    TextStream,
-    VoxtrioClient,
     VoxtrioClientError,
-    connect,
-    parse_server_message,
-    write_wav,
 )
+from voxtrio.client._incoming import parse_server_message
+from voxtrio.client._results import AudioChunk, Speech
+from voxtrio.client._streams import SynthesisStream, TextStream
+from voxtrio.client._wav import write_wav
 from voxtrio.protocol._errors import ErrorCode
 from voxtrio.protocol._messages import Progress, SynthesisResult, Timings
 

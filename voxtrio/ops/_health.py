@@ -7,7 +7,9 @@ the first step) is older than `stall_timeout`, or a loaded replica's thread has
 exited. The systemd watchdog uses the same verdict.
 
 /ready answers "should the load balancer send new connections here?": the model
-is loaded and warm, the server is not draining, and not every replica is stalled.
+is loaded and warm, the server is not draining, not every replica is stalled, and
+it is not full (every admission slot taken: new work would only queue or be refused
+here, so a balancer should send it elsewhere; open streams are not affected).
 
 Timestamps are `time.perf_counter()` values (what `Job` records); the clock is
 injectable so tests are deterministic.
@@ -43,6 +45,8 @@ class EngineState:
     draining: bool
     replicas: tuple[ReplicaState, ...] = ()
     queue_length: int = 0
+    admitted: int = 0  # requests generating or waiting for a replica
+    capacity: int | None = None  # admission slots (--max-concurrent); None: unbounded
 
 
 class _JobLike(Protocol):
@@ -69,6 +73,10 @@ class _PoolLike(Protocol):
     @property
     def waiting(self) -> int: ...
     @property
+    def admitted(self) -> int: ...
+    @property
+    def max_admitted(self) -> int: ...
+    @property
     def replicas(self) -> Sequence[_ReplicaLike]: ...
 
 
@@ -93,6 +101,8 @@ def snapshot(pool: _PoolLike, *, draining: bool) -> EngineState:
         draining=draining,
         replicas=tuple(replicas),
         queue_length=pool.waiting,
+        admitted=pool.admitted,
+        capacity=pool.max_admitted,
     )
 
 
@@ -149,6 +159,8 @@ def readiness(
         status = "loading"
     elif all_stalled:
         status = "stalled"
+    elif state.capacity is not None and state.admitted >= state.capacity:
+        status = "full"
     else:
         status = "ready"
     body: dict[str, Any] = {
@@ -158,6 +170,8 @@ def readiness(
         "replicas_total": len(state.replicas),
         "replicas_busy": sum(replica.busy for replica in state.replicas),
         "queue_length": state.queue_length,
+        "admitted": state.admitted,
+        "capacity": state.capacity,
     }
     return (200 if status == "ready" else 503), body
 

@@ -5,7 +5,9 @@ it. One request per connection: every response carries `Connection: close`, whic
 keeps the state machine trivial and costs nothing at scrape and health-check rates.
 Each connection has a deadline for its request (slow or stalled clients are
 answered 408 and closed), a size cap, and its own error boundary: a route that
-raises answers 500 and the server goes on.
+raises answers 500 and the server goes on. When every slot is taken, a new
+connection evicts the one that has waited longest for its request head, so a
+slowloris cannot lock out health checks (they send their request at once).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ _RECEIVE_SIZE = 4096
 # After the response: how long to read and discard what the client still sends,
 # so closing with unread data does not reset the connection under the response.
 _LINGER_S = 1.0
+# At most one "connection shed" warning per this many seconds; the rest are counted.
+_SHED_LOG_INTERVAL_S = 10.0
 # Headers a route may not set: framing is this module's job.
 _FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "connection"})
 
@@ -87,12 +91,14 @@ async def serve_http(
     max_request_bytes: int = 16384,
     max_connections: int = 64,
     handler_nursery: trio.Nursery | None = None,
+    on_shed: Callable[[str], None] | None = None,
 ) -> None:
     """Serve `routes` (path -> route) on host:port until cancelled (`nursery.start`-able).
 
     Reports the real port (useful with port=0). Listens on `host` only; when a
     name resolves to several addresses and port=0, only the first is kept, since
-    each would get a different port.
+    each would get a different port. `on_shed(reason)` is told of every connection
+    dropped for lack of a slot ("evicted": a stalled one made room; "refused").
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
     try:
@@ -106,6 +112,7 @@ async def serve_http(
             request_timeout=request_timeout,
             max_request_bytes=max_request_bytes,
             max_connections=max_connections,
+            on_shed=on_shed,
         )
         log.info("http_listening", host=host, port=real_port, paths=sorted(routes))
         task_status.started(real_port)
@@ -124,19 +131,52 @@ class _HttpServer:
         request_timeout: float,
         max_request_bytes: int,
         max_connections: int,
+        on_shed: Callable[[str], None] | None = None,
     ) -> None:
         self.routes = routes
         self.request_timeout = request_timeout
         self.max_request_bytes = max_request_bytes
         self.max_connections = max_connections
         self.open_connections = 0
+        self._on_shed = on_shed
+        # Connections still reading their request, oldest first (dicts keep order).
+        self._awaiting_request: dict[trio.CancelScope, None] = {}
+        self._shed_since_log = 0
+        self._last_shed_log = -_SHED_LOG_INTERVAL_S
+
+    def _shed(self, reason: str) -> None:
+        """Count a dropped connection; warn at most once per interval (no log flood)."""
+        if self._on_shed is not None:
+            self._on_shed(reason)
+        self._shed_since_log += 1
+        now = trio.current_time()
+        if now - self._last_shed_log >= _SHED_LOG_INTERVAL_S:
+            log.warning(
+                "http_connections_shed",
+                reason=reason,
+                count=self._shed_since_log,
+                max_connections=self.max_connections,
+            )
+            self._shed_since_log = 0
+            self._last_shed_log = now
+
+    def _evict_oldest_waiting(self) -> bool:
+        """Cancel the connection that has waited longest for its request; False if none."""
+        for scope in self._awaiting_request:
+            del self._awaiting_request[scope]
+            scope.cancel()
+            return True
+        return False
 
     async def handle(self, stream: trio.SocketStream) -> None:
         """The error boundary: nothing one connection does may reach the listener."""
         if self.open_connections >= self.max_connections:
-            log.warning("http_connection_refused", reason="max_connections")
-            await trio.aclose_forcefully(stream)
-            return
+            if self._evict_oldest_waiting():
+                self._shed("evicted")
+            else:
+                self._shed("refused")
+                await trio.aclose_forcefully(stream)
+                return
         self.open_connections += 1
         try:
             await self._serve_one(stream)
@@ -154,15 +194,21 @@ class _HttpServer:
         request: HttpRequest | None = None
         result: RouteResult
         with trio.move_on_after(self.request_timeout) as deadline:
-            try:
-                request = await self._read_request(stream, conn)
-            except _Refused as refused:
-                log.info("http_request_refused", status=refused.status, reason=refused.reason)
-                result = text_response(refused.status, f"{refused.reason}\n")
-            else:
-                if request is None:
-                    return  # closed before sending a request
-                result = self._dispatch(request)
+            with trio.CancelScope() as slot:
+                self._awaiting_request[slot] = None
+                try:
+                    request = await self._read_request(stream, conn)
+                except _Refused as refused:
+                    log.info("http_request_refused", status=refused.status, reason=refused.reason)
+                    result = text_response(refused.status, f"{refused.reason}\n")
+                else:
+                    if request is None:
+                        return  # closed before sending a request
+                    result = self._dispatch(request)
+                finally:
+                    self._awaiting_request.pop(slot, None)
+            if slot.cancelled_caught:
+                return  # evicted to make room: close without a word
         if deadline.cancelled_caught:
             log.info("http_request_timeout", timeout=self.request_timeout)
             result = text_response(408, "request timeout\n")
@@ -245,7 +291,9 @@ class _HttpServer:
         ]
         headers += [("content-length", str(len(body))), ("connection", "close")]
         try:
-            response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            response = h11.Response(
+                status_code=status, headers=headers, reason=reason_phrase(status)
+            )
             data = conn.send(response) or b""
             # A HEAD response has the GET headers (Content-Length included), no body.
             if body and not head:
@@ -275,7 +323,7 @@ class _HttpServer:
             pass
 
 
-def _reason(status: int) -> bytes:
+def reason_phrase(status: int) -> bytes:
     try:
         return http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:

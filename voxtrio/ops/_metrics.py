@@ -31,9 +31,10 @@ log = structlog.get_logger("voxtrio.metrics")
 
 Status = Literal["ok", "cancelled", "error", "disconnected"]
 STATUSES: tuple[Status, ...] = ("ok", "cancelled", "error", "disconnected")
-MODES = ("streaming", "non_streaming", "text_stream", "dashscope")
+MODES = ("streaming", "non_streaming", "text_stream", "dashscope", "openai")
 # Handshake refusals the server answers with, pre-created so rate() sees zeros.
 REJECT_STATUSES = (400, 401, 403, 404, 429, 503)
+HTTP_SHED_REASONS = ("evicted", "refused")
 # Label values outside these sets are folded into "other": a misbehaving caller
 # must not be able to create unbounded series.
 OTHER = "other"
@@ -81,6 +82,9 @@ QUEUE_WAIT_BUCKETS = (
 RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 
 LiveValue = Callable[[], float]
+
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 
 _LIVE_GAUGES = {
     "active_connections": (
@@ -181,10 +185,34 @@ class Metrics:
         self.connections = Counter(
             "voxcpm_tts_connections", "WebSocket connections accepted", registry=r
         )
+        self.http_connections_shed = Counter(
+            "voxcpm_http_connections_shed",
+            "Side-port connections dropped for lack of a slot (evicted: stalled, refused)",
+            ["reason"],
+            registry=r,
+        )
         self.handshakes_rejected = Counter(
             "voxcpm_tts_handshakes_rejected",
             "WebSocket handshakes refused, by HTTP status",
             ["status"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "voxcpm_tts_batch_size",
+            "Generations advanced by one step of a model instance's step loop",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "voxcpm_tts_step_seconds",
+            "Time one batched step took (every running generation by one chunk)",
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.prefill_seconds = Histogram(
+            "voxcpm_tts_prefill_seconds",
+            "Time one prefill group took (the stall running generations saw)",
+            buckets=STEP_SECONDS_BUCKETS,
             registry=r,
         )
         self.build_info = Info("voxcpm_tts_build", "voxtrio build and runtime", registry=r)
@@ -213,6 +241,8 @@ class Metrics:
             self.errors.labels(code)
         for reject in REJECT_STATUSES:
             self.handshakes_rejected.labels(str(reject))
+        for shed in HTTP_SHED_REASONS:
+            self.http_connections_shed.labels(shed)
 
     def bind_live_state(
         self,
@@ -235,8 +265,19 @@ class Metrics:
         }
         self._live.sources.update({key: fn for key, fn in given.items() if fn is not None})
 
+    def step_observed(self, rows: int, seconds: float) -> None:
+        """A step loop's thread: one batched step (prometheus_client is thread-safe)."""
+        self.batch_size.observe(rows)
+        self.step_seconds.observe(seconds)
+
+    def prefill_observed(self, rows: int, seconds: float) -> None:
+        self.prefill_seconds.observe(seconds)
+
     def connection_opened(self) -> None:
         self.connections.inc()
+
+    def http_connection_shed(self, reason: str) -> None:
+        self.http_connections_shed.labels(reason if reason in HTTP_SHED_REASONS else OTHER).inc()
 
     def handshake_rejected(self, status: int) -> None:
         label = str(status) if status in REJECT_STATUSES else OTHER

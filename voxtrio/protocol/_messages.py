@@ -1,41 +1,40 @@
-"""Messages of the native protocol: frozen attrs classes and the one converter.
+"""Messages of the native protocol: frozen attrs classes, parsing and serialising.
 
-Parsing is strict (no "7" for 7, no 1 for true), refuses unknown keys (typos),
-checks every range declared on a field, and reports every bad field at once as
-`details: {"params.cfg_value": "must be between 0.1 and 10.0", ...}`.
+Structuring goes through the one strict converter (`_converter`): every bad field is
+reported at once, as INVALID_PARAMS details.
 """
 
 from __future__ import annotations
 
-import json
-import math
-from typing import Any, Final, Literal, get_args
+from typing import Any, Final, Literal
 
 import attrs
-import cattrs
-from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
-from cattrs.literals import is_literal
 
-from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.protocol._formats import SUPPORTED_RATES, AudioFormat
-from voxtrio.protocol._voice_messages import (
-    MAX_VOICE_DESCRIPTION_CHARS,
-    VOICE_CLIENT_MESSAGE_TYPES,
-    VoiceId,
-    VoiceServerMessage,
-    install_voice_hooks,
+from voxtrio.protocol._converter import (
+    converter,
+    field_length,
+    field_range,
+    json_type,
+    structure_message,
 )
-
-MAX_REQUEST_ID_CHARS: Final = 128
-MAX_TEXT_CHARS: Final = 5000
-MAX_SEED: Final = 2**63 - 1
-MAX_LEN_CAP: Final = 4096  # voxcpm's own default cap on LM steps
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._formats import OPUS_BIT_RATE_RANGE, SUPPORTED_RATES, AudioFormat
+from voxtrio.protocol._json import JsonRefused, dump_json, load_json
+from voxtrio.protocol._limits import (
+    MAX_LEN_CAP,
+    MAX_REQUEST_ID_CHARS,
+    MAX_SEED,
+    MAX_TEXT_CHARS,
+    MAX_VOICE_DESCRIPTION_CHARS,
+)
+from voxtrio.protocol._voice_messages import (
+    VOICE_CLIENT_MESSAGE_TYPES,
+    VoiceClientMessage,
+    VoiceServerMessage,
+)
+from voxtrio.protocol._voice_rules import VoiceId
 
 Mode = Literal["streaming", "non_streaming"]
-
-
-def _range(low: float, high: float) -> dict[str, Any]:
-    return {"range": (low, high)}
 
 
 # ---------------------------------------------------------------- client -> server
@@ -45,26 +44,27 @@ def _range(low: float, high: float) -> dict[str, Any]:
 class SynthesisOptions:
     """How to speak: every synthesis parameter but the text itself."""
 
-    cfg_value: float = attrs.field(default=2.0, metadata=_range(0.1, 10.0))
-    inference_timesteps: int = attrs.field(default=10, metadata=_range(1, 50))
+    cfg_value: float = attrs.field(default=2.0, metadata=field_range(0.1, 10.0))
+    inference_timesteps: int = attrs.field(default=10, metadata=field_range(1, 50))
     normalize: bool = False
     denoise: bool = False
     retry_badcase: bool = True
-    retry_badcase_max_times: int = attrs.field(default=3, metadata=_range(0, 10))
-    retry_badcase_ratio_threshold: float = attrs.field(default=6.0, metadata=_range(1.0, 20.0))
-    seed: int | None = attrs.field(default=None, metadata=_range(0, MAX_SEED))
-    max_len: int | None = attrs.field(default=None, metadata=_range(1, MAX_LEN_CAP))
+    retry_badcase_max_times: int = attrs.field(default=3, metadata=field_range(0, 10))
+    retry_badcase_ratio_threshold: float = attrs.field(default=6.0, metadata=field_range(1.0, 20.0))
+    seed: int | None = attrs.field(default=None, metadata=field_range(0, MAX_SEED))
+    max_len: int | None = attrs.field(default=None, metadata=field_range(1, MAX_LEN_CAP))
     format: AudioFormat = "pcm16"
     sample_rate: int | None = attrs.field(default=None, metadata={"choices": SUPPORTED_RATES})
-    bit_rate: int | None = attrs.field(default=None, metadata=_range(6000, 510_000))
+    # The widest range of any codec (opus'); the encoder checks the format's own.
+    bit_rate: int | None = attrs.field(default=None, metadata=field_range(*OPUS_BIT_RATE_RANGE))
     # Voice cloning: a registered voice, or prompt audio fetched from an allow-listed
     # URL (off unless the operator enables it) with its transcript.
     voice_id: VoiceId | None = None
-    prompt_wav_url: str | None = attrs.field(default=None, metadata={"length": (1, 2048)})
-    prompt_text: str | None = attrs.field(default=None, metadata={"length": (1, 2000)})
+    prompt_wav_url: str | None = attrs.field(default=None, metadata=field_length(1, 2048))
+    prompt_text: str | None = attrs.field(default=None, metadata=field_length(1, 2000))
     # VoxCPM2 voice design: "a warm female voice" -> "(a warm female voice)text".
     voice_description: str | None = attrs.field(
-        default=None, metadata={"length": (1, MAX_VOICE_DESCRIPTION_CHARS)}
+        default=None, metadata=field_length(1, MAX_VOICE_DESCRIPTION_CHARS)
     )
 
 
@@ -72,13 +72,13 @@ class SynthesisOptions:
 class TtsParams(SynthesisOptions):
     """Synthesis parameters (seed 000 §3.1, plus seed, max_len, format, sample_rate)."""
 
-    text: str = attrs.field(metadata={"length": (1, MAX_TEXT_CHARS)})
+    text: str = attrs.field(metadata=field_length(1, MAX_TEXT_CHARS))
     mode: Mode = "streaming"
 
 
 @attrs.frozen
 class TtsRequest:
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
     params: TtsParams
 
 
@@ -86,33 +86,33 @@ class TtsRequest:
 class TextStreamStart:
     """Open a request whose text arrives in pieces (an LLM's tokens); it always streams."""
 
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
     params: SynthesisOptions = attrs.Factory(SynthesisOptions)
 
 
 @attrs.frozen
 class TextDelta:
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
-    text: str = attrs.field(metadata={"length": (1, MAX_TEXT_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
+    text: str = attrs.field(metadata=field_length(1, MAX_TEXT_CHARS))
 
 
 @attrs.frozen
 class TextFlush:
     """Speak what is buffered now, even if it does not end a sentence."""
 
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
 
 
 @attrs.frozen
 class TextStreamEnd:
     """No more text: speak the rest, then complete."""
 
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
 
 
 @attrs.frozen
 class Cancel:
-    request_id: str = attrs.field(metadata={"length": (1, MAX_REQUEST_ID_CHARS)})
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
 
 
 @attrs.frozen
@@ -120,8 +120,17 @@ class Ping:
     timestamp: int
 
 
-ClientMessage = TtsRequest | Cancel | Ping | TextStreamStart | TextDelta | TextFlush | TextStreamEnd
-CLIENT_MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
+ClientMessage = (
+    TtsRequest
+    | Cancel
+    | Ping
+    | TextStreamStart
+    | TextDelta
+    | TextFlush
+    | TextStreamEnd
+    | VoiceClientMessage
+)
+CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "tts_request": TtsRequest,
     "cancel": Cancel,
     "ping": Ping,
@@ -205,183 +214,16 @@ class Pong:
 
 ServerMessage = Progress | Complete | Error | Pong | VoiceServerMessage
 
-# ---------------------------------------------------------------- the converter
-
-
-class _FieldError(ValueError):
-    pass
-
-
-def _strict_int(value: Any, _: type) -> int:
-    # bool is an int subclass; a client that sends true for a count has a bug.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _FieldError(f"must be an integer, got {_json_type(value)}")
-    return value
-
-
-def _strict_float(value: Any, _: type) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError(f"must be a number, got {_json_type(value)}")
-    if not math.isfinite(value):
-        raise _FieldError("must be a finite number")
-    return float(value)
-
-
-def _strict_str(value: Any, _: type) -> str:
-    if not isinstance(value, str):
-        raise _FieldError(f"must be a string, got {_json_type(value)}")
-    return value
-
-
-def _strict_bool(value: Any, _: type) -> bool:
-    if not isinstance(value, bool):
-        raise _FieldError(f"must be a boolean, got {_json_type(value)}")
-    return value
-
-
-def _json_type(value: Any) -> str:
-    match value:
-        case None:
-            return "null"
-        case bool():
-            return "boolean"
-        case int() | float():
-            return "number"
-        case str():
-            return "string"
-        case list():
-            return "array"
-        case dict():
-            return "object"
-    return type(value).__name__
-
-
-def _strict_literal(cls: Any) -> Any:
-    allowed = get_args(cls)
-
-    def structure(value: Any, _: type) -> Any:
-        if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):
-            choices = ", ".join(repr(a) for a in allowed)
-            raise _FieldError(f"must be one of {choices}, got {value!r}"[:200])
-        return value
-
-    return structure
-
-
-def _make_converter() -> cattrs.Converter:
-    conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
-    conv.register_structure_hook_factory(is_literal, _strict_literal)
-    conv.register_structure_hook(int, _strict_int)
-    conv.register_structure_hook(float, _strict_float)
-    conv.register_structure_hook(str, _strict_str)
-    conv.register_structure_hook(bool, _strict_bool)
-    install_voice_hooks(conv)
-    return conv
-
-
-converter: Final = _make_converter()
-
-
-def _check_declared_limits(obj: Any, prefix: str, errors: dict[str, str]) -> None:
-    """Check the `range`/`length` metadata of every field, recursing into attrs fields."""
-    for field in attrs.fields(type(obj)):
-        value = getattr(obj, field.name)
-        path = f"{prefix}{field.name}"
-        if attrs.has(type(value)):
-            _check_declared_limits(value, f"{path}.", errors)
-            continue
-        if value is None:
-            continue
-        if (bounds := field.metadata.get("range")) is not None:
-            low, high = bounds
-            if not low <= value <= high:
-                errors[path] = f"must be between {low} and {high}, got {value}"
-        if (choices := field.metadata.get("choices")) is not None and value not in choices:
-            errors[path] = f"must be one of {', '.join(map(str, choices))}, got {value}"
-        if (length := field.metadata.get("length")) is not None:
-            low, high = length
-            if len(value) < low:
-                errors[path] = "must not be empty" if low == 1 else f"needs {low}+ characters"
-            elif len(value) > high:
-                errors[path] = f"too long: {len(value)} characters, at most {high}"
-
-
-def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> None:
-    """Flatten a cattrs error tree into {"a.b.c": "what is wrong"}."""
-    if isinstance(exc, ClassValidationError):
-        with_notes, without_notes = exc.group_exceptions()
-        for sub, note in with_notes:
-            _collect_errors(sub, f"{path}.{note.name}" if path else str(note.name), errors)
-        for sub in without_notes:
-            _collect_errors(sub, path, errors)
-    elif isinstance(exc, IterableValidationError):
-        indexed, unindexed = exc.group_exceptions()
-        for sub, index_note in indexed:
-            _collect_errors(sub, f"{path}[{index_note.index}]", errors)
-        for sub in unindexed:
-            _collect_errors(sub, path, errors)
-    elif isinstance(exc, ForbiddenExtraKeysError):
-        for key in sorted(exc.extra_fields):
-            errors[f"{path}.{key}" if path else key] = "unknown key"
-    elif isinstance(exc, KeyError):
-        errors[path] = "is required"
-    elif isinstance(exc, _FieldError):
-        errors[path] = str(exc)
-    elif isinstance(exc, ExceptionGroup):
-        for sub in exc.exceptions:
-            _collect_errors(sub, path, errors)
-    else:
-        # cattrs' own checks (Literal values, unions, non-dict where an object goes).
-        errors[path] = _describe_cattrs_error(exc)
-
-
-def _describe_cattrs_error(exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, AttributeError | TypeError):
-        return "has the wrong type"
-    return text or type(exc).__name__
-
-
-def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -> Any:
-    """Build `cls` from decoded JSON, or raise INVALID_PARAMS naming every bad field."""
-    errors: dict[str, str] = {}
-    if not isinstance(payload, dict):
-        raise ProtocolError(ErrorCode.INVALID_PARAMS, "message must be a JSON object")
-    try:
-        obj = converter.structure(payload, cls)
-    except (ClassValidationError, IterableValidationError) as exc:
-        _collect_errors(exc, "", errors)
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        _collect_errors(exc, "", errors)
-    else:
-        _check_declared_limits(obj, "", errors)
-        if not errors:
-            return obj
-    summary = "; ".join(f"{field}: {problem}" for field, problem in sorted(errors.items()))
-    raise ProtocolError(
-        ErrorCode.INVALID_PARAMS,
-        f"invalid {cls.__name__} message: {summary}",
-        details=dict(sorted(errors.items())),
-        request_id=request_id,
-    )
-
 
 def parse_client_message(text: str) -> ClientMessage:
     """Decode one text frame from a client into a message, or raise ProtocolError."""
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_JSON,
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from None
-    except RecursionError:
-        raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"JSON not accepted: {exc}"[:200]) from None
+        payload = load_json(text)
+    except JsonRefused as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, exc.message) from None
     if not isinstance(payload, dict):
         raise ProtocolError(
-            ErrorCode.INVALID_JSON, f"expected a JSON object, got {_json_type(payload)}"
+            ErrorCode.INVALID_JSON, f"expected a JSON object, got {json_type(payload)}"
         )
     raw_id = payload.get("request_id")
     request_id = raw_id if isinstance(raw_id, str) else None
@@ -412,7 +254,7 @@ def parse_client_message(text: str) -> ClientMessage:
 
 def dump_message(message: ServerMessage) -> str:
     """Serialise a server message to the JSON text frame the client receives."""
-    return json.dumps(converter.unstructure(message), separators=(",", ":"), ensure_ascii=False)
+    return dump_json(converter.unstructure(message))
 
 
 def error_message(exc: ProtocolError, *, terminal: bool = False) -> Error:

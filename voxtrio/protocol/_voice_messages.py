@@ -1,12 +1,11 @@
-"""Native-protocol messages of the voice library, and the checks around voice parameters.
+"""Native-protocol messages of the voice library, and the checks of voice parameters.
 
 Client -> server: voice_register, voice_list, voice_delete. Server -> client:
-voice_registered, voices, voice_deleted. Parsing is `_messages`' one strict
-converter; this module does not import `_messages` (which imports it), so the
-converter gets the :data:`VoiceId` hook from :func:`install_voice_hooks`: a voice id
-is then checked (safe name, not reserved) while the message is structured, and its
-error is reported with every other bad field at once. Base64 audio is size-checked
-before it is decoded, against the server's configured cap.
+voice_registered, voices, voice_deleted. A :data:`VoiceId` field is checked (safe
+name, not reserved) by the converter while the message is structured, so its error
+is reported with every other bad field at once. Base64 audio is size-checked before
+it is decoded, against the server's configured cap. Decoding the audio itself and
+fetching prompt URLs are I/O: they live in :mod:`voxtrio.voices`.
 """
 
 from __future__ import annotations
@@ -14,52 +13,29 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from typing import Any, Final, Literal, NewType
+from typing import Final, Literal
 
 import attrs
-import cattrs
 
+from voxtrio.protocol._converter import field_length
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.voices._audio import MAX_PROMPT_BYTES, VoiceAudioError, max_base64_chars
-from voxtrio.voices._fetch import FetchError
-from voxtrio.voices._store import (
+from voxtrio.protocol._limits import (
+    MAX_AUDIO_BASE64_CHARS,
+    MAX_PROMPT_BYTES,
     MAX_PROMPT_TEXT_CHARS,
-    Voice,
+    MAX_REQUEST_ID_CHARS,
+    max_base64_chars,
+)
+from voxtrio.protocol._voice_rules import (
     VoiceError,
+    VoiceId,
     VoiceMode,
-    check_voice_id,
+    description_problem,
     resolve_mode,
     supported_modes,
 )
 
-VoiceId = NewType("VoiceId", str)
-"""A str field holding a voice id: checked by the converter (see check_voice_id)."""
-
-MAX_REQUEST_ID_CHARS: Final = 128  # = _messages.MAX_REQUEST_ID_CHARS (a test keeps them equal)
-MAX_AUDIO_BASE64_CHARS: Final = max_base64_chars(MAX_PROMPT_BYTES)
-"""Hard ceiling on voice_register.audio; the configured cap (decode_audio) may be lower."""
-MAX_VOICE_DESCRIPTION_CHARS: Final = 500
-
 _DATA_URL = re.compile(r"data:audio/[A-Za-z0-9.+-]+;base64,")
-
-
-def structure_voice_id(value: Any, _: type) -> VoiceId:
-    """cattrs structure hook for VoiceId (a ValueError becomes that field's error)."""
-    if not isinstance(value, str):
-        raise ValueError("must be a string")
-    try:
-        return VoiceId(check_voice_id(value))
-    except VoiceError as exc:
-        raise ValueError(exc.message) from None
-
-
-def install_voice_hooks(converter: cattrs.Converter) -> None:
-    """Teach a converter the VoiceId field type (idempotent)."""
-    converter.register_structure_hook(VoiceId, structure_voice_id)
-
-
-def _length(low: int, high: int) -> dict[str, Any]:
-    return {"length": (low, high)}
 
 
 # ---------------------------------------------------------------- client -> server
@@ -69,23 +45,25 @@ def _length(low: int, high: int) -> dict[str, Any]:
 class VoiceRegister:
     """Add a voice from base64 audio (WAV, FLAC, MP3 or Ogg)."""
 
-    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
     voice_id: VoiceId
-    audio: str = attrs.field(metadata=_length(1, MAX_AUDIO_BASE64_CHARS))
+    audio: str = attrs.field(metadata=field_length(1, MAX_AUDIO_BASE64_CHARS))
     persist: bool
-    prompt_text: str | None = attrs.field(default=None, metadata=_length(1, MAX_PROMPT_TEXT_CHARS))
+    prompt_text: str | None = attrs.field(
+        default=None, metadata=field_length(1, MAX_PROMPT_TEXT_CHARS)
+    )
     mode: VoiceMode | None = None
     replace: bool = False
 
 
 @attrs.frozen
 class VoiceList:
-    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
 
 
 @attrs.frozen
 class VoiceDelete:
-    request_id: str = attrs.field(metadata=_length(1, MAX_REQUEST_ID_CHARS))
+    request_id: str = attrs.field(metadata=field_length(1, MAX_REQUEST_ID_CHARS))
     voice_id: VoiceId
 
 
@@ -133,17 +111,6 @@ class VoiceDeleted:
 VoiceServerMessage = VoiceRegistered | Voices | VoiceDeleted
 
 
-def registered_message(request_id: str, voice: Voice) -> VoiceRegistered:
-    return VoiceRegistered(request_id, voice.voice_id, voice.duration, voice.sample_rate)
-
-
-def voices_message(request_id: str, voices: list[Voice]) -> Voices:
-    return Voices(
-        request_id,
-        [VoiceSummary(v.voice_id, v.mode, v.duration, v.persisted) for v in voices],
-    )
-
-
 # ---------------------------------------------------------------- checks
 
 
@@ -174,19 +141,6 @@ def decode_audio(message: VoiceRegister, *, max_bytes: int = MAX_PROMPT_BYTES) -
         raise invalid(
             "audio", "not valid base64 (standard alphabet, padded)", request_id=message.request_id
         ) from None
-
-
-def voice_error(
-    exc: VoiceError | VoiceAudioError | FetchError,
-    *,
-    request_id: str | None,
-    prefix: str = "",
-    fetch_field: str = "params.prompt_wav_url",
-) -> ProtocolError:
-    """INVALID_PARAMS for a refused voice, prompt audio or fetch (`prefix`: e.g. "params.")."""
-    if isinstance(exc, FetchError):
-        return invalid(fetch_field, exc.reason, request_id=request_id)
-    return invalid(f"{prefix}{exc.field}", exc.message, request_id=request_id)
 
 
 def check_voice_params(
@@ -221,7 +175,7 @@ def check_voice_params(
             except VoiceError as exc:
                 errors[f"{prefix}{exc.field}"] = exc.message
     if voice_description is not None:
-        problem = _description_problem(voice_description, architecture)
+        problem = description_problem(voice_description, architecture)
         if problem is not None:
             errors[f"{prefix}voice_description"] = problem
     if errors:
@@ -233,23 +187,3 @@ def check_voice_params(
             request_id=request_id,
         )
     return mode
-
-
-def _description_problem(description: str, architecture: str) -> str | None:
-    if architecture != "voxcpm2":
-        return "voice design needs a VoxCPM2 model; this model is VoxCPM 1.x"
-    if not description.strip():
-        return "must not be empty"
-    if len(description) > MAX_VOICE_DESCRIPTION_CHARS:
-        return f"too long: {len(description)} characters, at most {MAX_VOICE_DESCRIPTION_CHARS}"
-    if "(" in description or ")" in description:
-        # VoxCPM2 reads "(description)text": a parenthesis would end it early.
-        return "must not contain parentheses"
-    return None
-
-
-def apply_voice_description(text: str, description: str | None) -> str:
-    """VoxCPM2's voice design convention: "(description)text" (check_voice_params first)."""
-    if description is None:
-        return text
-    return f"({' '.join(description.split())}){text}"

@@ -21,23 +21,23 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from voxtrio._config import Settings
 from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._dashscope import (
-    Action,
     CancelTask,
     DashScopeCapabilities,
     DashScopeErrorCode,
     DashScopeTask,
     FinishTask,
-    Reply,
+    SendEvent,
     SpeakSentence,
     StartTask,
+    TaskAction,
     TaskState,
 )
+from voxtrio.server._dashscope_audio import output_for
 from voxtrio.server._dashscope_task import (
     MAX_QUEUED_SENTENCES,
     RunningTask,
     TaskSink,
     dashscope_error,
-    output_for,
 )
 from voxtrio.server._endpoint import WebSocketEndpoint
 from voxtrio.server._native_errors import native_error
@@ -126,11 +126,11 @@ class DashScopeConnection(WebSocketEndpoint):
 
     # -- carrying out actions ----------------------------------------------------
 
-    async def perform(self, actions: Sequence[Action]) -> None:
+    async def perform(self, actions: Sequence[TaskAction]) -> None:
         """Carry out the state machine's actions, in order."""
         for action in actions:
             match action:
-                case Reply(text=text):
+                case SendEvent(text=text):
                     await self.writer.send(text)
                 case StartTask():
                     self._start_task(action)

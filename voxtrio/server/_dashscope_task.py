@@ -15,16 +15,21 @@ import attrs
 import trio
 
 from voxtrio.protocol._dashscope import (
-    Action,
     DashScopeErrorCode,
     DashScopeTask,
     SpeakSentence,
+    TaskAction,
     TaskParams,
 )
 from voxtrio.server._writer import FrameWriter
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._errors import Overloaded, QueueTimeout, SpeechError
-from voxtrio.speech._output import OutputSpec
+from voxtrio.speech._errors import (
+    InvalidOutput,
+    InvalidText,
+    Overloaded,
+    QueueTimeout,
+    SpeechError,
+)
 from voxtrio.speech._speak import AudioInfo, SpeechStats, Utterance
 
 # Sentences queued ahead of synthesis for one task; past it the task fails (Throttling).
@@ -35,19 +40,9 @@ def dashscope_error(exc: SpeechError) -> DashScopeErrorCode:
     """The one place a speech error becomes a DashScope `task-failed` code."""
     if isinstance(exc, Overloaded | QueueTimeout):
         return DashScopeErrorCode.THROTTLING
+    if isinstance(exc, InvalidText | InvalidOutput):
+        return DashScopeErrorCode.INVALID_PARAMETER
     return DashScopeErrorCode.INTERNAL_ERROR
-
-
-def output_for(params: TaskParams) -> OutputSpec:
-    """The task's one output stream: all its sentences, one encoder."""
-    return OutputSpec(
-        format=params.format,
-        sample_rate=params.sample_rate,
-        bit_rate=params.bit_rate,
-        volume=params.gain,
-        rate=params.rate,
-        pitch=params.pitch,
-    )
 
 
 @attrs.define(eq=False)
@@ -98,7 +93,7 @@ class TaskSink:
         task: RunningTask,
         protocol: DashScopeTask,
         writer: FrameWriter,
-        perform: Callable[[Sequence[Action]], Awaitable[None]],
+        perform: Callable[[Sequence[TaskAction]], Awaitable[None]],
         *,
         input_rate: int,
     ) -> None:

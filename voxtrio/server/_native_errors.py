@@ -7,6 +7,7 @@ from voxtrio.speech._errors import (
     EngineUnavailable,
     GenerationFailed,
     InvalidOutput,
+    InvalidText,
     Overloaded,
     QueueTimeout,
     SpeechError,
@@ -33,6 +34,9 @@ def native_error(exc: SpeechError, request_id: str) -> ProtocolError:
             # Only the rate and the bit rate are the client's to choose here.
             field = "bit_rate" if setting == "bit_rate" else "sample_rate"
             details = {f"params.{field}": reason}
+        case InvalidText(reason=reason):
+            code = ErrorCode.INVALID_PARAMS
+            details = {"params.text": reason}
         case GenerationFailed():
             code = ErrorCode.GENERATION_FAILED
         case _:

@@ -57,6 +57,14 @@ class StoppedEarly(GenerationFailed):
         super().__init__("generation stopped before it finished")
 
 
+class InvalidText(SpeechError):
+    """The text does not fit the model (too many tokens after normalisation)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"text {reason}")
+        self.reason = reason
+
+
 OutputSetting = Literal["format", "sample_rate", "bit_rate", "volume"]
 
 

@@ -13,9 +13,13 @@ import attrs
 import numpy as np
 import trio
 
-from voxtrio.audio._codecs import AudioEncoder, InvalidEncoderSetting, check_finite
+from voxtrio.audio._codecs import (
+    AudioEncoder,
+    EncoderFormat,
+    InvalidEncoderSetting,
+    check_finite,
+)
 from voxtrio.audio._dsp import StreamingStretch
-from voxtrio.protocol._formats import AudioFormat
 from voxtrio.speech._errors import InvalidOutput
 
 
@@ -23,7 +27,7 @@ from voxtrio.speech._errors import InvalidOutput
 class OutputSpec:
     """What the client asked to hear: format, rate, and the DashScope volume/rate/pitch."""
 
-    format: AudioFormat = "pcm16"
+    format: EncoderFormat = "pcm16"
     sample_rate: int | None = None  # None: the model's own rate
     bit_rate: int | None = None
     volume: float = 1.0
@@ -61,7 +65,7 @@ class OutputStream:
         )
 
     @property
-    def format(self) -> AudioFormat:
+    def format(self) -> EncoderFormat:
         return self.encoder.format
 
     @property

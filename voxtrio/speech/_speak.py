@@ -20,10 +20,9 @@ import structlog
 import trio
 
 from voxtrio._config import ProgressIntervals
-from voxtrio.audio._codecs import NonFiniteAudio
-from voxtrio.protocol._formats import AudioFormat
-from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._errors import GenerationFailed, NonFiniteOutput, StoppedEarly
+from voxtrio.audio._codecs import EncoderFormat, NonFiniteAudio
+from voxtrio.speech._engine import SynthesisSpec, TextTooLong
+from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutput, StoppedEarly
 from voxtrio.speech._output import OutputSpec, OutputStream
 from voxtrio.speech._progress import ProgressReporter
 from voxtrio.speech._replicas import Job, ReplicaPool
@@ -45,7 +44,7 @@ class Utterance:
 class AudioInfo:
     """The stream a client is about to get."""
 
-    format: AudioFormat
+    format: EncoderFormat
     sample_rate: int
 
 
@@ -81,7 +80,7 @@ class SpeechStats:
     utterances: int = 0
     chunks: int = 0
     compute_seconds: float = 0.0
-    format: AudioFormat = "pcm16"
+    format: EncoderFormat = "pcm16"
     sample_rate: int = 0
     samples_out: int = 0  # output-rate samples encoded so far
 
@@ -204,6 +203,8 @@ def _raise_if_failed(job: Job) -> None:
     assert job.result is not None
     try:
         job.result.unwrap()
+    except TextTooLong as exc:
+        raise InvalidText(str(exc)) from None
     except NonFiniteAudio:
         raise NonFiniteOutput() from None
     except Exception as exc:

@@ -15,20 +15,19 @@ from typing import Any, Final, TextIO
 import attrs
 import trio
 
-from voxtrio.client._client import (
+from voxtrio.client._connect import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_URL,
-    ConnectError,
-    SynthesisError,
-    SynthesisStream,
-    VoxtrioClientError,
-    _open_nursery_unwrapped,
     connect,
-    write_wav,
+    open_nursery_unwrapped,
 )
+from voxtrio.client._errors import ConnectError, SynthesisError, VoxtrioClientError
+from voxtrio.client._streams import SynthesisStream
+from voxtrio.client._wav import write_wav
+from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ProtocolError
-from voxtrio.protocol._messages import Mode, TtsRequest, structure_message
+from voxtrio.protocol._messages import Mode, TtsRequest
 
 URL_ENV: Final = "VOXTRIO_URL"
 API_KEY_ENV: Final = "VOXTRIO_API_KEY"
@@ -251,7 +250,7 @@ async def say(job: SayJob, err: TextIO) -> int:
 async def _collect(stream: SynthesisStream, display: ProgressDisplay) -> bytes:
     pcm = bytearray()
     try:
-        async with _open_nursery_unwrapped() as nursery:
+        async with open_nursery_unwrapped() as nursery:
             nursery.start_soon(display.run, stream)
             async for chunk in stream:
                 pcm += chunk.pcm

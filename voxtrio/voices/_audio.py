@@ -28,10 +28,9 @@ import numpy as np
 import soundfile
 import soxr
 
-AudioFormat = Literal["wav", "flac", "mp3", "ogg"]
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES
 
-MAX_PROMPT_BYTES: Final = 10 * 1024 * 1024
-"""Default cap on an encoded prompt: 30 s of 48 kHz stereo 24-bit WAV is 8.6 MB."""
+PromptFormat = Literal["wav", "flac", "mp3", "ogg"]
 
 MIN_SOURCE_RATE: Final = 8000
 MAX_SOURCE_RATE: Final = 192_000
@@ -66,25 +65,54 @@ class PromptAudio:
     sample_rate: int
     duration: float
     source_rate: int
-    format: AudioFormat
+    format: PromptFormat
     sha256: str
     """SHA-256 of the encoded input bytes (the key for fetched prompts)."""
 
 
-def sniff_format(data: bytes) -> AudioFormat | None:
-    """The container named by the first bytes, or None for anything not accepted."""
+def sniff_format(data: bytes) -> PromptFormat | None:
+    """The container named by the first bytes, or None for anything not accepted.
+
+    ID3v2 tags are skipped first and what follows is judged on its own: decoders skip
+    them too, so a tag in front of, say, AIFF would otherwise smuggle it past the list.
+    """
+    data = _skip_id3_tags(data)
     if len(data) >= 12 and data[:4] in (b"RIFF", b"RIFX", b"RF64") and data[8:12] == b"WAVE":
         return "wav"
     if data[:4] == b"fLaC":
         return "flac"
     if data[:4] == b"OggS":
         return "ogg"
-    # ID3v2 tag, or a bare MPEG audio frame (11-bit sync, layer bits not "reserved").
-    if data[:3] == b"ID3" or (
-        len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE6 in (0xE2, 0xE4, 0xE6)
-    ):
+    # A bare MPEG audio frame (11-bit sync, layer bits not "reserved").
+    if len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE6 in (0xE2, 0xE4, 0xE6):
         return "mp3"
     return None
+
+
+_ID3_HEADER = 10
+_MAX_ID3_TAGS = 4
+
+
+def _skip_id3_tags(data: bytes) -> bytes:
+    """`data` after any leading ID3v2 tags; b"" when a tag is malformed or runs past the end."""
+    for _ in range(_MAX_ID3_TAGS):
+        if data[:3] != b"ID3":
+            return data
+        header = data[:_ID3_HEADER]
+        if len(header) < _ID3_HEADER or any(b & 0x80 for b in header[6:10]):
+            return b""
+        size = _syncsafe(header[6:10])
+        footer = _ID3_HEADER if header[5] & 0x10 else 0
+        end = _ID3_HEADER + size + footer
+        if end > len(data):
+            return b""
+        data = data[end:]
+    return b""
+
+
+def _syncsafe(four: bytes) -> int:
+    """ID3v2 sizes are 4 bytes of 7 bits each."""
+    return (four[0] << 21) | (four[1] << 14) | (four[2] << 7) | four[3]
 
 
 def decode_prompt_audio(
@@ -171,7 +199,7 @@ def _decode_soundfile(data: bytes, *, field: str, max_seconds: float) -> tuple[n
 
 
 def _decode_pyav(
-    data: bytes, fmt: AudioFormat, *, field: str, max_seconds: float
+    data: bytes, fmt: PromptFormat, *, field: str, max_seconds: float
 ) -> tuple[np.ndarray, int]:
     import av
 
@@ -275,8 +303,3 @@ def fsync_dir(path: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def max_base64_chars(max_bytes: int) -> int:
-    """Length of the padded base64 text of `max_bytes` bytes (checked before decoding)."""
-    return 4 * ((max_bytes + 2) // 3)

@@ -35,7 +35,7 @@ import attrs
 import h11
 import trio
 
-from voxtrio.voices._audio import MAX_PROMPT_BYTES
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -52,6 +52,12 @@ METADATA_ADDRESSES: Final[frozenset[IPAddress]] = frozenset(
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
 _USER_AGENT: Final = "voxtrio-prompt-fetch/1"
 _READ_SIZE: Final = 65536
+# A real server sends at most one or two 1xx (100 Continue, 103 Early Hints) per request.
+MAX_INTERIM_RESPONSES: Final = 8
+# IPv6 forms that carry an IPv4 address in their low 32 bits (RFC 6052 NAT64, RFC 4291
+# IPv4-compatible): a translator or stack may route them to that IPv4 address.
+_NAT64_PREFIX: Final = ipaddress.IPv6Network("64:ff9b::/96")
+_IPV4_COMPATIBLE: Final = ipaddress.IPv6Network("::/96")
 
 
 class FetchError(Exception):
@@ -157,12 +163,30 @@ def host_allowed(host: str, allowed: frozenset[str]) -> bool:
     )
 
 
+def embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for (mapped, NAT64, compatible, 6to4), or None."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return None
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    low32 = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    if address in _NAT64_PREFIX:
+        return low32
+    # ::/96 also holds :: and ::1, which are IPv6's own unspecified and loopback.
+    if address in _IPV4_COMPATIBLE and int(address) > 1:
+        return low32
+    return None
+
+
 def address_problem(address: IPAddress, *, allow_private: bool) -> str | None:
     """Why an address may not be fetched from, or None if it may."""
     if address in METADATA_ADDRESSES:
         return "a cloud metadata address"
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address_problem(address.ipv4_mapped, allow_private=allow_private)
+    embedded = embedded_ipv4(address)
+    if embedded is not None:
+        return address_problem(embedded, allow_private=allow_private)
     if allow_private:
         return None
     for problem, flag in (
@@ -282,7 +306,13 @@ async def _exchange(stream: trio.abc.Stream, target: _Target, policy: FetchPolic
             conn.receive_data(bytes(await stream.receive_some(_READ_SIZE)))
 
     event = await next_event()
+    interim = 0
     while isinstance(event, h11.InformationalResponse):
+        interim += 1
+        if interim > MAX_INTERIM_RESPONSES:
+            # Parsing a flood of buffered 1xx never yields: bound it instead of
+            # spending the whole fetch deadline on the event loop.
+            raise FetchError(f"more than {MAX_INTERIM_RESPONSES} interim (1xx) responses")
         event = await next_event()
     if not isinstance(event, h11.Response):
         raise FetchError(f"no HTTP response from {target.host}")

@@ -7,13 +7,13 @@ features are built on the replica thread that needs them (`VoxCPMEngine`).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import attrs
 import structlog
 import trio
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._limits import MAX_PROMPT_BYTES, max_base64_chars
 from voxtrio.protocol._messages import ServerMessage, SynthesisOptions
 from voxtrio.protocol._voice_messages import (
     VoiceClientMessage,
@@ -21,17 +21,56 @@ from voxtrio.protocol._voice_messages import (
     VoiceDeleted,
     VoiceList,
     VoiceRegister,
+    VoiceRegistered,
+    Voices,
+    VoiceSummary,
     check_voice_params,
     decode_audio,
-    registered_message,
-    voice_error,
-    voices_message,
+    invalid,
 )
-from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio, max_base64_chars
+from voxtrio.protocol._voice_rules import VoiceError, VoiceMode
+from voxtrio.voices._audio import PromptAudio, VoiceAudioError, decode_prompt_audio
 from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
-from voxtrio.voices._store import VoiceError, VoiceStore
+from voxtrio.voices._store import VoiceStore
+from voxtrio.voices._voice import Voice
 
 log = structlog.get_logger("voxtrio.voices")
+
+
+def registered_message(request_id: str, voice: Voice) -> VoiceRegistered:
+    return VoiceRegistered(request_id, voice.voice_id, voice.duration, voice.sample_rate)
+
+
+def voices_message(request_id: str, voices: list[Voice]) -> Voices:
+    return Voices(
+        request_id,
+        [VoiceSummary(v.voice_id, v.mode, v.duration, v.persisted) for v in voices],
+    )
+
+
+def voice_error(
+    exc: VoiceError | VoiceAudioError | FetchError,
+    *,
+    request_id: str | None,
+    prefix: str = "",
+    fetch_field: str = "params.prompt_wav_url",
+) -> ProtocolError:
+    """INVALID_PARAMS for a refused voice, prompt audio or fetch (`prefix`: e.g. "params.")."""
+    if isinstance(exc, FetchError):
+        return invalid(fetch_field, exc.reason, request_id=request_id)
+    return invalid(f"{prefix}{exc.field}", exc.message, request_id=request_id)
+
+
+@attrs.frozen(kw_only=True)
+class VoiceFields:
+    """A request's voice, checked: the SynthesisSpec fields of the same names."""
+
+    voice_id: str | None = None  # a registered voice, usable by this model
+    voice_description: str | None = None  # VoxCPM2 voice design
+    # prompt_wav_url: the fetched, decoded audio, its transcript and the mode they use.
+    prompt_audio: PromptAudio | None = None
+    prompt_text: str | None = None
+    prompt_mode: VoiceMode | None = None
 
 
 @attrs.define
@@ -41,7 +80,7 @@ class VoiceService:
     prompt_rate: int
     allow_upload: bool = False
     max_prompt_seconds: float = 30.0
-    max_prompt_bytes: int = 10 * 1024 * 1024
+    max_prompt_bytes: int = MAX_PROMPT_BYTES
     fetch_policy: FetchPolicy | None = None
     # Decoding a prompt and writing a voice are CPU and disk work: two at a time.
     limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
@@ -104,8 +143,8 @@ class VoiceService:
         )
         return registered_message(message.request_id, voice)
 
-    async def resolve(self, options: SynthesisOptions, request_id: str) -> dict[str, Any]:
-        """Check a request's voice fields; return the SynthesisSpec fields they become."""
+    async def resolve(self, options: SynthesisOptions, request_id: str) -> VoiceFields:
+        """Check a request's voice fields; return what the engine needs of them."""
         mode = check_voice_params(
             voice_id=options.voice_id,
             prompt_wav_url=options.prompt_wav_url,
@@ -115,11 +154,11 @@ class VoiceService:
             url_prompts_enabled=self.fetch_policy is not None,
             request_id=request_id,
         )
-        fields: dict[str, Any] = {"voice_description": options.voice_description}
+        fields = VoiceFields(voice_description=options.voice_description)
         try:
             if options.voice_id is not None:
                 self.store.check_usable(options.voice_id, field="voice_id")
-                fields["voice_id"] = options.voice_id
+                fields = attrs.evolve(fields, voice_id=options.voice_id)
             elif options.prompt_wav_url is not None:
                 assert self.fetch_policy is not None
                 assert mode is not None
@@ -135,7 +174,9 @@ class VoiceService:
                             field="prompt_wav_url",
                         )
                     )
-                fields.update(prompt_audio=audio, prompt_text=options.prompt_text, prompt_mode=mode)
+                fields = attrs.evolve(
+                    fields, prompt_audio=audio, prompt_text=options.prompt_text, prompt_mode=mode
+                )
         except (VoiceError, VoiceAudioError, FetchError) as exc:
             raise voice_error(exc, request_id=request_id, prefix="params.") from None
         return fields

@@ -1,0 +1,360 @@
+"""One connection to a voxtrio server: sending, the reader task, and failure.
+
+One reader task per connection reads every message the server sends, checks it
+against the protocol and hands it to the request it names through that request's
+own *bounded* memory channel. Progress messages are not queued: the reader
+stores the latest one on the request. A request whose consumer does not read
+fills its buffer and then pauses the reader, and so the whole connection:
+backpressure reaches the server instead of audio piling up here.
+
+Connection-level errors (an `error` whose `request_id` is null: the server could
+not tell which request a message of ours was about) are logged on the
+`voxtrio.client` logger and kept in `connection_errors`; they are not raised,
+because no request of ours is waiting for them. Anything the protocol does not
+allow (a frame out of sequence, a message about an unknown request, a malformed
+message) raises `ProtocolViolation` from every waiting call and closes the
+connection with 1002: after that nothing it says can be trusted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from typing import Any, Final, NoReturn
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from voxtrio.client._errors import (
+    ConnectionLost,
+    ProtocolViolation,
+    ResponseTimeout,
+    SynthesisError,
+    VoxtrioClientError,
+    clone_failure,
+    known_code,
+)
+from voxtrio.client._incoming import (
+    StreamingChunkMetadata,
+    WholeAudioMetadata,
+    parse_server_message,
+    structure_payload,
+)
+from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._errors import ErrorCode
+from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
+from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
+
+log = logging.getLogger("voxtrio.client")
+
+CONNECTION_ERRORS_KEPT: Final = 16
+
+
+@attrs.define(eq=False)
+class _PingWaiter:
+    sent_at: float
+    event: trio.Event = attrs.Factory(trio.Event)
+    pong: Pong | None = None
+
+
+class ClientConnection:
+    """The WebSocket, the active requests, and the first failure (see the module docstring)."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        stream: trio.abc.Stream,
+        nursery: trio.Nursery,
+        *,
+        url: str,
+        message_queue_size: int,
+        response_timeout: float,
+        cancel_timeout: float,
+        close_timeout: float,
+        send_timeout: float,
+        ping_timeout: float,
+    ) -> None:
+        self.url = url
+        self.response_timeout = response_timeout
+        self.cancel_timeout = cancel_timeout
+        self.close_timeout = close_timeout
+        self.send_timeout = send_timeout
+        self.ping_timeout = ping_timeout
+        self.connection_errors: deque[SynthesisError] = deque(maxlen=CONNECTION_ERRORS_KEPT)
+        self._ws = ws
+        self._stream = stream
+        self._ws_closed = trio.Event()
+        self._nursery = nursery
+        self._queue_size = message_queue_size
+        self._requests: dict[str, RequestState] = {}
+        # Ids given up on after cancel_timeout: the server may still answer for them.
+        self._abandoned: set[str] = set()
+        self._pings: dict[int, _PingWaiter] = {}
+        self._last_ping_timestamp = 0
+        self._failure: VoxtrioClientError | None = None
+        self._closing = False
+        self._reader_scope = trio.CancelScope()
+        self._reader_blocked_on: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def active_requests(self) -> frozenset[str]:
+        return frozenset(self._requests)
+
+    def request(self, request_id: str) -> RequestState | None:
+        """The active request with that id, if any."""
+        return self._requests.get(request_id)
+
+    async def open_request(
+        self, kind: str, request_id: str | None, params: dict[str, Any]
+    ) -> RequestState:
+        """Register a request and send its opening message (`kind`: tts_request, ...)."""
+        self.check_usable()
+        rid = uuid.uuid4().hex if request_id is None else request_id
+        if rid in self._requests or rid in self._abandoned:
+            raise ValueError(f"request id {rid!r} is still active on this connection")
+        send, receive = trio.open_memory_channel[Item](self._queue_size)
+        request = RequestState(
+            rid,
+            params.get("mode", "streaming"),
+            params.get("format", "pcm16"),
+            send,
+            receive,
+            last_activity=trio.current_time(),
+        )
+        self._requests[rid] = request
+        try:
+            await self.send({"type": kind, "request_id": rid, "params": params})
+        except BaseException:
+            if self._requests.get(rid) is request:
+                del self._requests[rid]
+            receive.close()
+            raise
+        return request
+
+    async def send_cancel(self, request: RequestState) -> bool:
+        if request.cancel_sent or request.terminal_received or self._failure is not None:
+            return False
+        request.cancel_sent = True
+        await self.send({"type": "cancel", "request_id": request.request_id})
+        return True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.check_usable()
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        # Shielded with its own deadline: a send cut short by a cancellation would
+        # leave half a frame on the wire and the connection unusable.
+        deadline = trio.current_time() + self.send_timeout
+        with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            try:
+                await self._ws.send_message(text)
+            except ConnectionClosed as exc:
+                self._fail(self._lost(exc))
+                self.raise_failure()
+        if scope.cancelled_caught:
+            self._fail(
+                ConnectionLost(
+                    f"a message could not be sent within send_timeout={self.send_timeout:g} s"
+                ),
+                close_code=1011,
+            )
+            self.raise_failure()
+
+    # -- the reader task --------------------------------------------------------
+
+    async def read_loop(self) -> None:
+        """Read and dispatch until the connection ends; never raises (but Cancelled)."""
+        with self._reader_scope:
+            try:
+                while True:
+                    try:
+                        message = await self._ws.get_message()
+                    except ConnectionClosed as exc:
+                        self._fail(self._lost(exc))
+                        return
+                    if isinstance(message, str):
+                        await self._on_text(message)
+                    else:
+                        await self._on_frame(message)
+            except ProtocolViolation as exc:
+                log.error("closing the connection to %s: %s", self.url, exc)
+                self._fail(exc, close_code=1002)
+
+    async def _on_text(self, text: str) -> None:
+        message = parse_server_message(text)
+        match message:
+            case Pong(timestamp=timestamp):
+                waiter = self._pings.pop(timestamp, None)
+                if waiter is None:
+                    log.debug("pong %d matches no waiting ping (it came too late)", timestamp)
+                else:
+                    waiter.pong = message
+                    waiter.event.set()
+            case Progress(request_id=rid):
+                if request := self._lookup(rid, "progress"):
+                    request.progress = message
+            case Complete(request_id=rid, result=result):
+                if request := self._lookup(rid, "complete", terminal=True):
+                    if isinstance(result, SynthesisResult):
+                        request.check_result(result)
+                    await self._finish(request, message)
+            case Error(request_id=None, error=body):
+                error = SynthesisError(known_code(body.code), body.message, body.details)
+                log.warning("connection-level error from %s: %s %s", self.url, error, body.details)
+                self.connection_errors.append(error)
+            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
+                # Never a request's terminal: the answer to a cancel that crossed the
+                # request's own terminal message on the wire. Nothing to do.
+                log.debug("cancel of %r arrived after it had finished", rid)
+            case Error(request_id=str(rid)):
+                if request := self._lookup(rid, "error", terminal=True):
+                    await self._finish(request, message)
+
+    async def _on_frame(self, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except FrameError as exc:
+            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
+        meta: StreamingChunkMetadata | WholeAudioMetadata
+        if frame.type is FrameType.STREAMING_CHUNK:
+            meta = structure_payload(
+                StreamingChunkMetadata, frame.metadata, "streaming frame's metadata"
+            )
+        else:
+            meta = structure_payload(WholeAudioMetadata, frame.metadata, "audio frame's metadata")
+        if request := self._lookup(meta.request_id, "audio frame"):
+            chunk = request.accept_frame(frame.type, meta, frame.payload)
+            if chunk is not None:
+                await self._deliver(request, chunk)
+
+    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
+        """The active request a message names; None for an abandoned one (dropped)."""
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.last_activity = trio.current_time()
+            return request
+        if request_id in self._abandoned:
+            if terminal:
+                self._abandoned.discard(request_id)
+            return None
+        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
+
+    async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
+        request.terminal_received = True
+        # The server frees the id when it sends the terminal message: so do we.
+        del self._requests[request.request_id]
+        await self._deliver(request, terminal)
+        request.send.close()
+
+    async def _deliver(self, request: RequestState, item: Item) -> None:
+        try:
+            try:
+                request.send.send_nowait(item)
+            except trio.WouldBlock:
+                # The consumer is behind: wait for it (this pauses the whole connection).
+                self._reader_blocked_on = request.request_id
+                try:
+                    await request.send.send(item)
+                finally:
+                    self._reader_blocked_on = None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass  # the stream was closed (given up on): drop what it would have read
+
+    # -- failure --------------------------------------------------------------
+
+    def _fail(self, exc: VoxtrioClientError, *, close_code: int | None = None) -> None:
+        """The connection is unusable: wake every waiter with `exc` (the first failure wins)."""
+        if self._failure is None:
+            self._failure = exc
+        for request in self._requests.values():
+            request.send.close()
+        self._requests.clear()
+        for waiter in self._pings.values():
+            waiter.event.set()
+        self._reader_scope.cancel()
+        if close_code is not None and not self._closing:
+            self._closing = True
+            self._nursery.start_soon(self._close_ws, close_code, str(exc))
+
+    async def _close_ws(self, code: int, reason: str | None) -> None:
+        deadline = trio.current_time() + self.close_timeout
+        try:
+            with trio.CancelScope(shield=True, deadline=deadline):
+                await self._ws.aclose(code, reason[:120] if reason else None)
+        finally:
+            self._ws_closed.set()
+
+    def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
+        if self._closing and self._failure is not None:
+            return ConnectionLost(str(self._failure))
+        reason = exc.reason
+        if reason is None:
+            return ConnectionLost("the connection closed")
+        text = f" ({reason.reason})" if reason.reason else ""
+        hint = " (a message was over the server's size limit)" if reason.code == 1009 else ""
+        return ConnectionLost(
+            f"the server closed the connection: {reason.code} {reason.name}{text}{hint}",
+            code=reason.code,
+        )
+
+    def check_usable(self) -> None:
+        if self._failure is not None:
+            self.raise_failure()
+
+    def raise_failure(self) -> NoReturn:
+        failure = self._failure or ConnectionLost("the request ended without a terminal message")
+        raise clone_failure(failure)
+
+    def abandon(self, request: RequestState) -> None:
+        if self._requests.get(request.request_id) is request:
+            del self._requests[request.request_id]
+            self._abandoned.add(request.request_id)
+
+    def timeout_message(self, request_id: str, timeout: float) -> str:
+        message = f"no message about request {request_id!r} for response_timeout={timeout:g} s"
+        blocked = self._reader_blocked_on
+        if blocked is not None and blocked != request_id:
+            message += (
+                f"; the connection is paused because nobody reads request {blocked!r}: "
+                "read every open stream, each from its own task"
+            )
+        return message
+
+    async def ping(self, ping_timeout: float) -> float:
+        """Send a protocol `ping` and return the round trip in seconds."""
+        self.check_usable()
+        timeout = ping_timeout
+        # Unique timestamps: the pong is matched to its ping by the echoed value.
+        timestamp = max(int(time.time() * 1000), self._last_ping_timestamp + 1)
+        self._last_ping_timestamp = timestamp
+        waiter = _PingWaiter(trio.current_time())
+        self._pings[timestamp] = waiter
+        try:
+            await self.send({"type": "ping", "timestamp": timestamp})
+            with trio.move_on_after(timeout):
+                await waiter.event.wait()
+        finally:
+            self._pings.pop(timestamp, None)
+        if waiter.pong is not None:
+            return trio.current_time() - waiter.sent_at
+        if self._failure is not None:
+            self.raise_failure()
+        raise ResponseTimeout(f"no pong within ping_timeout={timeout:g} s")
+
+    async def aclose(self) -> None:
+        """Close the connection (1000), waiting at most `close_timeout` for the handshake."""
+        if not self._closing:
+            self._closing = True
+            self._fail(ConnectionLost("the client was closed"))
+            await self._close_ws(1000, None)
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.close_timeout):
+            await self._ws_closed.wait()  # a 1002 close may be under way in the nursery
+        # trio-websocket leaves the socket open when the server closed first.
+        await trio.aclose_forcefully(self._stream)
