@@ -27,7 +27,9 @@ else
   export PYTHONPATH="$PWD"
 fi
 "$PY" - <<'PY' || { echo "FAILED: imports (carry .whl from bench/gpu_wheels.sh)"; exit 1; }
-import torch, voxcpm, trio, av  # noqa: F401
+import torch, trio, av  # noqa: F401
+from voxtrio.speech._voxcpm_import import import_voxcpm
+import_voxcpm()
 import voxtrio._app  # noqa: F401
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")

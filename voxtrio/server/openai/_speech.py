@@ -127,12 +127,7 @@ async def synthesize_speech(
     if context.voices is not None:
         voice = await context.voices.resolve(options, request_id)
         base_spec = attrs.evolve(
-            base_spec,
-            voice_id=voice.voice_id,
-            voice_description=voice.voice_description,
-            prompt_audio=voice.prompt_audio,
-            prompt_text=voice.prompt_text,
-            prompt_mode=voice.prompt_mode,
+            base_spec, voice_id=voice.voice_id, voice_description=voice.voice_description
         )
     elif options.voice_description is not None:
         raise ProtocolError(
