@@ -29,8 +29,8 @@ RATE_RANGE: Final = (0.5, 2.0)
 PITCH_RANGE: Final = (0.5, 2.0)
 SDK_MAX_SEED: Final = 65535  # the SDK's documented range (speech_synthesizer.py:335)
 
+TEXT_TYPES: Final = ("PlainText", "SSML")  # "SSML" turns SSML on, as enable_ssml does
 IGNORED_PARAMETERS: Final[dict[str, Any]] = {
-    "text_type": "PlainText",  # always sent by the SDK; SSML is enable_ssml's job
     "word_timestamp_enabled": False,  # sentence timestamps are sent; words stay []
     "language_hints": None,  # the model detects the language from the text
     "instruction": None,  # CosyVoice instruct models only
@@ -70,8 +70,8 @@ class RunTaskParameters:
     seed: int | None = attrs.field(default=None, metadata=field_range(0, SDK_MAX_SEED))
     bit_rate: int | None = None  # kbit/s, as the SDK's AudioFormat enum carries it
     enable_ssml: bool = False
+    text_type: str = "PlainText"
     # Accepted, unused: see IGNORED_PARAMETERS.
-    text_type: Any = None
     word_timestamp_enabled: Any = None
     language_hints: Any = None
     instruction: Any = None
@@ -104,6 +104,9 @@ class RunTaskPayload:
     parameters: RunTaskParameters = attrs.Factory(RunTaskParameters)
 
 
+# A task's parameters are fixed by its run-task. Go's encoding/json cannot omit an empty
+# struct, so relays send `"parameters": {"voice": "", "rate": 0, ...}` on continue-task
+# and finish-task; DashScope accepts and ignores it, and so does voxtrio (any object).
 @attrs.frozen(kw_only=True)
 class ContinueTaskPayload:
     # The SDK repeats these on every continue-task; they are checked, not used.
@@ -112,6 +115,7 @@ class ContinueTaskPayload:
     task: str = "tts"
     function: str = "SpeechSynthesizer"
     input: ContinueInput = attrs.Factory(ContinueInput)
+    parameters: dict[str, Any] | None = None  # ignored (see above)
 
 
 @attrs.frozen(kw_only=True)
@@ -121,6 +125,7 @@ class FinishTaskPayload:
     task: str = "tts"
     function: str = "SpeechSynthesizer"
     input: FinishInput = attrs.Factory(FinishInput)
+    parameters: dict[str, Any] | None = None  # ignored, as on continue-task
 
 
 @attrs.frozen
@@ -140,6 +145,8 @@ class FinishTaskMessage:
     header: Header
     payload: FinishTaskPayload = attrs.Factory(FinishTaskPayload)
 
+
+_HEADER_KEYS: Final = frozenset(a.name for a in attrs.fields(Header))
 
 DashScopeMessage = RunTaskMessage | ContinueTaskMessage | FinishTaskMessage
 _MESSAGE_TYPES: Final[dict[str, type[DashScopeMessage]]] = {
@@ -186,6 +193,9 @@ def parse_dashscope_message(text: str) -> DashScopeMessage:
     task_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_TASK_ID_CHARS else None
     action = header.get("action")
     cls = _MESSAGE_TYPES.get(action) if isinstance(action, str) else None
+    # Header keys this server does not know are dropped: DashScope ignores them, and
+    # relays add their own (tracing ids and the like). The keys it knows stay strict.
+    data = {**data, "header": {k: v for k, v in header.items() if k in _HEADER_KEYS}}
     if cls is None:
         shown = repr(action[:64]) if isinstance(action, str) else "missing"
         raise invalid_parameter(

@@ -50,6 +50,7 @@ from voxtrio.speech._speak import (
     encoding_transform,
     generate_utterance,
 )
+from voxtrio.voices._aliases import ResolvedVoice
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.dashscope")
@@ -105,6 +106,24 @@ class _SentenceSink:
         pass
 
 
+VOICE_SOURCES = (
+    "voices come from this server's voice library ('default' and registered voices) and "
+    "its CosyVoice alias table (the built-in catalog plus cosyvoice-aliases.toml in the "
+    "voice library directory; see docs/dashscope-notes.md)"
+)
+
+
+def dashscope_voices(voices: VoiceService | None) -> dict[str, ResolvedVoice]:
+    """Every voice name a task may use now, in voxtrio's terms."""
+    if voices is None:
+        return {"default": ResolvedVoice(None, None, "library")}
+    library = voices.voice_names()
+    if voices.aliases is None:
+        table = {name: ResolvedVoice(name, None, "library") for name in library}
+        return {**table, "default": ResolvedVoice(None, None, "library")}
+    return voices.aliases.resolved(library)
+
+
 class DashScopeConnection:
     """One client of the DashScope endpoint; the caller owns the socket."""
 
@@ -122,9 +141,13 @@ class DashScopeConnection:
         self.settings = settings
         self.pool = pool
         self.metrics = metrics
-        names = frozenset({"default"}) | (voices.voice_names() if voices else frozenset())
+        self.voice_table = dashscope_voices(voices)
         self.protocol = DashScopeTask(
-            DashScopeCapabilities(voices=names, dsp_available=dsp_available)
+            DashScopeCapabilities(
+                voices=frozenset(self.voice_table),
+                voice_sources=VOICE_SOURCES,
+                dsp_available=dsp_available,
+            )
         )
         self.writer = FrameWriter(ws, write_timeout=settings.write_timeout)
         self.task: RunningTask | None = None
@@ -228,11 +251,14 @@ class DashScopeConnection:
         params = start.params
         encoder = make_encoder(params, input_rate=self.pool.sample_rate)
         send, receive = trio.open_memory_channel[SpeakSentence | FinishTask](MAX_QUEUED_SENTENCES)
+        voice = self.voice_table[params.voice]  # the protocol checked the name
+        if voice.source != "library":
+            log.info("dashscope_voice_alias", voice=params.voice, resolved=attrs.asdict(voice))
         base_spec = SynthesisSpec(
             text="",
             seed=params.seed if params.seed is not None else secrets.randbits(63),
-            # The DashScope voice maps to the same library as the native voice_id.
-            voice_id=None if params.voice == "default" else params.voice,
+            voice_id=voice.voice_id,
+            voice_description=voice.description,
         )
         task = RunningTask(start.task_id, params, encoder, base_spec, send, receive)
         self.task = task
