@@ -692,3 +692,17 @@ def test_volume_curve(volume: int, gain: float) -> None:
     start = DashScopeTask().receive_text(run_task(volume=volume))[0]
     assert isinstance(start, StartTask)
     assert start.params.gain == gain
+
+
+def test_empty_text_on_finish_task_is_accepted_and_other_text_refused() -> None:
+    """Go relays send finish-task with `"input": {"text": ""}`; real text there is a mistake."""
+    task = started()
+    go_finish = json.loads(finish_task())
+    go_finish["payload"]["input"] = {"text": "late words"}
+    assert (
+        "payload.input.text" in failure(task.receive_text(json.dumps(go_finish)))["error_message"]
+    )
+    task = started()
+    go_finish["payload"]["input"] = {"text": ""}
+    events_sent = [e["header"]["event"] for e in events(task.receive_text(json.dumps(go_finish)))]
+    assert "task-failed" not in events_sent

@@ -92,6 +92,8 @@ class ContinueInput:
 @attrs.frozen(kw_only=True)
 class FinishInput:
     directive: str | None = None
+    # Go relays reuse run-task's input struct, so finish-task carries `"text": ""`.
+    text: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -230,5 +232,7 @@ def _check_envelope(message: DashScopeMessage, task_id: str | None) -> None:
     if isinstance(payload, FinishTaskPayload) and payload.input.directive not in (None, "cancel"):
         directive = payload.input.directive or ""
         errors.append(f"payload.input.directive must be 'cancel', got {directive[:64]!r}")
+    if isinstance(payload, FinishTaskPayload) and payload.input.text:
+        errors.append("payload.input.text must be empty on finish-task: send text in continue-task")
     if errors:
         raise invalid_parameter("; ".join(errors), task_id)
