@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="... for at most this many seconds (0: never wait). Default 0.25 cores, 10 s",
     )
     p.add_argument(
+        "--synthetic-replicas",
+        action="store_true",
+        help="synthetic: one replica thread per stream (the path before batching)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -292,6 +297,7 @@ async def _run_synthetic(args: argparse.Namespace, argv: Sequence[str]) -> dict[
         server_launcher=_launcher(args),
         quiet_below=args.quiet_below,
         quiet_patience=args.quiet_patience,
+        batched=not args.synthetic_replicas,
     )
     print("synthetic engine: the server alone", flush=True)
     figures = await _synthetic.synthetic(options)

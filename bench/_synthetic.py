@@ -40,6 +40,7 @@ class SyntheticOptions:
     server_launcher: Sequence[str] = (sys.executable, "-m", "voxtrio")
     quiet_below: float = 0.25
     quiet_patience: float = 10.0
+    batched: bool = True
 
     @property
     def chunk_seconds(self) -> float:
@@ -53,9 +54,10 @@ def server_arguments(options: SyntheticOptions) -> list[str]:
         "synthetic",
         "--synthetic-rtf",
         str(options.rtf),
-        # One replica per stream: the synthetic engine's thread sleeps between chunks.
-        "--workers",
-        str(peak),
+        # One step-loop thread paces every stream (batched); the old path needs one
+        # replica thread per stream, sleeping between its chunks.
+        *(("--workers", "1", "--max-batch", str(peak)) if options.batched else ()),
+        *(("--batched", "false", "--workers", str(peak)) if not options.batched else ()),
         "--max-concurrent",
         str(peak),
         "--max-connections",

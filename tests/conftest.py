@@ -6,7 +6,7 @@ import os
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,18 @@ from voxtrio._app import run_server
 from voxtrio._config import Settings
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._engine import EngineFactory
+from voxtrio.speech._seeding import use_generator
 from voxtrio.speech._synthetic import SyntheticEngine
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_thread_generator() -> Iterator[None]:
+    """A test that runs an engine on the main thread leaves no per-thread RNG behind.
+
+    Otherwise a later test's torch.manual_seed would not reach voxcpm's draws.
+    """
+    yield
+    use_generator(None)
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ from voxtrio.protocol._voice_rules import supported_modes
 from voxtrio.server._listener import ServerHandle, TtsServer
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech.batched._factory import batch_replicas
 from voxtrio.voices._aliases import AliasFileError, CosyVoiceAliases
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
@@ -103,15 +104,29 @@ async def run_server(
     """
     keys = keys if keys is not None else KeyStore()
     check_settings_exposure(settings, keys)
+    factory = engine_factory or engine_factory_for(settings)
+    replicas = None
+    if settings.batched:
+        replicas = batch_replicas(
+            factory,
+            workers=settings.workers,
+            max_batch=settings.max_batch,
+            prefill_group=settings.prefill_group,
+            credit_timeout=settings.write_timeout,
+        )
     pool = ReplicaPool(
-        engine_factory or engine_factory_for(settings),
+        factory,
         workers=settings.workers,
         max_admitted=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
         stop_timeout=settings.stop_timeout,
         chunk_buffer=settings.chunk_buffer,
+        replicas=replicas,
     )
     metrics = Metrics(engine=settings.engine, model=settings.model)
+    for replica in replicas or ():
+        replica.stats.on_step = metrics.step_observed
+        replica.stats.on_prefill = metrics.prefill_observed
     server = TtsServer(settings, pool, keys=keys, metrics=metrics)
     checks = HealthChecks(
         lambda: snapshot(pool, draining=server.draining), stall_timeout=settings.stall_timeout

@@ -41,6 +41,11 @@ class Settings:
     max_concurrent: int = 10
     max_requests_per_connection: int = 4
     workers: int = 1
+    # Rows one model instance steps at once (0: auto, 16 on CPU, 64 on CUDA);
+    # `batched=False` runs the one-generation-per-replica path instead.
+    max_batch: int = 0
+    batched: bool = True
+    prefill_group: int = 2
     engine: Literal["voxcpm", "synthetic"] = "voxcpm"
     synthetic_rtf: float = 0.1
     model: str = "openbmb/VoxCPM-0.5B"
@@ -50,6 +55,8 @@ class Settings:
     denoiser_path: str | None = None
     max_text_chars: int = 5000
     max_message_bytes: int = 1024 * 1024
+    # Unfinished messages of all connections together (uploads are the large ones).
+    partial_message_budget_bytes: int = 64 * 1024 * 1024
     max_stream_buffer_chars: int = 20_000
     chunk_buffer: int = 2
     queue_timeout: float = 30.0
@@ -184,7 +191,25 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "active requests on one connection at most",
     ),
-    Option("workers", "TTS_WORKERS", _positive_int, "model replicas (one generation each)"),
+    Option("workers", "TTS_WORKERS", _positive_int, "model instances (each steps a batch)"),
+    Option(
+        "max_batch",
+        "TTS_MAX_BATCH",
+        _non_negative_int,
+        "generations one instance steps at once; 0 = auto (16 on CPU, 64 on CUDA)",
+    ),
+    Option(
+        "batched",
+        "TTS_BATCHED",
+        _bool,
+        "continuous batching (false: one generation per instance, the old path)",
+    ),
+    Option(
+        "prefill_group",
+        "TTS_PREFILL_GROUP",
+        _positive_int,
+        "new generations prefilled between two steps (bounds the stall of running ones)",
+    ),
     Option("engine", "TTS_ENGINE", _choice("voxcpm", "synthetic"), "voxcpm, or synthetic"),
     Option(
         "synthetic_rtf",
@@ -215,6 +240,12 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("max_text_chars", "TTS_MAX_TEXT_CHARS", _positive_int, "longest text accepted"),
     Option("max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"),
+    Option(
+        "partial_message_budget_bytes",
+        "TTS_PARTIAL_MESSAGE_BUDGET",
+        _positive_int,
+        "unfinished client messages of all connections together",
+    ),
     Option(
         "max_stream_buffer_chars",
         "TTS_MAX_STREAM_BUFFER_CHARS",

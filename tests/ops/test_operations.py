@@ -62,7 +62,9 @@ async def test_key_file_is_reloaded_on_sighup(tmp_path: Path) -> None:
 
 async def test_metrics_scrape_during_concurrent_requests(tmp_path: Path) -> None:
     """/metrics shows live gauges while requests run, and the totals once they finished."""
-    async with serve_process(tmp_path, "--synthetic-rtf", "0.2", "--workers", "2") as served:
+    async with serve_process(
+        tmp_path, "--synthetic-rtf", "0.2", "--workers", "2", "--max-batch", "1"
+    ) as served:
         assert served.metrics_url is not None
         text = "Several chunks of speech to keep the replicas busy for a while."
         during: dict[str, float] = {}

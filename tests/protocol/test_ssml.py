@@ -44,7 +44,16 @@ def test_pieces_keep_every_character() -> None:
 
 @pytest.mark.parametrize(
     ("time", "ms"),
-    [("500ms", 500), ("1s", 1000), ("1.5s", 1500), ("0.25s", 250), (" 2 S ", 2000), ("10s", 10000)],
+    [
+        ("500ms", 500),
+        ("1s", 1000),
+        ("1.5s", 1500),
+        ("0.25s", 250),
+        (" 2 S ", 2000),
+        ("10s", 10000),
+        ("2.6ms", 3),
+        (f"0.{'9' * 400}s", 1000),
+    ],
 )
 def test_break_time(time: str, ms: int) -> None:
     assert spoken(f'<speak>A<break time="{time}"/>B</speak>') == [
@@ -78,6 +87,8 @@ def test_bare_break_is_medium_and_time_wins_over_strength() -> None:
     ("attrs", "words"),
     [
         ('time="11s"', "at most 10000 ms"),
+        (f'time="{"9" * 400}s"', "at most 10000 ms"),  # float() would give inf
+        (f'time="{"9" * 400}.{"9" * 400}ms"', "at most 10000 ms"),
         ('time="-1s"', "expected a duration"),
         ('time="fast"', "expected a duration"),
         ('time="1 h"', "expected a duration"),

@@ -29,9 +29,9 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> Non
 
 @pytest.fixture
 async def paced(start_server: Callable[..., Any]) -> tuple[ServerHandle, SyntheticEngine]:
-    """A server whose one replica paces chunks (10 ms each), so requests can be caught mid-way."""
+    """A server with one slot that paces chunks (10 ms each), so requests can be caught mid-way."""
     engine = SyntheticEngine(rtf=10 / 160)
-    handle = await start_server(lambda: engine)
+    handle = await start_server(lambda: engine, max_batch=1)
     return handle, engine
 
 

@@ -87,7 +87,7 @@ async def test_seed_reproduces_audio_across_requests(voxcpm_server: Callable[...
 async def test_concurrent_seeded_requests_match_their_solo_runs(
     voxcpm_server: Callable[..., Any],
 ) -> None:
-    """Two replicas generating at once, on one and on two connections: no mixing, no drift."""
+    """Requests generating at once, on one and on two connections: no mixing, no drift."""
     handle = await voxcpm_server(workers=2)
     seeds = {"a": 1, "b": 2, "c": 3}
     alone = {
@@ -101,9 +101,17 @@ async def test_concurrent_seeded_requests_match_their_solo_runs(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(partial(one.until_terminal, *seeds, timeout=120))
             nursery.start_soon(partial(two.until_terminal, "a2", timeout=120))
+    # Batched rows run other matmul shapes than a lone one: float noise may move a
+    # sample by one int16 step, never more (the model itself checks 1e-5 per row).
     for rid in seeds:
-        assert one.outcomes[rid].audio == alone[rid], rid
-    assert two.outcomes["a2"].audio == alone["a"]
+        assert _pcm_close(one.outcomes[rid].audio, alone[rid]), rid
+    assert _pcm_close(two.outcomes["a2"].audio, alone["a"])
+
+
+def _pcm_close(a: bytes, b: bytes) -> bool:
+    left = np.frombuffer(a, "<i2").astype(int)
+    right = np.frombuffer(b, "<i2").astype(int)
+    return left.shape == right.shape and int(np.abs(left - right).max(initial=0)) <= 1
 
 
 async def test_cancel_mid_stream_then_serve_again(voxcpm_server: Callable[..., Any]) -> None:

@@ -22,7 +22,15 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from wsproto.utilities import LocalProtocolError
 
 from .fuzzing import DashLedger, continue_task, dumps, finish_task, run_task
-from .harness import Ledger, RawWebSocket, Refused, client_frame, connect, split_url
+from .harness import (
+    FRAMING_VIOLATIONS,
+    Ledger,
+    RawWebSocket,
+    Refused,
+    client_frame,
+    connect,
+    split_url,
+)
 
 TEXTS = (
     "Hello there.",
@@ -291,6 +299,37 @@ async def garbage(chaos: Chaos, rng: random.Random) -> None:
         await _read_all(ws, chaos, conn, until=lambda: not chaos.ledger.pending(conn))
 
 
+async def early_frame(chaos: Chaos, rng: random.Random) -> None:
+    """A request in the same TCP write as the handshake: answered like any other."""
+    conn = chaos.ledger.connection()
+    async with RawWebSocket.open(chaos.url, handshake=False) as raw:
+        chaos.ledger.started(conn, "early")
+        chaos.requests += 1
+        frame = client_frame(0x1, request_message("early", rng).encode())
+        await raw.handshake(split_url(chaos.url)[2], then=frame)
+        while chaos.ledger.pending(conn):
+            message = await raw.receive()
+            if message is None:
+                code = raw.closed.code if raw.closed else None
+                chaos.problems.append(f"early frame: closed ({code}) before the terminal")
+                return
+            chaos.ledger.observe(conn, message)
+
+
+async def framing_violation(chaos: Chaos, rng: random.Random) -> None:
+    """A frame RFC 6455 forbids: the server answers with the close code it calls for."""
+    name = rng.choice(sorted(FRAMING_VIOLATIONS))
+    frame, expected = FRAMING_VIOLATIONS[name]
+    async with RawWebSocket.open(chaos.url) as raw:
+        await raw.send_raw(frame)
+        while await raw.receive() is not None:
+            pass
+    code = raw.closed.code if raw.closed else None
+    if code != expected:
+        chaos.problems.append(f"framing violation {name}: closed with {code}, not {expected}")
+    chaos.note(f"closed {code}")
+
+
 async def dashscope_polite(chaos: Chaos, rng: random.Random) -> None:
     """A whole DashScope task: run, a few continue-tasks, finish, task-finished."""
     ledger = DashLedger()
@@ -344,6 +383,8 @@ NATIVE: dict[str, tuple[Behaviour, int]] = {
     "cancel_storm": (cancel_storm, 3),
     "ping_flood": (ping_flood, 1),
     "garbage": (garbage, 2),
+    "early_frame": (early_frame, 1),
+    "framing_violation": (framing_violation, 1),
     "dashscope_polite": (dashscope_polite, 3),
     "dashscope_vanish": (dashscope_vanish, 2),
 }

@@ -82,6 +82,8 @@ class Case:
         close: frozenset[int] = frozenset(),
         duplicate: bool = False,
         maybe_starts: str | None = None,
+        fields: frozenset[str] = frozenset(),
+        max_answer: int | None = None,
     ) -> None:
         self.label = label
         self.payload = payload  # sent as a text (str) or binary (bytes) message
@@ -92,6 +94,8 @@ class Case:
         # Starts this request if the server's parser gets to its id: deep nesting may be
         # refused as INVALID_JSON first, and where depends on the stack the parser runs on.
         self.maybe_starts = maybe_starts
+        self.fields = fields  # paths the error's details must all name (all reported at once)
+        self.max_answer = max_answer  # bytes an answer may take (no reply amplification)
 
     def __repr__(self) -> str:
         return f"Case({self.label!r}, {_show(self)})"
@@ -445,6 +449,72 @@ def refused_case(draw: st.DrawFn, ids: Ids) -> Case:
     return Case("refused_params", dumps(body), expect=codes("INVALID_PARAMS"))
 
 
+# A lone surrogate: json.dumps writes it as a legal escape ("\ud800"), which decodes to a
+# str no UTF-8 encoder takes. Issue 15 #1: every echo of one closed the connection (1011).
+lone_surrogates = st.integers(0xD800, 0xDFFF).map(chr)
+
+
+@st.composite
+def surrogate_case(draw: st.DrawFn, ids: Ids) -> Case:
+    """A lone surrogate in a request id, a key name or a text: INVALID_PARAMS, no close."""
+    lone = draw(lone_surrogates)
+    where = draw(st.sampled_from(["tts_id", "stream_id", "cancel_id", "key", "text", "delta"]))
+    invalid = codes("INVALID_PARAMS")
+    if where in ("tts_id", "stream_id"):
+        kind = "tts_request" if where == "tts_id" else "text_stream_start"
+        return Case("surrogate", dumps(base_message(kind, ids() + lone)), expect=invalid)
+    if where == "cancel_id":
+        return Case("surrogate", dumps({"type": "cancel", "request_id": lone}), expect=invalid)
+    if where == "delta":
+        body = {"type": "text_delta", "request_id": ANCHOR, "text": "Hi " + lone}
+        return Case("surrogate", dumps(body), expect=invalid)
+    message = base_message("tts_request", ids())
+    if where == "key":
+        message["params"]["cfg" + lone] = 1
+    else:
+        message["params"]["text"] = draw(st.sampled_from(SENTENCES)) + lone
+    return Case("surrogate", dumps(message), expect=invalid)
+
+
+@st.composite
+def key_flood(draw: st.DrawFn, ids: Ids) -> Case:
+    """Thousands of unknown keys (within the size limit): a short answer (issue 15 #3)."""
+    count = draw(st.integers(200, 5000))
+    message = base_message("tts_request", ids())
+    target = message["params"] if draw(st.booleans()) else message
+    target.update({f"x{i}": 0 for i in range(count)})
+    return Case("key_flood", dumps(message), expect=codes("INVALID_PARAMS"), max_answer=4096)
+
+
+@st.composite
+def many_bad_fields(draw: st.DrawFn, ids: Ids) -> Case:
+    """Two to four fields broken in different ways, maybe a typo too: every one is
+    reported in one error (issue 15 #12: range and length errors were dropped)."""
+    field_names = st.sampled_from(sorted(REQUEST_FIELDS))
+    names = draw(st.lists(field_names, min_size=2, max_size=4, unique=True))
+    message = base_message("tts_request", ids())
+    for name in names:
+        kind, low, high = REQUEST_FIELDS[name]
+        how = draw(st.sampled_from(["type", "range"]))
+        if how == "range" and kind in ("int", "int?", "float"):
+            value = draw(out_of_range(kind, low, high))
+        elif how == "range" and kind == "text":
+            value = "a" * draw(st.integers(5001, 6000))
+        else:
+            value = draw(wrong_value(kind))
+        message["params"][name] = value
+    fields = {f"params.{name}" for name in names}
+    if draw(st.booleans()):
+        message["params"]["cfg_valeu"] = 2
+        fields.add("params.cfg_valeu")
+    return Case(
+        "many_bad_fields",
+        dumps(message),
+        expect=codes("INVALID_PARAMS"),
+        fields=frozenset(fields),
+    )
+
+
 @st.composite
 def wire_case(draw: st.DrawFn) -> Case:
     """Broken framing: invalid UTF-8 in a text frame, a message over the size limit."""
@@ -466,6 +536,9 @@ def native_case(ids: Ids, *, wire: bool = True) -> st.SearchStrategy[Case]:
         deep_json(ids),
         id_case(ids),
         refused_case(ids),
+        surrogate_case(ids),
+        key_flood(ids),
+        many_bad_fields(ids),
         valid_native(ids),
     ]
     if wire:
@@ -553,6 +626,15 @@ def judge(case: Case, seen: list[dict[str, Any]], closed: int | None, stats: Fuz
         answered = sorted(got) or "nothing"
         stats.failures.append(
             f"{case.label}: expected one of {sorted(case.expect)}, got {answered}: {_show(case)}"
+        )
+    reported = {path for m in errors for path in m["error"].get("details", {})}
+    if case.fields - reported:
+        missing = sorted(case.fields - reported)
+        stats.failures.append(f"{case.label}: not reported: {missing}: {_show(case)}")
+    biggest = max((len(dumps(m)) for m in errors), default=0)
+    if case.max_answer is not None and biggest > case.max_answer:
+        stats.failures.append(
+            f"{case.label}: a {biggest}-byte answer, at most {case.max_answer}: {_show(case)}"
         )
 
 
@@ -660,7 +742,9 @@ class DashCase:
         task_id: str | None = "",
         ends_running: bool = False,
         starts: bool = False,
+        max_answer: int | None = None,
     ) -> None:
+        self.max_answer = max_answer  # bytes its task-failed may take
         self.label = label
         self.payload = payload
         self.task_id = task_id
@@ -724,6 +808,7 @@ SSML_BOMBS = (
     "<speak>unclosed",
     '<speak rate="2">x</speak>',
     "<speak>" + "Hi. " * 200 + "</speak>",
+    '<speak>A<break time="' + "9" * 400 + 's"/></speak>',  # float() overflow: issue 15 #2
 )
 
 
@@ -746,6 +831,8 @@ def dash_case(draw: st.DrawFn, ids: Ids, running: str | None) -> DashCase:
                 "huge_number",
                 "ssml",
                 "bad_id",
+                "surrogate",
+                "key_flood",
                 "valid",
             ]
         )
@@ -774,6 +861,19 @@ def dash_case(draw: st.DrawFn, ids: Ids, running: str | None) -> DashCase:
     if kind == "bad_id":
         task_id = draw(st.just("") | st.text(min_size=129, max_size=200) | not_str)
         return DashCase(kind, dumps(run_task(task_id)), ends_running=True)
+    if kind == "surrogate":
+        lone = draw(lone_surrogates)
+        where = draw(st.sampled_from(["task_id", "key", "voice", "text"]))
+        if where == "task_id":
+            return DashCase(kind, dumps(run_task(fresh + lone)), task_id=fresh + lone)
+        if where == "text" and running is not None:  # echoed in sentence-begin, once
+            text = "Hi " + lone + "."
+            return DashCase(kind, dumps(continue_task(running, text)), task_id=running)
+        parameter = {"cfg" + lone: 1} if where == "key" else {"voice": "v" + lone}
+        return DashCase(kind, dumps(run_task(fresh, **parameter)), task_id=fresh)
+    if kind == "key_flood":
+        flood = {f"x{i}": 0 for i in range(draw(st.integers(200, 4000)))}
+        return DashCase(kind, dumps(run_task(fresh, **flood)), task_id=fresh, max_answer=4096)
     if kind == "huge_number":
         digits = "9" * draw(st.integers(4301, 30_000))
         text = dumps(run_task(fresh, volume="__N__")).replace('"__N__"', digits)
@@ -918,6 +1018,9 @@ async def run_dash_example(url: str, draw_case: Any, n_cases: int, stats: FuzzSt
                 await ws.send_message(sentinel(stamp))
             seen, closed = await _until_dash_sentinel(ws, ledger, stamp)
             failed = [e["header"]["task_id"] for e in seen if e["header"]["event"] == "task-failed"]
+            biggest = max((len(dumps(e)) for e in seen), default=0)
+            if case.max_answer is not None and biggest > case.max_answer:
+                stats.failures.append(f"dashscope.{case.label}: a {biggest}-byte answer")
             for e in seen:
                 if e["header"]["event"] == "task-failed":
                     stats.answers[f"dashscope.{e['header']['error_code']}"] += 1

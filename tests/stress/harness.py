@@ -71,6 +71,9 @@ LIVE_GAUGES = (
 IDLE_TRIO_WORKER = re.compile(r"Trio thread \d+")
 # RSS after a run may exceed the warmed-up level by this fraction at most.
 RSS_TOLERANCE = 0.10
+# Python's own heap (allocated blocks, after gc) may exceed its warmed-up count by this
+# fraction at most: allocator-independent, so it is the leak check for Python objects.
+HEAP_TOLERANCE = 0.05
 # Client messages that must be this big to carry audio: trio-websocket's default is 1 MiB.
 CLIENT_MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -387,6 +390,17 @@ def client_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     return head + mask + masked
 
 
+# Framing violations and the close code RFC 6455 asks the server to answer with.
+FRAMING_VIOLATIONS: dict[str, tuple[bytes, int]] = {
+    "rsv_bits": (bytes([0xC1]) + client_frame(0x1, b"hi")[1:], 1002),
+    "reserved_opcode": (client_frame(0x3, b"hi"), 1002),
+    "unmasked_frame": (bytes([0x81, 0x02]) + b"hi", 1002),
+    "oversized_ping": (client_frame(0x9, b"x" * 126), 1002),
+    "bad_close_code": (client_frame(0x8, struct.pack(">H", 999)), 1002),
+    "bad_utf8": (client_frame(0x1, b"\xff\xfe"), 1007),
+}
+
+
 class Refused(Exception):
     """The server refused the handshake with this HTTP status."""
 
@@ -427,8 +441,9 @@ class RawWebSocket:
         async with self._send_lock:
             await self.stream.send_all(data)
 
-    async def handshake(self, path: str) -> None:
-        await self._send(self.handshake_bytes(path))
+    async def handshake(self, path: str, *, then: bytes = b"") -> None:
+        """The upgrade; `then` goes in the same TCP write (RFC 6455 says wait for the 101)."""
+        await self._send(self.handshake_bytes(path) + then)
         with trio.fail_after(10):
             while True:
                 data = await self.stream.receive_some(65536)
@@ -618,6 +633,8 @@ class LeakCheck:
     pid: int | None = None  # None: the server runs in this process
     rss_warm: int | None = None
     rss_history: list[int] = attrs.Factory(list)
+    heap_warm: int | None = None  # in-process only: sys.getallocatedblocks()
+    heap_history: list[int] = attrs.Factory(list)
 
     @classmethod
     def before_start(cls) -> frozenset[threading.Thread]:
@@ -643,6 +660,8 @@ class LeakCheck:
     def warm(self) -> int:
         release_memory()
         self.rss_warm = rss_bytes(self.pid)
+        if self.pid is None:
+            self.heap_warm = sys.getallocatedblocks()
         return self.rss_warm
 
     async def audit(
@@ -668,6 +687,11 @@ class LeakCheck:
         self.rss_history.append(rss)
         if self.rss_warm is not None and rss > self.rss_warm * (1 + RSS_TOLERANCE):
             leaks["rss"] = {"warm": self.rss_warm, "now": rss}
+        if self.pid is None:
+            heap = sys.getallocatedblocks()
+            self.heap_history.append(heap)
+            if self.heap_warm is not None and heap > self.heap_warm * (1 + HEAP_TOLERANCE):
+                leaks["python_heap"] = {"warm": self.heap_warm, "now": heap}
         return leaks
 
 

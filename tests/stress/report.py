@@ -8,13 +8,14 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from .harness import RSS_TOLERANCE
+from .harness import HEAP_TOLERANCE, RSS_TOLERANCE
 
 ROOT = Path(__file__).resolve().parents[2]
 
 FIXED = "fixed in 6fd5115"
 FIXED_LATER = "fixed in bc23cdc"
 FIXED_CODECS = "fixed in aebba92"
+FIXED_HOSTILE = "fixed (issue 15)"
 
 # Every fault the suites found: what, where, the regression test that pins it, status.
 FINDINGS: tuple[tuple[str, str, str, str], ...] = (
@@ -40,7 +41,8 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "An integer literal over 4300 digits makes json.loads raise a plain ValueError, "
         "which escapes the read loop: the connection closes with 1011 and its running "
         "requests die (both endpoints)",
-        "voxtrio/_messages.py and voxtrio/_dashscope.py `parse_client_message`",
+        "voxtrio/protocol/_messages.py `parse_client_message`, "
+        "voxtrio/protocol/_dashscope_messages.py `parse_dashscope_message`",
         "test_integer_literal_beyond_4300_digits_is_an_error_not_a_closed_connection`, "
         "`test_dashscope_integer_literal_beyond_4300_digits_is_task_failed",
         FIXED,
@@ -107,6 +109,69 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "test_closed_encoder_keeps_no_codec_threads",
         FIXED_CODECS,
     ),
+    (
+        "With --allow-voice-upload every message of both endpoints may be ~14 MB, and "
+        "unfinished ones are parked without a server-wide bound: 99 connections took 2.2 GB",
+        "voxtrio/server/_websocket.py `VoxWebSocketConnection`, `PartialMessageBudget`",
+        "test_unfinished_messages_share_one_server_wide_budget`, "
+        "`test_parked_partial_uploads_are_bounded_server_wide",
+        FIXED_HOSTILE,
+    ),
+    (
+        "80 slowloris connections fill the side port's 64 slots: /ready probes are reset "
+        "and every refusal logs a warning",
+        "voxtrio/ops/_http.py `_HttpServer.handle`",
+        "test_health_checks_are_answered_under_slowloris`, "
+        "`test_slowloris_on_the_side_port_leaves_ready_answering",
+        FIXED_HOSTILE,
+    ),
+    (
+        "An ID3 tag in front of AIFF/AU is sniffed as MP3 and libsndfile decodes the AIFF",
+        "voxtrio/voices/_audio.py `sniff_format`",
+        "test_id3_tag_does_not_smuggle_another_container`, "
+        "`test_id3_prefixed_aiff_is_refused_by_voice_register",
+        FIXED_HOSTILE,
+    ),
+    (
+        "A frame in the same TCP write as the handshake is dropped (wsproto's server "
+        "handshake discards h11's trailing data on accept): the request is never answered",
+        "voxtrio/server/_websocket.py `HeadFirstStream`",
+        "test_frame_in_the_handshake_write_is_answered` (and chaos `early_frame`",
+        FIXED_HOSTILE,
+    ),
+    (
+        "Framing violations (RSV bits, reserved opcode, unmasked or oversized control frame, "
+        "bad close code, bad UTF-8) end in a TCP drop: trio-websocket only answers a close "
+        "the peer sent, not the one wsproto raises on a parse failure",
+        "voxtrio/server/_websocket.py `_handle_close_connection_event`",
+        "test_framing_violation_gets_a_close_frame` (and chaos `framing_violation`",
+        FIXED_HOSTILE,
+    ),
+    (
+        "A flood of 1xx responses from an allow-listed origin is parsed without a checkpoint "
+        "until the fetch deadline: a bystander's ping waited up to 361 ms",
+        "voxtrio/voices/_fetch.py `_exchange`",
+        "test_interim_response_flood_is_refused_promptly`, "
+        "`test_interim_response_flood_does_not_stall_the_server",
+        FIXED_HOSTILE,
+    ),
+    (
+        "IPv6 forms of IPv4 addresses were judged as IPv6: NAT64 and IPv4-compatible forms "
+        "of metadata addresses pass with allow-private on, 6to4 forms of loopback/private "
+        "with it off (NAT64/compatible were refused only as 'reserved' ::/8)",
+        "voxtrio/voices/_fetch.py `embedded_ipv4`",
+        "test_embedded_metadata_is_refused_even_with_allow_private`, "
+        "`test_ipv6_forms_of_ipv4_addresses_are_judged_by_the_ipv4_address",
+        FIXED_HOSTILE,
+    ),
+    (
+        "The misbehaving-clients audit failed a server that does not leak: RSS rises "
+        "over the next one or two client mixes (allocator high-water, +15 %) then stays flat "
+        "over 8 rounds while Python's heap stays within 1 %",
+        "tests/stress/runs.py `chaos_rounds` (one warm-up round; now three, plus a heap check)",
+        "test_hundreds_of_misbehaving_clients_leave_no_leaks",
+        FIXED_HOSTILE,
+    ),
 )
 
 
@@ -148,7 +213,7 @@ def render(figures: dict[str, Any], soak: dict[str, Any] | None, png: Path | Non
         "```",
         "",
         "The heavy suites take sizes from the environment: `VOXTRIO_FUZZ_EXAMPLES` (1500),",
-        "`VOXTRIO_STRESS_CLIENTS` (300), `VOXTRIO_STRESS_ROUNDS` (4).",
+        "`VOXTRIO_STRESS_CLIENTS` (300), `VOXTRIO_STRESS_ROUNDS` (5).",
         "",
         "## Figures",
         "",
@@ -158,6 +223,7 @@ def render(figures: dict[str, Any], soak: dict[str, Any] | None, png: Path | Non
     lines += _fuzz_section(figures)
     lines += _clients_section(figures)
     lines += _faults_section(figures)
+    lines += _hostile_section(figures)
     lines += _soak_section(soak, png)
     lines += _policy_section()
     lines += _findings_section()
@@ -279,9 +345,16 @@ def _clients_section(figures: dict[str, Any]) -> list[str]:
         f"- DashScope task outcomes: {_counts(fig['dashscope_outcomes'])}.",
         f"- Exactly-one-terminal violations: {len(fig['violations'])}; server error logs: "
         f"{len(fig['server_errors'])}{_first(fig['server_errors'])}; leaks: {len(fig['leaks'])}.",
-        f"- RSS after the warm-up round {fig['rss_warm_mb']} MiB; after each round "
-        f"{', '.join(map(str, fig['rss_after_rounds_mb']))} MiB (limit +{RSS_TOLERANCE:.0%}).",
+        f"- RSS after the {fig.get('warmup_rounds', 1)} warm-up rounds {fig['rss_warm_mb']} "
+        f"MiB; after each round {', '.join(map(str, fig['rss_after_rounds_mb']))} MiB "
+        f"(limit +{RSS_TOLERANCE:.0%}).",
     ]
+    if fig.get("heap_warm_blocks"):
+        lines.append(
+            f"- Python heap (allocated blocks) after the warm-up {_n(fig['heap_warm_blocks'])}; "
+            f"after each round {', '.join(map(_n, fig['heap_after_rounds_blocks']))} "
+            f"(limit +{HEAP_TOLERANCE:.0%})."
+        )
     lines.append(
         f"- Cancels that got neither complete {{cancelled}} nor UNKNOWN_REQUEST: "
         f"{len(fig['unanswered_cancels'])}{_first(fig['unanswered_cancels'])}."
@@ -325,6 +398,52 @@ def _faults_section(figures: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def _hostile_section(figures: dict[str, Any]) -> list[str]:
+    """Issue 15's attacks, each against a server of its own (tests/stress/test_hostile.py)."""
+    lines = ["### Hostile input", ""]
+    fig = figures.get("hostile_uploads")
+    if fig:
+        lines.append(
+            f"- Parked uploads: {fig['connections']} connections each parking "
+            f"{fig['parked_mb_each']:g} MiB of an unfinished voice_register against a "
+            f"{fig['budget_mb']:g} MiB budget: {fig['refused']} closed with 1009, RSS "
+            f"+{fig['rss_growth_mb']} MiB at the peak."
+        )
+    fig = figures.get("hostile_slowloris")
+    if fig:
+        lines.append(
+            f"- Side-port slowloris: {fig['connections']} connections trickling a byte each; "
+            f"{fig['probes_ok']} of {fig['probes']} /ready probes answered 200; "
+            f"{fig['shed_warnings']} shed warning(s) logged."
+        )
+    fig = figures.get("hostile_interim_flood")
+    if fig:
+        lines.append(
+            f"- 1xx flood from an allow-listed origin: a bystander's ping p50 "
+            f"{fig['ping_p50_ms']} ms, max {fig['ping_max_ms']} ms; the request got "
+            f"`{fig['terminal']}`."
+        )
+    fig = figures.get("hostile_id3")
+    if fig:
+        lines.append(f"- ID3 + AIFF voice_register: `{fig['reply']}`.")
+    embedded = sorted(k for k in figures if k.startswith("hostile_embedded_ipv4_"))
+    for key in embedded:
+        address = key.removeprefix("hostile_embedded_ipv4_")
+        lines.append(f"- prompt_wav_url on [{address}]: `{figures[key]['reply']}`.")
+    fig = figures.get("clients")
+    if fig:
+        behaviours = fig["behaviours"]
+        lines.append(
+            f"- In the misbehaving-clients rounds: {behaviours.get('early_frame', 0)} clients "
+            f"sent their first request in the handshake's TCP write and "
+            f"{behaviours.get('framing_violation', 0)} broke RFC 6455 framing (each must get "
+            "its answer, or 1002/1007); violations are counted with the rounds' problems above."
+        )
+    if len(lines) == 2:
+        return []
+    return [*lines, ""]
 
 
 def _soak_section(soak: dict[str, Any] | None, png: Path | None) -> list[str]:
@@ -381,7 +500,10 @@ def _policy_section() -> list[str]:
         "  something carries its job's name instead, and counts as a leak;",
         f"- RSS within {RSS_TOLERANCE:.0%} of its warmed-up level, after `gc.collect()` and",
         "  glibc `malloc_trim(0)` (pages freed but not yet returned are not a leak). In-process",
-        "  the first round is the warm-up and the last round repeats it; the soak pauses its",
+        "  the first three rounds are the warm-up (the allocator's high-water mark settles over",
+        "  a few mixes of clients) and the last round repeats the first; there, too, Python's",
+        f"  heap (`sys.getallocatedblocks()`) within {HEAP_TOLERANCE:.0%} of its warmed-up",
+        "  count, which no allocator behaviour can hide or fake. The soak pauses its",
         "  load after the warm-up phase and measures the idle server process then and at the",
         "  end (threads too: no more at the end than after the warm-up);",
         "- no error-level line in the server's log, and (soak) a SIGTERM drain that exits 0.",
@@ -408,11 +530,10 @@ def _findings_section() -> list[str]:
         lines.append(f"| {fault} | {where} | `{test}` | {status} |")
     lines += [
         "",
-        "Also seen, in a dependency, and accepted by the suites: on invalid UTF-8 in a text",
-        "frame trio-websocket 0.12.2 drops the TCP connection without the 1007 close frame",
-        "RFC 6455 asks for (the client sees 1006); and a message far over the size limit may",
-        "reach the client as 1006 rather than 1009, when the kernel's reset to the bytes",
-        "still coming overtakes the close frame. Only that connection is affected.",
+        "Also seen, in a dependency, and accepted by the suites: a message far over the size",
+        "limit may reach the client as 1006 rather than 1009, when the kernel's reset to the",
+        "bytes still coming overtakes the close frame (trio-websocket closes the socket at",
+        "once). Only that connection is affected.",
         "",
         "By design, not a fault: a generation that hangs holds its request until the client",
         "cancels or leaves (the cancel is answered after --stop-timeout, the replica stays",

@@ -13,7 +13,7 @@ from . import runs
 pytestmark = pytest.mark.slow
 
 CLIENTS = int(os.environ.get("VOXTRIO_STRESS_CLIENTS", "300"))
-ROUNDS = int(os.environ.get("VOXTRIO_STRESS_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("VOXTRIO_STRESS_ROUNDS", "5"))
 
 
 async def test_hundreds_of_misbehaving_clients_leave_no_leaks(

@@ -245,6 +245,15 @@ def test_metadata_is_refused_even_with_allow_private() -> None:
     assert problem == "a cloud metadata address"
 
 
+@pytest.mark.parametrize("address", ["64:ff9b::a9fe:a9fe", "::a9fe:a9fe", "2002:a9fe:a9fe::1"])
+def test_embedded_metadata_is_refused_even_with_allow_private(address: str) -> None:
+    """NAT64, IPv4-compatible and 6to4 forms of a metadata address are refused as one."""
+    import ipaddress
+
+    problem = address_problem(ipaddress.ip_address(address), allow_private=True)
+    assert problem == "a cloud metadata address"
+
+
 async def test_any_bad_address_refuses_the_host(resolver: Resolver) -> None:
     """A name with one public and one private address is refused."""
 

@@ -9,7 +9,7 @@ from typing import Any, Final
 
 import attrs
 
-from voxtrio.client._connection import Connection
+from voxtrio.client._connection import ClientConnection
 from voxtrio.client._errors import SynthesisCancelled, SynthesisError
 from voxtrio.client._results import Speech
 from voxtrio.client._streams import SynthesisStream, TextStream
@@ -22,7 +22,7 @@ _STREAM_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(SynthesisOpt
 class VoxtrioClient:
     """One connection to a voxtrio server; make one with `connect()`."""
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: ClientConnection) -> None:
         self._connection = connection
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from trio_websocket import (
 )
 
 from voxtrio.client._client import VoxtrioClient
-from voxtrio.client._connection import Connection
+from voxtrio.client._connection import ClientConnection
 from voxtrio.client._errors import ConnectError
 
 log = logging.getLogger("voxtrio.client")
@@ -87,7 +87,7 @@ async def connect(
             extra_headers=extra_headers,
             max_message_size=max_message_size,
         )
-        connection = Connection(
+        connection = ClientConnection(
             ws,
             stream,
             nursery,

@@ -61,7 +61,7 @@ class _PingWaiter:
     pong: Pong | None = None
 
 
-class Connection:
+class ClientConnection:
     """The WebSocket, the active requests, and the first failure (see the module docstring)."""
 
     def __init__(

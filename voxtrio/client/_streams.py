@@ -8,7 +8,7 @@ from typing import Any, Final
 
 import trio
 
-from voxtrio.client._connection import Connection
+from voxtrio.client._connection import ClientConnection
 from voxtrio.client._errors import (
     ResponseTimeout,
     SynthesisError,
@@ -34,7 +34,7 @@ class SynthesisStream:
     SynthesisError. `progress` is the latest progress message, at any time.
     """
 
-    def __init__(self, connection: Connection, request: RequestState) -> None:
+    def __init__(self, connection: ClientConnection, request: RequestState) -> None:
         self._connection = connection
         self._request = request
         self.result: SynthesisResult | None = None
@@ -163,7 +163,7 @@ class TextStream(SynthesisStream):
     another task than the one sending, or the connection stalls.
     """
 
-    def __init__(self, connection: Connection, request: RequestState) -> None:
+    def __init__(self, connection: ClientConnection, request: RequestState) -> None:
         super().__init__(connection, request)
         self.text_ended = False
 

@@ -83,6 +83,9 @@ RTF_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5
 
 LiveValue = Callable[[], float]
 
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
+
 _LIVE_GAUGES = {
     "active_connections": (
         "voxcpm_tts_active_connections",
@@ -194,6 +197,24 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.batch_size = Histogram(
+            "voxcpm_tts_batch_size",
+            "Generations advanced by one step of a model instance's step loop",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.step_seconds = Histogram(
+            "voxcpm_tts_step_seconds",
+            "Time one batched step took (every running generation by one chunk)",
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.prefill_seconds = Histogram(
+            "voxcpm_tts_prefill_seconds",
+            "Time one prefill group took (the stall running generations saw)",
+            buckets=STEP_SECONDS_BUCKETS,
+            registry=r,
+        )
         self.build_info = Info("voxcpm_tts_build", "voxtrio build and runtime", registry=r)
         self.build_info.info(
             {
@@ -243,6 +264,14 @@ class Metrics:
             "ready": ready,
         }
         self._live.sources.update({key: fn for key, fn in given.items() if fn is not None})
+
+    def step_observed(self, rows: int, seconds: float) -> None:
+        """A step loop's thread: one batched step (prometheus_client is thread-safe)."""
+        self.batch_size.observe(rows)
+        self.step_seconds.observe(seconds)
+
+    def prefill_observed(self, rows: int, seconds: float) -> None:
+        self.prefill_seconds.observe(seconds)
 
     def connection_opened(self) -> None:
         self.connections.inc()

@@ -1,23 +1,33 @@
 """The one cattrs converter of the protocol, and strict structuring with every error at once.
 
-Parsing is strict (no "7" for 7, no 1 for true), refuses unknown keys (typos),
-checks every range declared on a field (:func:`field_range`, :func:`field_length`,
-``choices``), and reports every bad field at once as
-`details: {"params.cfg_value": "must be between 0.1 and 10.0", ...}`.
+Parsing is strict (no "7" for 7, no 1 for true, no lone surrogates in strings), refuses
+unknown keys (typos), checks every range declared on a field (:func:`field_range`,
+:func:`field_length`, ``choices``) while it structures that field (`_field_limits`), and
+reports every bad field at once as
+`details: {"params.cfg_value": "must be between 0.1 and 10.0", ...}`: type, range and
+unknown-key errors together, at most MAX_REPORTED_KEYS unknown keys per object.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
-from typing import Any, Final, get_args
+from typing import Any, Final, TypeVar, get_args
 
-import attrs
 import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 from cattrs.literals import is_literal
 
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._field_limits import LimitError, install_limit_hooks
+from voxtrio.protocol._json import lone_surrogate_problem, shown
 from voxtrio.protocol._voice_rules import VoiceError, VoiceId, check_voice_id
+
+T = TypeVar("T")
+
+# Unknown keys named per object; the rest are counted. Bounds the work and the reply.
+MAX_REPORTED_KEYS: Final = 10
+MAX_PROBLEM_CHARS: Final = 200
 
 
 def field_range(low: float, high: float) -> dict[str, Any]:
@@ -52,6 +62,9 @@ def _strict_float(value: Any, _: type) -> float:
 def _strict_str(value: Any, _: type) -> str:
     if not isinstance(value, str):
         raise _FieldError(f"must be a string, got {json_type(value)}")
+    # The one check every inbound string passes, on both endpoints.
+    if (problem := lone_surrogate_problem(value)) is not None:
+        raise _FieldError(problem)
     return value
 
 
@@ -102,6 +115,7 @@ def _structure_voice_id(value: Any, _: type) -> VoiceId:
 
 def _make_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=True, detailed_validation=True)
+    install_limit_hooks(conv)
     conv.register_structure_hook_factory(is_literal, _strict_literal)
     conv.register_structure_hook(int, _strict_int)
     conv.register_structure_hook(float, _strict_float)
@@ -112,30 +126,6 @@ def _make_converter() -> cattrs.Converter:
 
 
 converter: Final = _make_converter()
-
-
-def _check_declared_limits(obj: Any, prefix: str, errors: dict[str, str]) -> None:
-    """Check the `range`/`length` metadata of every field, recursing into attrs fields."""
-    for field in attrs.fields(type(obj)):
-        value = getattr(obj, field.name)
-        path = f"{prefix}{field.name}"
-        if attrs.has(type(value)):
-            _check_declared_limits(value, f"{path}.", errors)
-            continue
-        if value is None:
-            continue
-        if (bounds := field.metadata.get("range")) is not None:
-            low, high = bounds
-            if not low <= value <= high:
-                errors[path] = f"must be between {low} and {high}, got {value}"
-        if (choices := field.metadata.get("choices")) is not None and value not in choices:
-            errors[path] = f"must be one of {', '.join(map(str, choices))}, got {value}"
-        if (length := field.metadata.get("length")) is not None:
-            low, high = length
-            if len(value) < low:
-                errors[path] = "must not be empty" if low == 1 else f"needs {low}+ characters"
-            elif len(value) > high:
-                errors[path] = f"too long: {len(value)} characters, at most {high}"
 
 
 def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> None:
@@ -153,12 +143,16 @@ def _collect_errors(exc: BaseException, path: str, errors: dict[str, str]) -> No
         for sub in unindexed:
             _collect_errors(sub, path, errors)
     elif isinstance(exc, ForbiddenExtraKeysError):
-        for key in sorted(exc.extra_fields):
-            errors[f"{path}.{key}" if path else key] = "unknown key"
+        # A message may carry ~10^5 unknown keys: name a few, count the rest.
+        named = heapq.nsmallest(MAX_REPORTED_KEYS, exc.extra_fields)
+        for key in named:
+            errors[f"{path}.{shown(key)}" if path else shown(key)] = "unknown key"
+        if (more := len(exc.extra_fields) - len(named)) > 0:
+            errors[f"{path}.*" if path else "*"] = f"and {more} more unknown keys"
     elif isinstance(exc, KeyError):
         errors[path] = "is required"
-    elif isinstance(exc, _FieldError):
-        errors[path] = str(exc)
+    elif isinstance(exc, _FieldError | LimitError):
+        errors[path] = str(exc)[:MAX_PROBLEM_CHARS]
     elif isinstance(exc, ExceptionGroup):
         for sub in exc.exceptions:
             _collect_errors(sub, path, errors)
@@ -171,28 +165,26 @@ def _describe_cattrs_error(exc: BaseException) -> str:
     text = str(exc)
     if isinstance(exc, AttributeError | TypeError):
         return "has the wrong type"
-    return text or type(exc).__name__
+    return shown(text, MAX_PROBLEM_CHARS) if text else type(exc).__name__
 
 
-def structure_message(cls: type[Any], payload: Any, *, request_id: str | None) -> Any:
+def structure_message(cls: type[T], payload: Any, *, request_id: str | None) -> T:
     """Build `cls` from decoded JSON, or raise INVALID_PARAMS naming every bad field."""
     errors: dict[str, str] = {}
     if not isinstance(payload, dict):
         raise ProtocolError(ErrorCode.INVALID_PARAMS, "message must be a JSON object")
     try:
-        obj = converter.structure(payload, cls)
+        return converter.structure(payload, cls)
     except (ClassValidationError, IterableValidationError) as exc:
         _collect_errors(exc, "", errors)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         _collect_errors(exc, "", errors)
-    else:
-        _check_declared_limits(obj, "", errors)
-        if not errors:
-            return obj
-    summary = "; ".join(f"{field}: {problem}" for field, problem in sorted(errors.items()))
+    # By path; a count of further unknown keys ("params.*") after the keys it follows.
+    details = dict(sorted(errors.items(), key=lambda item: (item[0].endswith("*"), item[0])))
+    summary = "; ".join(f"{field}: {problem}" for field, problem in details.items())
     raise ProtocolError(
         ErrorCode.INVALID_PARAMS,
         f"invalid {cls.__name__} message: {summary}",
-        details=dict(sorted(errors.items())),
+        details=details,
         request_id=request_id,
     )

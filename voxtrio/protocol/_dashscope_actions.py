@@ -65,6 +65,3 @@ class CancelTask:
 
 
 TaskAction = SendEvent | StartTask | SpeakSentence | FinishTask | CancelTask
-
-
-TaskAction = SendEvent | StartTask | SpeakSentence | FinishTask | CancelTask

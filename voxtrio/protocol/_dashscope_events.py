@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from voxtrio.protocol._json import dump_json
 
 
 def _header(task_id: str, event: str, **extra: Any) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def task_failed(task_id: str, code: str, message: str) -> dict[str, Any]:
 
 
 def dump_event(event: dict[str, Any]) -> str:
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return dump_json(event)
 
 
 def count_characters(text: str) -> int:

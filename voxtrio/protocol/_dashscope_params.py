@@ -32,10 +32,6 @@ _FORMATS: Final[dict[str, AudioFormat]] = {
     "default": DEFAULT_FORMAT,
 }
 
-# Parameters the SDK (or DashScope's docs) send that voxtrio accepts and does not use,
-# with the value that means "nothing asked". StartTask.ignored reports every one that
-# came with another value, so the I/O layer logs it: none is dropped silently.
-
 
 def volume_to_gain(volume: int) -> float:
     """DashScope volume 0-100 -> linear gain: volume / 50 (0 mute, 50 unchanged, 100 x2).

@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+from voxtrio.protocol._json import dump_json
+
 MAGIC = b"\xaa\x55"
 _HEAD = struct.Struct(">2sBBI")  # magic, type, reserved, metadata length
 _LENGTH = struct.Struct(">I")
@@ -39,7 +41,7 @@ class AudioFrame:
 
 def encode_frame(frame_type: FrameType, metadata: dict[str, Any], payload: bytes) -> bytes:
     """Serialise one frame; metadata is compact UTF-8 JSON."""
-    meta = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode()
+    meta = dump_json(metadata).encode()
     if len(meta) > MAX_METADATA_BYTES:
         raise FrameError(f"metadata is {len(meta)} bytes, over {MAX_METADATA_BYTES}")
     return b"".join(

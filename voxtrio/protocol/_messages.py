@@ -6,7 +6,6 @@ reported at once, as INVALID_PARAMS details.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final, Literal
 
 import attrs
@@ -20,6 +19,7 @@ from voxtrio.protocol._converter import (
 )
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._formats import OPUS_BIT_RATE_RANGE, SUPPORTED_RATES, AudioFormat
+from voxtrio.protocol._json import JsonRefused, dump_json, load_json
 from voxtrio.protocol._limits import (
     MAX_LEN_CAP,
     MAX_REQUEST_ID_CHARS,
@@ -29,6 +29,7 @@ from voxtrio.protocol._limits import (
 )
 from voxtrio.protocol._voice_messages import (
     VOICE_CLIENT_MESSAGE_TYPES,
+    VoiceClientMessage,
     VoiceServerMessage,
 )
 from voxtrio.protocol._voice_rules import VoiceId
@@ -119,8 +120,17 @@ class Ping:
     timestamp: int
 
 
-ClientMessage = TtsRequest | Cancel | Ping | TextStreamStart | TextDelta | TextFlush | TextStreamEnd
-CLIENT_MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
+ClientMessage = (
+    TtsRequest
+    | Cancel
+    | Ping
+    | TextStreamStart
+    | TextDelta
+    | TextFlush
+    | TextStreamEnd
+    | VoiceClientMessage
+)
+CLIENT_MESSAGE_TYPES: Final[dict[str, type[ClientMessage]]] = {
     "tts_request": TtsRequest,
     "cancel": Cancel,
     "ping": Ping,
@@ -208,16 +218,9 @@ ServerMessage = Progress | Complete | Error | Pong | VoiceServerMessage
 def parse_client_message(text: str) -> ClientMessage:
     """Decode one text frame from a client into a message, or raise ProtocolError."""
     try:
-        payload = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_JSON,
-            f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-        ) from None
-    except RecursionError:
-        raise ProtocolError(ErrorCode.INVALID_JSON, "JSON nested too deeply") from None
-    except ValueError as exc:  # e.g. an integer literal past Python's 4300-digit limit
-        raise ProtocolError(ErrorCode.INVALID_JSON, f"JSON not accepted: {exc}"[:200]) from None
+        payload = load_json(text)
+    except JsonRefused as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, exc.message) from None
     if not isinstance(payload, dict):
         raise ProtocolError(
             ErrorCode.INVALID_JSON, f"expected a JSON object, got {json_type(payload)}"
@@ -251,7 +254,7 @@ def parse_client_message(text: str) -> ClientMessage:
 
 def dump_message(message: ServerMessage) -> str:
     """Serialise a server message to the JSON text frame the client receives."""
-    return json.dumps(converter.unstructure(message), separators=(",", ":"), ensure_ascii=False)
+    return dump_json(converter.unstructure(message))
 
 
 def error_message(exc: ProtocolError, *, terminal: bool = False) -> Error:

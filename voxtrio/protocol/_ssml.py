@@ -29,6 +29,7 @@ whole ``<s>``) and the pieces concatenate to the spoken text; pieces with nothin
 
 from __future__ import annotations
 
+import decimal
 import re
 import xml.etree.ElementTree as ET
 from typing import Final
@@ -190,11 +191,12 @@ def parse_break_time(value: str, max_ms: int) -> int:
     match = _TIME_RE.fullmatch(value)
     if match is None:
         raise SsmlError(f'<break time="{value[:40]}">: expected a duration like "500ms" or "1.5s"')
-    number, unit = float(match.group(1)), match.group(2).lower()
-    ms = round(number * (1000 if unit == "s" else 1))
+    # Decimal, not float: "9" * 400 is a valid number that float() turns into inf.
+    number, unit = decimal.Decimal(match.group(1)), match.group(2).lower()
+    ms = number * (1000 if unit == "s" else 1)
     if ms > max_ms:
         raise SsmlError(f'<break time="{value[:40]}">: at most {max_ms} ms')
-    return ms
+    return int(ms.to_integral_value(decimal.ROUND_HALF_EVEN))
 
 
 @attrs.define

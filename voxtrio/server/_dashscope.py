@@ -306,11 +306,10 @@ class DashScopeConnection:
                 self._nursery.cancel_scope.cancel()
         except ProtocolError as exc:
             task.outcome = "error"
-            code = (
-                DashScopeErrorCode.THROTTLING
-                if exc.code is ErrorCode.RATE_LIMITED
-                else DashScopeErrorCode.INTERNAL_ERROR
-            )
+            code = {
+                ErrorCode.RATE_LIMITED: DashScopeErrorCode.THROTTLING,
+                ErrorCode.INVALID_PARAMS: DashScopeErrorCode.INVALID_PARAMETER,
+            }.get(exc.code, DashScopeErrorCode.INTERNAL_ERROR)
             log.warning("dashscope_task_failed", task_id=task.task_id, error=exc.message)
             self.metrics.error_sent(exc.code)
             actions = self.protocol.fail(code, exc.message)

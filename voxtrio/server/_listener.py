@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import itertools
 import os
+from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketRequest, WebSocketServer
+from wsproto import ConnectionType, WSConnection
 
 from voxtrio._config import Settings
 from voxtrio.audio._dsp import dsp_available
@@ -19,6 +21,12 @@ from voxtrio.protocol._connection_state import Capabilities
 from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._dashscope import DashScopeConnection
 from voxtrio.server._native import Connection
+from voxtrio.server._websocket import (
+    HeadFirstStream,
+    MessageLimits,
+    PartialMessageBudget,
+    VoxWebSocketConnection,
+)
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.voices._service import VoiceService
 
@@ -56,11 +64,43 @@ class _GuardedWebSocketServer(WebSocketServer):
     python-trio/trio-websocket#184); uncaught, that tears down every connection.
     """
 
+    def __init__(self, *args: Any, limits: MessageLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = limits
+
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
-            await super()._handle_connection(stream)
+            await self._serve_connection(stream)
         except Exception:
             log.warning("websocket_connection_error", exc_info=True)
+
+    async def _serve_connection(self, stream: trio.abc.Stream) -> None:
+        """trio-websocket's own per-connection routine, on voxtrio's connection class."""
+        assert isinstance(stream, trio.SocketStream)
+        connection = VoxWebSocketConnection(
+            HeadFirstStream(stream),
+            WSConnection(ConnectionType.SERVER),
+            limits=self._limits,
+            message_queue_size=self._message_queue_size,
+            receive_buffer_size=self._receive_buffer_size,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(connection._reader_task)
+                with trio.move_on_after(self._connect_timeout) as connect_scope:
+                    request = await connection._get_request()
+                if connect_scope.cancelled_caught:
+                    nursery.cancel_scope.cancel()
+                    await stream.aclose()
+                    return
+                try:
+                    await self._handler(request)
+                finally:
+                    with trio.move_on_after(self._disconnect_timeout):
+                        # aclose() shuts the reader task down even when cancelled.
+                        await connection.aclose()
+        finally:
+            connection.release_budget()
 
 
 class TtsServer:
@@ -88,6 +128,7 @@ class TtsServer:
         self._listener_scope = trio.CancelScope()
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
+        self._partial_budget = PartialMessageBudget(settings.partial_message_budget_bytes)
 
     async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
         """Listen until cancelled; the caller owns this task (`nursery.start`)."""
@@ -98,9 +139,11 @@ class TtsServer:
                 listeners,
                 handler_nursery=handlers,
                 message_queue_size=1,
-                max_message_size=max(
-                    self.settings.max_message_bytes,
-                    self.voices.max_message_bytes if self.voices else 0,
+                limits=MessageLimits(
+                    small=self.settings.max_message_bytes,
+                    upload=self.voices.max_message_bytes if self.voices else 0,
+                    upload_paths=TTS_PATHS,
+                    budget=self._partial_budget,
                 ),
                 connect_timeout=self.settings.handshake_timeout,
                 disconnect_timeout=self.settings.handshake_timeout,

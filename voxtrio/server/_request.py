@@ -251,7 +251,15 @@ async def synthesize(
     streaming = not (isinstance(request, TtsRequest) and request.params.mode == "non_streaming")
     base_spec = spec_for(options, "", streaming=streaming)
     if voices is not None:
-        base_spec = attrs.evolve(base_spec, **await voices.resolve(options, request.request_id))
+        voice = await voices.resolve(options, request.request_id)
+        base_spec = attrs.evolve(
+            base_spec,
+            voice_id=voice.voice_id,
+            voice_description=voice.voice_description,
+            prompt_audio=voice.prompt_audio,
+            prompt_text=voice.prompt_text,
+            prompt_mode=voice.prompt_mode,
+        )
     elif any(
         getattr(options, name) is not None
         for name in ("voice_id", "prompt_wav_url", "prompt_text", "voice_description")

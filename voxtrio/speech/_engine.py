@@ -7,10 +7,13 @@ for concurrent use); the replica pool (`_replicas.py`) owns that rule.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 import numpy as np
+
+from voxtrio.protocol._voice_rules import VoiceMode
+from voxtrio.voices._audio import PromptAudio
 
 
 @attrs.frozen(kw_only=True)
@@ -31,9 +34,17 @@ class SynthesisSpec:
     # Voice cloning / design (VoxCPM engines; others ignore them).
     voice_id: str | None = None
     voice_description: str | None = None
-    prompt_audio: Any = None  # a _voice_audio.PromptAudio fetched for this request
+    prompt_audio: PromptAudio | None = None  # fetched for this request (prompt_wav_url)
     prompt_text: str | None = None
-    prompt_mode: str | None = None
+    prompt_mode: VoiceMode | None = None
+
+
+class TextTooLong(ValueError):
+    """The text, tokenised after normalisation, is more than the model can take.
+
+    Raised by `Engine.generate` before any audio: a client error (INVALID_PARAMS), not
+    a failed generation. The message names the count and the limit.
+    """
 
 
 class GenerationStopped(Exception):
@@ -61,6 +72,8 @@ class Engine(Protocol):
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
         """Yield mono float32 audio: one chunk per step when streaming, else one array.
+
+        Raises TextTooLong before the first chunk when the text does not fit the model.
 
         The server closes the iterator when it stops early; an engine must free
         whatever a half-finished generation holds in `finally`.

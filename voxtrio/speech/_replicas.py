@@ -28,9 +28,9 @@ import collections
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 import numpy as np
@@ -103,6 +103,8 @@ class Job:
     chunk_buffer: int = 2
     stop_event: threading.Event = attrs.Factory(threading.Event)
     credits: threading.Semaphore = attrs.field(init=False)
+    # A batched step loop's wake-up: set on a credit or a stop (None for a replica).
+    wake: threading.Event | None = None
     done: trio.Event = attrs.Factory(trio.Event)
     # Written by the thread, read by the Trio side; plain attribute stores are atomic.
     steps: int = 0
@@ -120,6 +122,8 @@ class Job:
         self.stop_event.set()
         # Wakes a thread waiting for a credit, so it sees the stop at once.
         self.credits.release()
+        if self.wake is not None:
+            self.wake.set()
 
     def deliver(self, item: Any) -> None:
         """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
@@ -141,6 +145,8 @@ class ChunkStream:
         """The next chunk; `trio.EndOfChannel` once the job has finished."""
         item = await self._receive.receive()
         self._job.credits.release()
+        if self._job.wake is not None:
+            self._job.wake.set()
         return item
 
     def __aiter__(self) -> ChunkStream:
@@ -294,6 +300,30 @@ class Replica:
         callback(self, job)
 
 
+class BatchReplicaLike(Protocol):
+    """A replica that runs `capacity` jobs at once (speech.batched's step loop)."""
+
+    index: int
+    capacity: int
+    jobs_run: int
+
+    @property
+    def engine(self) -> Any: ...
+    @property
+    def thread(self) -> threading.Thread: ...
+    @property
+    def load_error(self) -> BaseException | None: ...
+    @property
+    def current(self) -> Any: ...
+    def start(self, token: trio.lowlevel.TrioToken, on_job_done: Any) -> trio.Event: ...
+    def submit(self, job: Job) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+def replica_capacity(replica: Replica | BatchReplicaLike) -> int:
+    return getattr(replica, "capacity", 1)
+
+
 class ReplicaPool:
     """N replicas, admission with a bounded wait, and the job lifecycle."""
 
@@ -306,12 +336,21 @@ class ReplicaPool:
         queue_timeout: float = 60.0,
         stop_timeout: float = 10.0,
         chunk_buffer: int = 2,
+        replicas: Sequence[Replica | BatchReplicaLike] | None = None,
     ) -> None:
+        """`replicas` replaces the one-generation replicas `factory` would build
+        (batched step loops: each takes as many jobs as its model has slots)."""
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self.replicas = [Replica(i, factory) for i in range(workers)]
-        self.limiter = trio.CapacityLimiter(workers)
+        self.replicas: list[Replica | BatchReplicaLike] = (
+            list(replicas)
+            if replicas is not None
+            else [Replica(i, factory) for i in range(workers)]
+        )
+        # Tokens are set to the real slot count once the models are loaded.
+        self.limiter = trio.CapacityLimiter(len(self.replicas))
         self.max_admitted = max(max_admitted, workers)
+        self.slots = len(self.replicas)
         self.queue_timeout = queue_timeout
         self.stop_timeout = stop_timeout
         self.chunk_buffer = chunk_buffer
@@ -325,7 +364,8 @@ class ReplicaPool:
 
     @property
     def busy(self) -> int:
-        return len(self.replicas) - len(self._free)
+        """Slots in use (a one-generation replica has one slot)."""
+        return self.slots - len(self._free)
 
     async def start(self, *, load_timeout: float = 900.0) -> None:
         """Load and warm every replica; `ready` only once all of them are."""
@@ -345,7 +385,15 @@ class ReplicaPool:
         if len(rates) != 1:
             raise EngineLoadError(f"replicas disagree on the sample rate: {sorted(rates)}")
         (self.sample_rate,) = rates
-        self._free = list(reversed(self.replicas))
+        # One entry per free slot; popping takes a slot on that replica.
+        self._free = [
+            replica
+            for _ in range(max(replica_capacity(r) for r in self.replicas))
+            for replica in reversed(self.replicas)
+            if replica_capacity(replica) > _
+        ]
+        self.slots = len(self._free)
+        self.limiter.total_tokens = self.slots
         self.ready = True
 
     async def aclose(self, *, join_timeout: float = 10.0) -> None:

@@ -23,7 +23,7 @@ from voxtrio._config import ProgressIntervals
 from voxtrio.audio._codecs import AudioEncoder, NonFiniteAudio
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.server._writer import ConnectionGone
-from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._engine import SynthesisSpec, TextTooLong
 from voxtrio.speech._replicas import Job, ReplicaPool
 
 log = structlog.get_logger("voxtrio.speech")
@@ -197,6 +197,13 @@ def _raise_if_failed(job: Job, request_id: str) -> None:
     assert job.result is not None
     try:
         job.result.unwrap()
+    except TextTooLong as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"text {exc}",
+            details={"params.text": str(exc)},
+            request_id=request_id,
+        ) from None
     except NonFiniteAudio:
         raise ProtocolError(
             ErrorCode.GENERATION_FAILED,

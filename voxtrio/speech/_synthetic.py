@@ -73,7 +73,7 @@ class SyntheticEngine:
             if step == self.fail_at_step:
                 raise RuntimeError(f"synthetic failure at step {step}")
             on_step(step)
-            chunk = self._tone(frequency, step)
+            chunk = self.tone(frequency, step)
             if step == self.nan_at_step:
                 chunk = chunk.copy()
                 chunk[0] = np.nan
@@ -84,7 +84,7 @@ class SyntheticEngine:
         if not spec.streaming:
             yield np.concatenate(collected)
 
-    def _tone(self, frequency: float, step: int) -> np.ndarray:
+    def tone(self, frequency: float, step: int) -> np.ndarray:
         """Chunk `step` (1-based) of a 0.3-amplitude sine at `frequency` (whole Hz).
 
         A whole-Hz tone repeats every second, so each chunk is a read-only view into

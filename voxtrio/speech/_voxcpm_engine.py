@@ -12,8 +12,9 @@ import numpy as np
 import structlog
 
 from voxtrio.protocol._voice_rules import apply_voice_description
-from voxtrio.speech._engine import StepCallback, SynthesisSpec
-from voxtrio.voices._prompts import voxcpm_prompt_builder
+from voxtrio.speech._engine import StepCallback, SynthesisSpec, TextTooLong
+from voxtrio.voices._prompts import PromptBuilder, voxcpm_prompt_builder
+from voxtrio.voices._store import VoiceStore
 
 log = structlog.get_logger("voxtrio.engine")
 
@@ -58,8 +59,8 @@ class VoxCPMEngine:
         self._warm_normalizer = warm_normalizer
         self._normalizer: Any = None
         # Set once the voice library exists (after loading, before any request).
-        self.voices: Any = None
-        self._build_prompt: Any = None
+        self.voices: VoiceStore | None = None
+        self._build_prompt: PromptBuilder | None = None
         _seeding.install()
         self._generator = torch.Generator(device=self._tts.device)
 
@@ -97,6 +98,10 @@ class VoxCPMEngine:
         return self._tts
 
     @property
+    def device(self) -> str:
+        return self._device
+
+    @property
     def architecture(self) -> str:
         return "voxcpm2" if type(self._tts).__name__ == "VoxCPM2Model" else "voxcpm"
 
@@ -104,9 +109,42 @@ class VoxCPMEngine:
         return len(self._tts.text_tokenizer(text))
 
     def max_steps(self, spec: SynthesisSpec) -> int:
-        # voxcpm's own cap: min(tokens * ratio + 10, max_len).
+        # voxcpm's own cap: min(tokens * ratio + 10, max_len), within the context left.
         tokens = self._text_tokens(self._prepare_text(spec.text, normalize=False))
-        return max(1, min(int(tokens * spec.retry_badcase_ratio_threshold + 10), spec.max_len))
+        room = int(self._tts.config.max_length) - tokens - 1
+        cap = min(int(tokens * spec.retry_badcase_ratio_threshold + 10), spec.max_len, room)
+        return max(1, cap)
+
+    def _context_positions(self, text: str, prompt_cache: Any) -> int:
+        """Positions of the model's context that voxcpm's prefill fills: the text tokens
+        (after the prompt's transcript in continuation modes), the audio-start token, the
+        prompt audio and the reference audio with its two markers."""
+        if not prompt_cache:
+            return self._text_tokens(text) + 1
+        mode = prompt_cache.get("mode", "continuation")
+        if mode in ("continuation", "ref_continuation"):
+            text = prompt_cache.get("prompt_text", "") + text
+        positions = self._text_tokens(text) + 1
+        if mode != "reference" and (audio := prompt_cache.get("audio_feat")) is not None:
+            positions += int(audio.shape[0])
+        if (reference := prompt_cache.get("ref_audio_feat")) is not None:
+            positions += int(reference.shape[0]) + 2
+        return positions
+
+    def _fit(self, text: str, prompt_cache: Any, max_len: int) -> int:
+        """The step cap that keeps text and audio within the model's context (its KV
+        cache: 8192 positions on VoxCPM2, 4096 on 1.x). The text and prompt may take at
+        most half of it; past that TextTooLong, before any audio."""
+        context = int(self._tts.config.max_length)
+        positions = self._context_positions(text, prompt_cache)
+        if positions > context // 2:
+            raise TextTooLong(
+                f"too long for this model: {positions} tokens (text after normalisation, "
+                f"with the voice prompt), at most {context // 2}: half of the model's "
+                f"{context}-token context, the other half is for the audio; "
+                "send shorter text or split it into several requests"
+            )
+        return min(max_len, context - positions)
 
     def _prepare_text(self, text: str, *, normalize: bool) -> str:
         # What voxcpm's VoxCPM._generate does before it tokenises.
@@ -144,6 +182,8 @@ class VoxCPMEngine:
             return self.voices.prompt_for(
                 spec.voice_id, self._build_prompt, field="params.voice_id"
             )
+        assert spec.prompt_audio is not None
+        assert spec.prompt_mode is not None
         return self.voices.prompt_for_audio(
             spec.prompt_audio, spec.prompt_text, spec.prompt_mode, self._build_prompt
         )
@@ -155,6 +195,7 @@ class VoxCPMEngine:
 
         text = self.target_text(spec)
         prompt_cache = self._prompt_cache(spec)
+        max_len = self._fit(text, prompt_cache, spec.max_len)
         _seeding.use_generator(self._generator)
         self._generator.manual_seed(spec.seed)
         # Non-streaming keeps voxcpm's bad-case retry (regenerate when the audio is
@@ -169,7 +210,7 @@ class VoxCPMEngine:
             stream = self._tts.generate_with_prompt_cache_streaming(
                 target_text=text,
                 prompt_cache=prompt_cache,
-                max_len=spec.max_len,
+                max_len=max_len,
                 inference_timesteps=spec.inference_timesteps,
                 cfg_value=spec.cfg_value,
                 retry_badcase=False,

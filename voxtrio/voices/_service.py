@@ -7,7 +7,6 @@ features are built on the replica thread that needs them (`VoxCPMEngine`).
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import attrs
 import structlog
@@ -29,9 +28,9 @@ from voxtrio.protocol._voice_messages import (
     decode_audio,
     invalid,
 )
-from voxtrio.protocol._voice_rules import VoiceError
+from voxtrio.protocol._voice_rules import VoiceError, VoiceMode
 from voxtrio.voices._aliases import CosyVoiceAliases
-from voxtrio.voices._audio import VoiceAudioError, decode_prompt_audio
+from voxtrio.voices._audio import PromptAudio, VoiceAudioError, decode_prompt_audio
 from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
 from voxtrio.voices._store import VoiceStore
 from voxtrio.voices._voice import Voice
@@ -61,6 +60,18 @@ def voice_error(
     if isinstance(exc, FetchError):
         return invalid(fetch_field, exc.reason, request_id=request_id)
     return invalid(f"{prefix}{exc.field}", exc.message, request_id=request_id)
+
+
+@attrs.frozen(kw_only=True)
+class VoiceFields:
+    """A request's voice, checked: the SynthesisSpec fields of the same names."""
+
+    voice_id: str | None = None  # a registered voice, usable by this model
+    voice_description: str | None = None  # VoxCPM2 voice design
+    # prompt_wav_url: the fetched, decoded audio, its transcript and the mode they use.
+    prompt_audio: PromptAudio | None = None
+    prompt_text: str | None = None
+    prompt_mode: VoiceMode | None = None
 
 
 @attrs.define
@@ -135,8 +146,8 @@ class VoiceService:
         )
         return registered_message(message.request_id, voice)
 
-    async def resolve(self, options: SynthesisOptions, request_id: str) -> dict[str, Any]:
-        """Check a request's voice fields; return the SynthesisSpec fields they become."""
+    async def resolve(self, options: SynthesisOptions, request_id: str) -> VoiceFields:
+        """Check a request's voice fields; return what the engine needs of them."""
         mode = check_voice_params(
             voice_id=options.voice_id,
             prompt_wav_url=options.prompt_wav_url,
@@ -146,11 +157,11 @@ class VoiceService:
             url_prompts_enabled=self.fetch_policy is not None,
             request_id=request_id,
         )
-        fields: dict[str, Any] = {"voice_description": options.voice_description}
+        fields = VoiceFields(voice_description=options.voice_description)
         try:
             if options.voice_id is not None:
                 self.store.check_usable(options.voice_id, field="voice_id")
-                fields["voice_id"] = options.voice_id
+                fields = attrs.evolve(fields, voice_id=options.voice_id)
             elif options.prompt_wav_url is not None:
                 assert self.fetch_policy is not None
                 assert mode is not None
@@ -166,7 +177,9 @@ class VoiceService:
                             field="prompt_wav_url",
                         )
                     )
-                fields.update(prompt_audio=audio, prompt_text=options.prompt_text, prompt_mode=mode)
+                fields = attrs.evolve(
+                    fields, prompt_audio=audio, prompt_text=options.prompt_text, prompt_mode=mode
+                )
         except (VoiceError, VoiceAudioError, FetchError) as exc:
             raise voice_error(exc, request_id=request_id, prefix="params.") from None
         return fields

@@ -59,18 +59,18 @@ class SlotKVCache:
             self.buffer[1, layer, slot, :, :length] = value[0]
 
     def step(
-        self, embeds: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor
+        self, embeds: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, span: int
     ) -> torch.Tensor:
         """One token per row: `embeds` [B, H] at `positions` [B] in `slots` [B] -> [B, H]."""
         lm = self.lm
-        if int(positions.max()) >= self.max_length:
+        if span > self.max_length:
             raise ValueError("KV cache is full")
         position_emb = lm.rope_emb(positions) if lm.rope_emb is not None else None
         if position_emb is not None:
             cos, sin = position_emb
             position_emb = (cos[:, None, None, :], sin[:, None, None, :])
-        # Attend over the longest live prefix only; later positions are masked anyway.
-        span = int(positions.max()) + 1
+        # Attend over the longest live prefix only (`span` = max position + 1, given by the
+        # caller so that no device sync is needed); later positions are masked anyway.
         mask = torch.arange(span, device=embeds.device)[None, :] <= positions[:, None]
         mask = mask[:, None, None, :]
         hidden = embeds

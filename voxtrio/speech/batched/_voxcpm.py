@@ -67,6 +67,11 @@ class BatchedVoxCPM:
         self._device = next(tts.parameters()).device
 
     @property
+    def engine(self) -> VoxCPMEngine:
+        """The loaded engine underneath (its voices, architecture, tts_model)."""
+        return self._engine
+
+    @property
     def sample_rate(self) -> int:
         return self._engine.sample_rate
 
@@ -104,6 +109,13 @@ class BatchedVoxCPM:
             max_len=spec.max_len,
             ratio_threshold=spec.retry_badcase_ratio_threshold,
         )
+        # The last step writes no KV, so a row needs prompt + max_len - 1 positions.
+        needed = inputs.text.size(1) + inputs.max_len - 1
+        if needed > self._base.max_length:
+            raise ValueError(
+                f"this request needs {needed} KV positions (prompt + max_len); "
+                f"the batched model holds {self._base.max_length}"
+            )
         state, base_kv, residual_kv = run_prefill(tts, inputs, fused_residual=self._v2)
         slot = self._free.pop()
         try:
@@ -184,12 +196,13 @@ class BatchedVoxCPM:
         tts = self._tts
         slots = torch.tensor([row.slot for row in rows], device=self._device)
         positions = torch.tensor([row.position for row in rows], device=self._device)
-        lm_hidden = tts.fsq_layer(self._base.step(curr_embed, slots, positions))
+        span = max(row.position for row in rows) + 1
+        lm_hidden = tts.fsq_layer(self._base.step(curr_embed, slots, positions, span))
         if self._v2:
             residual_in = tts.fusion_concat_proj(torch.cat((lm_hidden, curr_embed), dim=-1))
         else:
             residual_in = lm_hidden + curr_embed
-        residual_hidden = self._residual.step(residual_in, slots, positions)
+        residual_hidden = self._residual.step(residual_in, slots, positions, span)
         for index, row in enumerate(rows):
             row.lm_hidden = lm_hidden[index]
             row.residual_hidden = residual_hidden[index]

@@ -1,0 +1,228 @@
+"""The step loop: joins, leaves, skipped readers, failures, one terminal outcome each."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+import trio
+
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._replicas import Job, ReplicaPool
+from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._loop import BatchReplica
+from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow
+
+LONG = "a" * 400  # 100 synthetic steps
+
+
+class GatedPrefill(BatchedSynthetic):
+    """Prefill waits for `gate` (to cancel a request while it is being prefilled)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def prefill(self, specs: Sequence[SynthesisSpec]) -> list[SyntheticRow]:
+        self.entered.set()
+        assert self.gate.wait(10)
+        return super().prefill(specs)
+
+
+@asynccontextmanager
+async def loop_pool(
+    model: BatchedSynthetic | None = None, **kwargs: Any
+) -> AsyncIterator[tuple[ReplicaPool, BatchReplica, BatchedSynthetic]]:
+    # Paced (3.2 ms a step) so that rows started a few ms apart share steps.
+    model = model if model is not None else BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=8)
+    replica = BatchReplica(0, lambda: model, **kwargs)
+    pool = ReplicaPool(lambda: SyntheticEngine(), replicas=[replica], chunk_buffer=2)
+    try:
+        with trio.fail_after(10):
+            await pool.start()
+        yield pool, replica, model
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.aclose()
+        assert not replica.thread.is_alive()
+        assert model.rows_open == 0
+
+
+def expected_audio(spec: SynthesisSpec) -> np.ndarray:
+    return np.concatenate(list(SyntheticEngine().generate(spec, lambda step: None)))
+
+
+async def _collect(pool: ReplicaPool, spec: SynthesisSpec, rid: str, out: dict[str, Any]) -> None:
+    async with pool.run(spec, request_id=rid) as (job, chunks):
+        received = [chunk async for chunk in chunks]
+        await job.done.wait()
+    out[rid] = (job, np.concatenate(received))
+
+
+async def test_rows_joining_at_different_steps_each_get_their_own_audio() -> None:
+    """Jobs that join a running batch late get exactly their own chunks, in order."""
+    async with loop_pool() as (pool, replica, _):
+        out: dict[str, Any] = {}
+        specs = [SynthesisSpec(text="a" * (20 + 12 * i), seed=i) for i in range(6)]
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i, spec in enumerate(specs):
+                    nursery.start_soon(_collect, pool, spec, f"r{i}", out)
+                    await trio.sleep(0.002)
+        for i, spec in enumerate(specs):
+            job, audio = out[f"r{i}"]
+            np.testing.assert_array_equal(audio, expected_audio(spec))
+            assert not job.stopped
+        assert replica.stats.rows_stepped > replica.stats.steps  # some steps carried >1 row
+        assert pool.busy == 0
+
+
+async def test_a_reader_that_takes_nothing_is_skipped_and_does_not_stall_the_batch() -> None:
+    """A row without credit stops advancing while another row runs to its end."""
+    async with loop_pool() as (pool, replica, _):
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="slow") as (slow, _chunks):
+                out: dict[str, Any] = {}
+                await _collect(pool, SynthesisSpec(text=LONG, seed=3), "fast", out)
+                assert out["fast"][1].size == expected_audio(SynthesisSpec(text=LONG)).size
+                assert slow.steps == 2  # its two credits, then skipped
+                assert replica.stats.skipped > 0
+        assert slow.stopped
+        assert pool.busy == 0
+
+
+async def test_a_reader_stalled_past_the_credit_timeout_is_stopped_and_frees_its_slot() -> None:
+    """No credit for `credit_timeout`: the loop stops the row itself and frees the slot."""
+    async with loop_pool(credit_timeout=0.1) as (pool, _, model):
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                await job.done.wait()
+                assert job.stopped
+                assert model.rows_open == 0
+
+
+async def test_a_request_cancelled_during_its_prefill_leaves_no_row_behind() -> None:
+    """Cancelled while the model prefills it: released on the next step, one outcome."""
+    model = GatedPrefill(engine=SyntheticEngine(), max_batch=4)
+    async with loop_pool(model) as (pool, _, _):
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                await trio.to_thread.run_sync(model.entered.wait, 5)
+                job.request_stop()
+                model.gate.set()
+                await job.done.wait()
+        assert job.stopped
+        assert model.rows_open == 0
+        assert pool.busy == 0
+
+
+async def test_the_last_row_leaving_mid_batch_frees_its_slot_within_a_step() -> None:
+    """Leaving early (the request task exits) frees the slot and stops the row."""
+    async with loop_pool() as (pool, replica, model):
+        with trio.fail_after(10):
+            for round_ in range(3):
+                async with pool.run(SynthesisSpec(text=LONG), request_id=f"r{round_}") as (
+                    job,
+                    chunks,
+                ):
+                    await chunks.receive()
+                assert job.done.is_set()
+                assert job.stopped
+                assert model.rows_open == 0
+        assert pool.busy == 0
+        assert replica.jobs_run == 3
+
+
+async def test_a_failing_prefill_fails_only_its_own_request() -> None:
+    """A prefill error is that request's outcome; a running row keeps going."""
+    model = BatchedSynthetic(SyntheticEngine(), max_batch=4, fail_prefill_text="boom")
+    async with loop_pool(model) as (pool, _, _):
+        with trio.fail_after(10):
+            out: dict[str, Any] = {}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_collect, pool, SynthesisSpec(text=LONG), "ok", out)
+                async with pool.run(SynthesisSpec(text="boom"), request_id="bad") as (bad, _c):
+                    await bad.done.wait()
+        assert bad.result is not None
+        assert isinstance(bad.result.error, RuntimeError)  # type: ignore[union-attr]
+        assert out["ok"][1].size == expected_audio(SynthesisSpec(text=LONG)).size
+
+
+async def test_a_failing_step_ends_every_row_in_it_with_one_error_each() -> None:
+    """A step that raises fails the rows it carried, once each, and frees them."""
+    model = BatchedSynthetic(SyntheticEngine(fail_at_step=3), max_batch=4)
+    async with loop_pool(model) as (pool, _, _):
+        jobs: list[Job] = []
+
+        async def run(rid: str) -> None:
+            async with pool.run(SynthesisSpec(text=LONG), request_id=rid) as (job, chunks):
+                jobs.append(job)
+                async for _chunk in chunks:
+                    pass
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(3):
+                    nursery.start_soon(run, f"r{i}")
+        assert len(jobs) == 3
+        for job in jobs:
+            assert isinstance(job.result.error, RuntimeError)  # type: ignore[union-attr]
+        assert pool.busy == 0
+
+
+async def test_shutdown_with_rows_running_stops_each_once_and_ends_the_thread() -> None:
+    """Closing the pool mid-batch stops every row (one outcome each), then the thread exits."""
+    async with loop_pool() as (pool, replica, _):
+        jobs: list[Job] = []
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+
+                async def hold(rid: str) -> None:
+                    async with pool.run(SynthesisSpec(text=LONG), request_id=rid) as (job, _c):
+                        jobs.append(job)
+                        await job.done.wait()
+
+                for i in range(3):
+                    nursery.start_soon(hold, f"r{i}")
+                while len(jobs) < 3 or any(job.steps < 2 for job in jobs):
+                    await trio.sleep(0.001)
+                replica.shutdown()
+        assert all(job.stopped for job in jobs)
+        assert not replica.thread.is_alive()
+
+
+async def test_more_requests_than_slots_wait_for_a_free_row() -> None:
+    """A full batch admits no more rows: the next request waits until a row leaves."""
+    model = BatchedSynthetic(SyntheticEngine(), max_batch=2)
+    async with loop_pool(model) as (pool, _, _):
+        out: dict[str, Any] = {}
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(5):
+                    nursery.start_soon(
+                        _collect, pool, SynthesisSpec(text="a" * 40, seed=i), f"{i}", out
+                    )
+        assert len(out) == 5
+        assert pool.slots == 2
+
+
+async def test_health_sees_the_loop_beat_while_every_row_waits_for_its_reader() -> None:
+    """All rows skipped (no credit) is not a stall: /health reads the loop's heartbeat."""
+    from voxtrio.ops._health import snapshot, stalled
+
+    async with loop_pool() as (pool, _, _):
+        with trio.fail_after(10):
+            async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
+                while job.steps < 2:
+                    await trio.sleep(0.01)
+                await trio.sleep(0.3)  # skipped ever since, for want of a credit
+                state = snapshot(pool, draining=False)
+                now = time.perf_counter()
+                assert state.replicas[0].busy
+                assert stalled(state, now=now, stall_timeout=0.2) == {}
+                assert job.steps == 2

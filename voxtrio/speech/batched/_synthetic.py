@@ -1,0 +1,99 @@
+"""A model-free `BatchModel`: one thread paces every stream it carries.
+
+Each step waits until the step clock's next tick (`rtf` x one chunk's duration
+after the last), then hands every given row the next chunk of its tone (the same
+samples `SyntheticEngine` yields for that seed and step). So a thousand real-time
+streams cost one thread and one sleep per chunk period, not a thousand threads.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+
+from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._interface import StepResult
+
+
+@attrs.define(eq=False)
+class SyntheticRow:
+    spec: SynthesisSpec
+    frequency: float
+    steps_total: int
+    step: int = 0
+    released: bool = False
+
+
+@attrs.define
+class BatchedSynthetic:
+    engine: SyntheticEngine = attrs.Factory(SyntheticEngine)
+    max_batch: int = 1024
+    # Fault injection for tests: prefill raises for a text containing this.
+    fail_prefill_text: str | None = None
+    rows_open: int = 0
+    _next_tick: float = 0.0
+
+    @property
+    def sample_rate(self) -> int:
+        return self.engine.sample_rate
+
+    def max_steps(self, spec: SynthesisSpec) -> int:
+        return self.engine.max_steps(spec)
+
+    def prefill(self, specs: Sequence[SynthesisSpec]) -> list[SyntheticRow]:
+        if self.rows_open + len(specs) > self.max_batch:
+            raise RuntimeError(f"{len(specs)} rows asked, {self.max_batch - self.rows_open} free")
+        for spec in specs:
+            if self.fail_prefill_text and self.fail_prefill_text in spec.text:
+                raise RuntimeError("synthetic prefill failure")
+        self.rows_open += len(specs)
+        # The engine's own leak counters count rows as generations.
+        self.engine.generations += len(specs)
+        self.engine.open_generations += len(specs)
+        return [
+            SyntheticRow(spec, 110.0 + (spec.seed % 880), self.engine.max_steps(spec))
+            for spec in specs
+        ]
+
+    def step(self, rows: Sequence[SyntheticRow]) -> list[StepResult]:
+        self._pace()
+        results = []
+        for row in rows:
+            if row.released:
+                raise RuntimeError("step on a released row")
+            row.step += 1
+            if row.step == self.engine.fail_at_step:
+                raise RuntimeError(f"synthetic failure at step {row.step}")
+            chunk = self.engine.tone(row.frequency, row.step)
+            if row.step == self.engine.nan_at_step:
+                chunk = chunk.copy()
+                chunk[0] = np.nan
+            results.append(StepResult(chunk, row.step >= row.steps_total))
+        return results
+
+    def _pace(self) -> None:
+        period = self.engine.chunk_samples / self.engine.sample_rate * self.engine.rtf
+        if period <= 0:
+            return
+        now = time.perf_counter()
+        # Keep the tick grid, but never try to catch up on ticks missed while idle.
+        self._next_tick = max(self._next_tick + period, now)
+        delay = self._next_tick - now
+        if delay > 0:
+            time.sleep(delay)
+
+    def release(self, row: SyntheticRow) -> None:
+        if not row.released:
+            row.released = True
+            self.rows_open -= 1
+            self.engine.open_generations -= 1
+
+    def warm_up(self) -> None:
+        self.engine.warm_up()
+
+    def close(self) -> None:
+        self.engine.close()
