@@ -224,3 +224,14 @@ async def test_load_generator_against_an_in_process_server(
 
     async with idle_connections(handle.url, 10) as held:
         assert (held.opened, held.failures) == (10, {})
+
+
+async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> None:
+    """bench.openai_ttfb times HTTP first byte and WebSocket first audio on one server."""
+    from bench.openai_ttfb import measure
+
+    figures = await measure(synthetic_server.url, 2)
+    assert figures["runs"] == 2
+    for key in ("websocket_first_audio_ms_median", "http_first_byte_ms_median"):
+        assert isinstance(figures[key], float)
+        assert 0 < figures[key] < 5000

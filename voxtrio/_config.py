@@ -75,6 +75,7 @@ class Settings:
     allow_unauthenticated: bool = False
     api_key_file: str | None = None
     metrics_enabled: bool = True
+    web_page: bool | None = None  # None: on when listening on loopback only
     metrics_host: str | None = None  # None: the same as host
     metrics_port: int = 9090
     stall_timeout: float = 60.0
@@ -91,6 +92,10 @@ class Settings:
     @property
     def progress_intervals(self) -> ProgressIntervals:
         return ProgressIntervals(self.progress_interval, self.stream_progress_interval)
+
+    @property
+    def web_page_enabled(self) -> bool:
+        return is_loopback(self.host) if self.web_page is None else self.web_page
 
 
 def _bool(text: str) -> bool:
@@ -307,6 +312,13 @@ OPTIONS: tuple[Option, ...] = (
         "API keys, one per line (reloaded on SIGHUP); TTS_API_KEYS adds comma-separated keys",
     ),
     Option("metrics_enabled", "METRICS_ENABLED", _bool, "serve /metrics, /health, /ready"),
+    Option(
+        "web_page",
+        "TTS_WEB_PAGE",
+        _optional_bool,
+        "the browser page at GET /: auto (on when listening on loopback), true or false",
+        default_help="auto",
+    ),
     Option("metrics_host", "METRICS_HOST", _text, "side port address", default_help="--host"),
     Option("metrics_port", "METRICS_PORT", _port, "side port for /metrics, /health, /ready"),
     Option(

@@ -503,9 +503,24 @@ def test_mp3_bit_rate_table_follows_mpeg_version() -> None:
 
 
 def test_unknown_format_is_refused() -> None:
-    """A format outside AUDIO_FORMATS raises ValueError."""
+    """A format outside ENCODER_FORMATS raises ValueError."""
     with pytest.raises(ValueError, match="unsupported audio format"):
-        AudioEncoder("aac", input_rate=16000)  # type: ignore[arg-type]
+        AudioEncoder("vorbis", input_rate=16000)  # type: ignore[arg-type]
+
+
+def test_aac_streams_adts_that_decodes_to_its_length() -> None:
+    """AAC (for the OpenAI endpoint) is ADTS from byte 0 and decodes to the samples encoded."""
+    import io
+
+    import av
+
+    encoder = AudioEncoder("aac", input_rate=16000, output_rate=24000)
+    tone = np.sin(np.arange(16000) * 0.05).astype(np.float32) * 0.3
+    data = b"".join(encoder.encode(piece) for piece in np.array_split(tone, 7)) + encoder.finish()
+    assert data[:2] == b"\xff\xf1"  # ADTS sync word, MPEG-4, no CRC
+    with av.open(io.BytesIO(data), format="aac") as container:
+        decoded = sum(frame.samples for frame in container.decode(audio=0))
+    assert abs(decoded - 24000) <= 2048  # encoder priming/padding, at most two AAC frames
 
 
 @pytest.mark.parametrize("rate", [0, 11025, 32000, 96000, -16000, True])

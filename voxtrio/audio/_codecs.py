@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Final, Protocol
+from typing import Final, Literal, Protocol
 
 import av
 import numpy as np
@@ -43,6 +43,11 @@ from voxtrio.protocol._formats import (
     AudioFormat,
     mp3_bit_rates,
 )
+
+# What the encoder writes: the protocol's formats, and AAC (ADTS), which only the
+# OpenAI-compatible endpoint offers (its clients ask for it; the native protocol's do not).
+EncoderFormat = AudioFormat | Literal["aac"]
+ENCODER_FORMATS: Final[tuple[EncoderFormat, ...]] = (*AUDIO_FORMATS, "aac")
 
 # Rates the Opus codec itself runs at. A request for another rate is encoded at the
 # next Opus rate up (22050 -> 24000, 44100 -> 48000), as ffmpeg picks for `-c:a libopus`:
@@ -228,13 +233,15 @@ _AV_SPECS: Final[dict[str, _AvSpec]] = {
         # The default 8 KiB PADDING block only serves in-place tag edits of files.
         {"metadata_header_padding": "0"},
     ),
+    # ADTS: a header on every frame, so the stream decodes from any point (no moov atom).
+    "aac": _AvSpec("adts", "aac", "fltp"),
 }
 
 
 class _AvBackend:
-    """mp3/opus/flac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
+    """mp3/opus/flac/aac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
 
-    def __init__(self, fmt: AudioFormat, sample_rate: int, bit_rate: int | None) -> None:
+    def __init__(self, fmt: EncoderFormat, sample_rate: int, bit_rate: int | None) -> None:
         spec = _AV_SPECS[fmt]
         self._sample_format = spec.sample_format
         self._sample_rate = sample_rate
@@ -303,7 +310,7 @@ def _rate(name: str, value: object) -> int:
     return int(value)
 
 
-def _check_bit_rate(fmt: AudioFormat, sample_rate: int, bit_rate: object) -> int | None:
+def _check_bit_rate(fmt: EncoderFormat, sample_rate: int, bit_rate: object) -> int | None:
     """Validate `bit_rate` (bits/s) for `fmt`; return the effective one (None = n/a)."""
     if fmt not in ("mp3", "opus"):
         if bit_rate is not None:
@@ -347,7 +354,7 @@ class AudioEncoder:
     is the duration the client gets.
     """
 
-    format: AudioFormat
+    format: EncoderFormat
     input_rate: int
     sample_rate: int  # output rate actually encoded (see OPUS_RATES for opus)
     bit_rate: int | None  # bits/s for mp3/opus, None for the lossless formats
@@ -357,16 +364,16 @@ class AudioEncoder:
 
     def __init__(
         self,
-        fmt: AudioFormat,
+        fmt: EncoderFormat,
         *,
         input_rate: int,
         output_rate: int | None = None,
         bit_rate: int | None = None,
         volume: float = 1.0,
     ) -> None:
-        if fmt not in AUDIO_FORMATS:
+        if fmt not in ENCODER_FORMATS:
             raise ValueError(
-                f"unsupported audio format {fmt!r}; expected one of {', '.join(AUDIO_FORMATS)}"
+                f"unsupported audio format {fmt!r}; expected one of {', '.join(ENCODER_FORMATS)}"
             )
         self.input_rate = _rate("input_rate", input_rate)
         requested = self.input_rate if output_rate is None else output_rate

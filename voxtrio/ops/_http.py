@@ -291,7 +291,9 @@ class _HttpServer:
         ]
         headers += [("content-length", str(len(body))), ("connection", "close")]
         try:
-            response = h11.Response(status_code=status, headers=headers, reason=_reason(status))
+            response = h11.Response(
+                status_code=status, headers=headers, reason=reason_phrase(status)
+            )
             data = conn.send(response) or b""
             # A HEAD response has the GET headers (Content-Length included), no body.
             if body and not head:
@@ -321,7 +323,7 @@ class _HttpServer:
             pass
 
 
-def _reason(status: int) -> bytes:
+def reason_phrase(status: int) -> bytes:
     try:
         return http.HTTPStatus(status).phrase.encode("ascii")
     except ValueError:

@@ -31,7 +31,7 @@ log = structlog.get_logger("voxtrio.metrics")
 
 Status = Literal["ok", "cancelled", "error", "disconnected"]
 STATUSES: tuple[Status, ...] = ("ok", "cancelled", "error", "disconnected")
-MODES = ("streaming", "non_streaming", "text_stream", "dashscope")
+MODES = ("streaming", "non_streaming", "text_stream", "dashscope", "openai")
 # Handshake refusals the server answers with, pre-created so rate() sees zeros.
 REJECT_STATUSES = (400, 401, 403, 404, 429, 503)
 HTTP_SHED_REASONS = ("evicted", "refused")

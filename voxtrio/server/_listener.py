@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,18 +22,22 @@ from voxtrio.protocol._connection_state import Capabilities
 from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._dashscope import DashScopeConnection
 from voxtrio.server._native import Connection
+from voxtrio.server._sniff import HeadTooLarge, ReplayStream, read_head, wants_websocket
 from voxtrio.server._websocket import (
     HeadFirstStream,
     MessageLimits,
     PartialMessageBudget,
     VoxWebSocketConnection,
 )
+from voxtrio.server.openai._routes import HttpFront, HttpRequestHandle
+from voxtrio.server.openai._speech import SpeechContext
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.server")
 
 TTS_PATHS = frozenset({"/tts", "/"})
+_MAX_HEAD_BYTES = 16384
 
 
 @attrs.define
@@ -64,19 +69,36 @@ class _GuardedWebSocketServer(WebSocketServer):
     python-trio/trio-websocket#184); uncaught, that tears down every connection.
     """
 
+    http: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
+    head_timeout: float = 10.0
+
     def __init__(self, *args: Any, limits: MessageLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
+            if self.http is not None and isinstance(stream, trio.SocketStream):
+                # Plain HTTP shares the port: read the head, then replay it to its side.
+                head: bytes | None = None
+                with trio.move_on_after(self.head_timeout):
+                    head = await read_head(stream, _MAX_HEAD_BYTES)
+                if head is None:
+                    await trio.aclose_forcefully(stream)  # no head within the deadline
+                    return
+                replay = ReplayStream(stream, head)
+                if not wants_websocket(head):
+                    await self.http(replay)
+                    return
+                stream = replay
             await self._serve_connection(stream)
+        except HeadTooLarge:
+            await trio.aclose_forcefully(stream)
         except Exception:
             log.warning("websocket_connection_error", exc_info=True)
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         """trio-websocket's own per-connection routine, on voxtrio's connection class."""
-        assert isinstance(stream, trio.SocketStream)
         connection = VoxWebSocketConnection(
             HeadFirstStream(stream),
             WSConnection(ConnectionType.SERVER),
@@ -125,6 +147,7 @@ class TtsServer:
         self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()
         self.draining = False
+        self.http: HttpFront | None = None
         self._listener_scope = trio.CancelScope()
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
@@ -148,12 +171,23 @@ class TtsServer:
                 connect_timeout=self.settings.handshake_timeout,
                 disconnect_timeout=self.settings.handshake_timeout,
             )
+            ws_server.head_timeout = self.settings.handshake_timeout
+            ws_server.http = self.http_front().handle
             with self._listener_scope:
                 async with trio.open_nursery() as listening:
                     await listening.start(ws_server.run)
                     handle = ServerHandle(self.settings.host, ws_server.port, self)
                     log.info("listening", url=handle.url, workers=len(self.pool.replicas))
                     task_status.started(handle)
+
+    def http_front(self) -> HttpFront:
+        """Plain HTTP on this port: the OpenAI-compatible API and the browser page."""
+        context = SpeechContext(
+            settings=self.settings, pool=self.pool, metrics=self.metrics, voices=self.voices
+        )
+        front = HttpFront(context, self.keys, self.settings.web_page_enabled, lambda: self.draining)
+        self.http = front
+        return front
 
     async def shutdown(self, drain_timeout: float) -> None:
         """Stop accepting, let running requests finish within the deadline, then end them.
@@ -166,12 +200,17 @@ class TtsServer:
         log.info("draining", connections=len(self.connections), drain_timeout=drain_timeout)
         for connection in self.connections:
             connection.begin_drain()
+        http_requests = list(self.http.requests) if self.http is not None else []
+        ending: list[Connection | DashScopeConnection | HttpRequestHandle] = [
+            *self.connections,
+            *http_requests,
+        ]
         with trio.move_on_after(drain_timeout):
-            for connection in list(self.connections):
-                await connection.idle.wait()
+            for item in ending:
+                await item.idle.wait()
         async with trio.open_nursery() as nursery:
-            for connection in list(self.connections):
-                nursery.start_soon(connection.shut_down)
+            for item in ending:
+                nursery.start_soon(item.shut_down)
         log.info("drained")
 
     async def handle(self, request: WebSocketRequest) -> None:

@@ -296,7 +296,7 @@ async def synthesize(
         samples=encoder.samples_out,
         chunks=stats.chunks,
         seed=base_spec.seed,
-        format=encoder.format,
+        format=options.format,
         sentences=stats.utterances,
         timings=Timings(
             queue_ms=ms_since_accepted(stats.first_job_at) or 0.0,

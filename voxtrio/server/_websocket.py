@@ -42,7 +42,7 @@ class HeadFirstStream(trio.abc.Stream):
     handshake response (only after a 101: a refused client gets end of stream).
     """
 
-    def __init__(self, transport_stream: trio.SocketStream) -> None:
+    def __init__(self, transport_stream: trio.abc.Stream) -> None:
         self.transport_stream = transport_stream
         self._tail = b""  # the last bytes of the head so far: CRLFCRLF may span reads
         self._head_done = False

@@ -1,0 +1,149 @@
+"""Time to first audio: OpenAI-compatible HTTP vs the native WebSocket, side by side.
+
+    python -m bench.openai_ttfb [--model DIR | --engine synthetic] [--runs 20]
+
+One `voxtrio serve` process (the tiny checkpoint, built if --model is not given, or
+the synthetic engine); the same text over both paths, alternating, one request at a
+time. HTTP: from sending `POST /v1/audio/speech` (pcm) on a fresh TCP connection to
+the first body byte, then it hangs up. WebSocket: from opening a fresh connection and
+sending `tts_request` (pcm16, 24 kHz) to the first audio frame, then it cancels.
+Both include connecting (the WebSocket path its upgrade handshake too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import trio
+from trio_websocket import open_websocket_url
+
+TEXT = "Hello from voxtrio."
+PAUSE_S = 0.3
+
+
+async def websocket_ttfa(url: str) -> float:
+    """Connect, send one tts_request, wait for the first audio frame, then cancel it."""
+    started = time.perf_counter()
+    first: float | None = None
+    async with open_websocket_url(url) as ws:
+        params = {"text": TEXT, "format": "pcm16", "sample_rate": 24000}
+        await ws.send_message(
+            json.dumps({"type": "tts_request", "request_id": "r", "params": params})
+        )
+        while True:
+            message = await ws.get_message()
+            if isinstance(message, bytes):
+                if first is None:
+                    first = time.perf_counter() - started
+                    await ws.send_message(json.dumps({"type": "cancel", "request_id": "r"}))
+            elif json.loads(message)["type"] in ("complete", "error"):
+                break
+    assert first is not None
+    return first
+
+
+async def http_ttfb(host: str, port: int) -> float:
+    """Connect, POST /v1/audio/speech (pcm), wait for the first body byte, hang up."""
+    body = json.dumps(
+        {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "pcm"}
+    ).encode()
+    started = time.perf_counter()
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(
+            b"POST /v1/audio/speech HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        received = b""
+        while True:
+            data = await stream.receive_some(65536)
+            assert data, received[:300]
+            received += data
+            head_end = received.find(b"\r\n\r\n")
+            if head_end >= 0 and len(received) > head_end + 4:
+                assert received.startswith(b"HTTP/1.1 200"), received[:300]
+                return time.perf_counter() - started
+    raise AssertionError("unreachable")
+
+
+async def measure(url: str, runs: int) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    await websocket_ttfa(url)  # warm both paths once
+    await http_ttfb(host, port)
+    ws_times, http_times = [], []
+    for _ in range(runs):
+        # Each request stops after its first audio (cancel / hang-up); the pause lets
+        # the replica finish stopping, so neither path waits in the queue.
+        ws_times.append(await websocket_ttfa(url))
+        await trio.sleep(PAUSE_S)
+        http_times.append(await http_ttfb(host, port))
+        await trio.sleep(PAUSE_S)
+    ws_ms = statistics.median(ws_times) * 1000
+    http_ms = statistics.median(http_times) * 1000
+    return {
+        "runs": runs,
+        "text": TEXT,
+        "websocket_first_audio_ms_median": round(ws_ms, 2),
+        "http_first_byte_ms_median": round(http_ms, 2),
+        "http_minus_websocket_ms": round(http_ms - ws_ms, 2),
+        "websocket_first_audio_ms_p90": round(sorted(ws_times)[int(runs * 0.9) - 1] * 1000, 2),
+        "http_first_byte_ms_p90": round(sorted(http_times)[int(runs * 0.9) - 1] * 1000, 2),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model")
+    parser.add_argument("--engine", choices=("voxcpm", "synthetic"), default="voxcpm")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None and args.engine == "voxcpm":
+            from voxtrio.tools._tiny_model import build_checkpoint
+
+            model = str(build_checkpoint(Path(tmp) / "tiny", arch="voxcpm2"))
+        ready = Path(tmp) / "ready"
+        command = [sys.executable, "-m", "voxtrio", "serve", "--engine", args.engine]
+        command += ["--model", model] if model else []
+        command += ["--device", "cpu", "--port", "0", "--metrics-port", "0"]
+        command += ["--ready-file", str(ready), "--log-level", "WARNING"]
+        server = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
+        try:
+            deadline = time.monotonic() + 120
+            while not ready.exists():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("voxtrio serve did not start")
+                time.sleep(0.1)
+            url = ready.read_text().split()[0]
+            figures = trio.run(measure, url, args.runs)
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    figures["engine"] = args.engine
+    figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    figures["command"] = "python -m bench.openai_ttfb " + " ".join(sys.argv[1:])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"openai-ttfb-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(figures, indent=2) + "\n")
+    print(json.dumps(figures, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""`POST /v1/audio/speech`: one OpenAI speech request through the same speech path as /tts.
+
+The text goes through `speak` and the replica pool like a native request: same
+admission (429 past the limit), same encoder, same metrics. The response head
+leaves once the job is on a replica (so admission errors still get their status);
+every encoded piece then leaves as one HTTP chunk, or one SSE `speech.audio.delta`
+event. A client that goes away cancels the request, which frees its replica.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import attrs
+import structlog
+import trio
+
+from voxtrio._config import ProgressIntervals, Settings
+from voxtrio.audio._codecs import AudioEncoder
+from voxtrio.ops._metrics import Metrics
+from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.protocol._messages import SynthesisOptions
+from voxtrio.protocol._voice_rules import VoiceId
+from voxtrio.server._request import TextInput, spec_for
+from voxtrio.server.openai._exchange import HttpExchange
+from voxtrio.server.openai._request import OUTPUT_FORMATS, OutputFormat, SpeechRequest
+from voxtrio.server.openai._voices import resolve_voice
+from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._speak import Utterance, speak
+from voxtrio.voices._service import VoiceService
+
+log = structlog.get_logger("voxtrio.openai")
+
+
+@attrs.define
+class HttpSpeechSink:
+    """A speech stream as a chunked HTTP body (raw audio, or SSE events)."""
+
+    exchange: HttpExchange
+    output: OutputFormat
+    sse: bool
+    first_audio_at: float | None = None
+
+    async def waiting(self, utterance: Utterance) -> None:
+        pass
+
+    async def utterance_started(self, utterance: Utterance) -> None:
+        await self._start()
+
+    async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
+        pass
+
+    async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
+        pass
+
+    async def audio(self, data: bytes) -> None:
+        await self._start()
+        if self.sse:
+            await self._event(
+                {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+            )
+        else:
+            await self.exchange.send(data)
+        if self.first_audio_at is None:
+            self.first_audio_at = trio.current_time()
+
+    async def finish(self, input_chars: int) -> None:
+        await self._start()
+        if self.sse:
+            usage = {"input_tokens": input_chars, "output_tokens": 0, "total_tokens": input_chars}
+            await self._event({"type": "speech.audio.done", "usage": usage})
+        await self.exchange.end()
+
+    async def fail(self, exc: ProtocolError) -> None:
+        """An error after the head went out: an SSE `error` event, or a cut body."""
+        if self.sse:
+            await self._event(
+                {"type": "error", "error": {"message": exc.message, "code": str(exc.code).lower()}}
+            )
+            await self.exchange.end()
+
+    async def _start(self) -> None:
+        if not self.exchange.started:
+            media = "text/event-stream" if self.sse else self.output.media_type
+            await self.exchange.start(200, [("content-type", media), ("cache-control", "no-store")])
+
+    async def _event(self, payload: dict[str, object]) -> None:
+        await self.exchange.send(f"data: {json.dumps(payload, separators=(',', ':'))}\n\n".encode())
+
+
+@attrs.frozen(kw_only=True)
+class SpeechContext:
+    settings: Settings
+    pool: ReplicaPool
+    metrics: Metrics
+    voices: VoiceService | None
+
+
+async def synthesize_speech(
+    request: SpeechRequest, sink: HttpSpeechSink, context: SpeechContext, request_id: str
+) -> float:
+    """Speak `request` into `sink`; return the seconds of audio sent."""
+    settings = context.settings
+    if len(request.input) > settings.max_text_chars:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            f"input: {len(request.input)} characters, more than {settings.max_text_chars}",
+            details={"input": "too long"},
+        )
+    voice_id = resolve_voice(request.voice, context.voices)
+    options = SynthesisOptions(
+        voice_id=None if voice_id is None else VoiceId(voice_id),
+        voice_description=request.instructions or None,
+    )
+    base_spec = spec_for(options, "", streaming=True)
+    if context.voices is not None:
+        base_spec = attrs.evolve(base_spec, **await context.voices.resolve(options, request_id))
+    elif options.voice_description is not None:
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            "instructions: voice design is not available on this server",
+            details={"instructions": "not available"},
+        )
+    encoder = AudioEncoder(
+        sink.output.codec, input_rate=context.pool.sample_rate, output_rate=sink.output.sample_rate
+    )
+    try:
+        await speak(
+            TextInput.single(request.input).receive,
+            pool=context.pool,
+            base_spec=base_spec,
+            encoder=encoder,
+            sink=sink,
+            request_id=request_id,
+            progress=ProgressIntervals(timer=3600.0, streaming=3600.0),
+        )
+        await sink.finish(len(request.input))
+    finally:
+        encoder.close()
+    return encoder.duration
+
+
+def record(
+    metrics: Metrics,
+    outcome: str,
+    started: float,
+    sink: HttpSpeechSink,
+    accepted_at: float,
+    audio_s: float,
+) -> None:
+    is_error = outcome not in ("ok", "cancelled", "disconnected")
+    metrics.request_finished(
+        mode="openai",
+        status="error" if is_error else outcome,
+        duration_s=time.perf_counter() - started,
+        first_audio_s=None if sink.first_audio_at is None else sink.first_audio_at - accepted_at,
+        queue_wait_s=None,
+        audio_s=audio_s,
+        rtf=None,
+        error_code=outcome if is_error else None,
+    )
+
+
+def output_for(request: SpeechRequest) -> OutputFormat:
+    return OUTPUT_FORMATS[request.response_format]
