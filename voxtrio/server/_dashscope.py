@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from contextlib import suppress
 
+import attrs
 import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
@@ -46,12 +47,31 @@ from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._errors import SpeechError
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech._speak import speak
+from voxtrio.voices._aliases import ResolvedVoice
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.dashscope")
 
 # The cloud service fails a task whose client is silent this long before finish-task.
 CLIENT_SILENCE_TIMEOUT = 23.0
+
+
+VOICE_SOURCES = (
+    "voices come from this server's voice library ('default' and registered voices) and "
+    "its CosyVoice alias table (the built-in catalog plus cosyvoice-aliases.toml in the "
+    "voice library directory; see docs/dashscope-notes.md)"
+)
+
+
+def dashscope_voices(voices: VoiceService | None) -> dict[str, ResolvedVoice]:
+    """Every voice name a task may use now, in voxtrio's terms."""
+    if voices is None:
+        return {"default": ResolvedVoice(None, None, "library")}
+    library = voices.voice_names()
+    if voices.aliases is None:
+        table = {name: ResolvedVoice(name, None, "library") for name in library}
+        return {**table, "default": ResolvedVoice(None, None, "library")}
+    return voices.aliases.resolved(library)
 
 
 class DashScopeConnection(WebSocketEndpoint):
@@ -72,9 +92,13 @@ class DashScopeConnection(WebSocketEndpoint):
         super().__init__(ws, settings=settings)
         self.pool = pool
         self.metrics = metrics
-        names = frozenset({"default"}) | (voices.voice_names() if voices else frozenset())
+        self.voice_table = dashscope_voices(voices)
         self.protocol = DashScopeTask(
-            DashScopeCapabilities(voices=names, dsp_available=dsp_available)
+            DashScopeCapabilities(
+                voices=frozenset(self.voice_table),
+                voice_sources=VOICE_SOURCES,
+                dsp_available=dsp_available,
+            )
         )
         self.task: RunningTask | None = None
 
@@ -145,11 +169,14 @@ class DashScopeConnection(WebSocketEndpoint):
         if start.ignored:
             log.info("dashscope_ignored_parameters", parameters=start.ignored)
         params = start.params
+        voice = self.voice_table[params.voice]  # the protocol checked the name
+        if voice.source != "library":
+            log.info("dashscope_voice_alias", voice=params.voice, resolved=attrs.asdict(voice))
         base_spec = SynthesisSpec(
             text="",
             seed=params.seed if params.seed is not None else secrets.randbits(63),
-            # The DashScope voice maps to the same library as the native voice_id.
-            voice_id=None if params.voice == "default" else params.voice,
+            voice_id=voice.voice_id,
+            voice_description=voice.description,
         )
         task = RunningTask.open(start.task_id, params, base_spec)
         self.task = task
