@@ -19,16 +19,19 @@ BUDGET_S=${BUDGET_S:-420}         # everything after the install, hard stop
 started=$(date +%s)
 echo "== $(date -u) gpu.sh: concurrency=$CONCURRENCY max_len=$MAX_LEN"
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+WHEELS=${WHEELS:-.whl}            # WHEELS=none: use what is installed (CPU rehearsal)
+if [ "$WHEELS" != none ] && compgen -G "$WHEELS/*.whl" >/dev/null; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || { echo "FAILED: wheel install"; exit 1; }
+    --target /tmp/site "$WHEELS"/*.whl || { echo "FAILED: wheel install"; exit 1; }
   export PYTHONPATH="/tmp/site:$PWD"
 else
   export PYTHONPATH="$PWD"
 fi
 "$PY" - <<'PY' || { echo "FAILED: imports (carry .whl from bench/gpu_wheels.sh)"; exit 1; }
-import torch, voxcpm, trio, av  # noqa: F401
+import torch, trio, av  # noqa: F401
 import voxtrio._app  # noqa: F401
+from voxtrio.speech._voxcpm_import import import_voxcpm
+import_voxcpm()  # voxcpm as the server imports it (its unused imports shimmed)
 print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-")
 PY
@@ -45,6 +48,7 @@ fi
 echo "== checkpoint ready after $(( $(date +%s) - started )) s"
 
 left=$(( BUDGET_S - ($(date +%s) - started) ))
+[ "$left" -lt 120 ] && left=120
 timeout "$left" "$PY" -m bench.batching --model "$MODEL" --device "$DEVICE" --modes batched \
   --concurrency "$CONCURRENCY" --max-len "$MAX_LEN" --rounds 1 --max-batch 128 \
   --level-timeout 120 --out "$OUT"

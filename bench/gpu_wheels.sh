@@ -20,6 +20,7 @@ PACKAGES=(  # the versions the CPU test environment runs
   wetext==0.1.8 kaldifst==1.8.3 contractions==0.1.73 textsearch==0.0.24 anyascii==0.3.3
   pyahocorasick==2.3.1 pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0
   typing-inspection==0.4.5
+  h11==0.16.0 attrs==26.1.0 prometheus-client==0.26.0 typing-extensions==4.16.0  # newer than the image may hold
 )
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
   --implementation cp "${PLATFORMS[@]}" -d .whl "${PACKAGES[@]}"

@@ -41,7 +41,9 @@ async def loop_pool(
     # Paced (3.2 ms a step) so that rows started a few ms apart share steps.
     model = model if model is not None else BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=8)
     replica = BatchReplica(0, lambda: model, **kwargs)
-    pool = ReplicaPool(lambda: SyntheticEngine(), replicas=[replica], chunk_buffer=2)
+    pool = ReplicaPool(
+        lambda: SyntheticEngine(), replicas=[replica], chunk_buffer=2, max_admitted=64
+    )
     try:
         with trio.fail_after(10):
             await pool.start()
@@ -226,3 +228,24 @@ async def test_health_sees_the_loop_beat_while_every_row_waits_for_its_reader() 
                 assert state.replicas[0].busy
                 assert stalled(state, now=now, stall_timeout=0.2) == {}
                 assert job.steps == 2
+
+
+async def test_a_burst_of_cheap_joins_is_admitted_within_a_step_or_two() -> None:
+    """Prefill groups follow each other while the budget lasts: 20 joins need no 10 steps."""
+    model = BatchedSynthetic(SyntheticEngine(rtf=0.3), max_batch=32)  # 48 ms a step
+    async with loop_pool(model, prefill_group=2) as (pool, replica, _):
+        jobs: list[Job] = []
+
+        async def hold(rid: str) -> None:
+            async with pool.run(SynthesisSpec(text=LONG), request_id=rid) as (job, _c):
+                jobs.append(job)
+                await job.done.wait()
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(20):
+                    nursery.start_soon(hold, f"r{i}")
+                while len(jobs) < 20 or any(job.steps < 1 for job in jobs):
+                    await trio.sleep(0.005)
+                assert replica.stats.steps <= 3
+                nursery.cancel_scope.cancel()

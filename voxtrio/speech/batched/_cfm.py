@@ -23,6 +23,14 @@ def time_span(n_timesteps: int, *, device: torch.device, dtype: torch.dtype) -> 
     return span + (torch.cos(torch.pi / 2 * span) - 1 + span)
 
 
+def eager(module: torch.nn.Module) -> torch.nn.Module:
+    """The module itself when voxcpm's `optimize` wrapped it in torch.compile.
+
+    Upstream compiles with CUDA graphs for its fixed batch of 1; batch sizes vary here.
+    """
+    return getattr(module, "_orig_mod", module)
+
+
 def draw_noise(
     cfm: UnifiedCFM, patch_size: int, generator: torch.Generator, *, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -50,7 +58,9 @@ def solve(
     rows = x.size(0)
     t, dt = t_span[0], t_span[0] - t_span[1]
     zero_init_steps = max(1, int(len(t_span) * 0.04))
-    cfg = cfg_value.to(device=x.device, dtype=x.dtype).view(rows, 1, 1)
+    # Kept in float32: upstream multiplies by a Python float, i.e. at op precision.
+    cfg = cfg_value.to(device=x.device, dtype=torch.float32).view(rows, 1, 1)
+    estimator = eager(cfm.estimator)
     mu_in = torch.cat([mu, torch.zeros_like(mu)])
     cond_in = torch.cat([cond, cond])
     for step in range(1, len(t_span)):
@@ -61,14 +71,15 @@ def solve(
             t_in = t.expand(2 * rows).contiguous()
             # Upstream feeds dt only in mean mode (zeros otherwise).
             dt_in = dt.expand(2 * rows).contiguous() if cfm.mean_mode else torch.zeros_like(t_in)
-            out = cfm.estimator(x_in, mu_in, t_in, cond_in, dt_in)
+            out = estimator(x_in, mu_in, t_in, cond_in, dt_in)
             positive, negative = out[:rows], out[rows:]
             dot = torch.sum(
                 positive.reshape(rows, -1) * negative.reshape(rows, -1), dim=1, keepdim=True
             )
             norm = torch.sum(negative.reshape(rows, -1) ** 2, dim=1, keepdim=True) + 1e-8
             st_star = (dot / norm).view(rows, 1, 1)
-            velocity = negative * st_star + cfg * (positive - negative * st_star)
+            guided = (positive - negative * st_star).mul(cfg).to(x.dtype)
+            velocity = negative * st_star + guided
         x = x - dt * velocity
         t = t - dt
         if step < len(t_span) - 1:

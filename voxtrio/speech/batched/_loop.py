@@ -4,8 +4,9 @@ The loop owns its `BatchModel` and runs `Job`s from the same pool API as the
 one-generation `Replica` (credits, stop flag, mailbox hand-over, per-chunk
 transform on this thread). Scheduling happens only between steps:
 
-- joins: jobs waiting in the inbox are prefilled `prefill_group` at a time, one
-  group per step, so a running stream waits at most one group's prefill;
+- joins: jobs waiting in the inbox are prefilled `prefill_group` at a time, groups
+  following each other between two steps only while `prefill_budget` lasts, so a
+  running stream waits at most the budget plus one group's prefill;
 - leaves: a finished, failed or stopped row is released before the next step;
 - backpressure: a row whose client holds `chunk_buffer` untaken chunks (no credit)
   is left out of the step (its position does not move) and stopped once it has had
@@ -68,11 +69,13 @@ class BatchReplica:
         factory: BatchModelFactory,
         *,
         prefill_group: int = 2,
+        prefill_budget: float = 0.025,
         credit_timeout: float = 30.0,
     ) -> None:
         self.index = index
         self._factory = factory
         self.prefill_group = prefill_group
+        self.prefill_budget = prefill_budget
         self.credit_timeout = credit_timeout
         self.model: BatchModel | None = None
         self.capacity = 0  # known once loaded
@@ -183,16 +186,22 @@ class BatchReplica:
             joining.append(item)
 
     def _admit(self, model: BatchModel, joining: list[Job]) -> None:
-        """Prefill one small group of waiting jobs: the only stall running rows see."""
-        group: list[Job] = []
-        while joining and len(group) < self.prefill_group:
-            job = joining.pop(0)
-            if job.stop_event.is_set():
-                self._finish(job, outcome.Value(None), stopped=True)
-            else:
-                group.append(job)
-        if group:
-            self._admit_group(model, group)
+        """Prefill waiting jobs in small groups until `prefill_budget` is spent.
+
+        The stall running rows see between two steps is at most the budget plus one
+        group's prefill; cheap prefills (the synthetic model) admit everyone at once.
+        """
+        began = time.perf_counter()
+        while joining and time.perf_counter() - began < self.prefill_budget:
+            group: list[Job] = []
+            while joining and len(group) < self.prefill_group:
+                job = joining.pop(0)
+                if job.stop_event.is_set():
+                    self._finish(job, outcome.Value(None), stopped=True)
+                else:
+                    group.append(job)
+            if group:
+                self._admit_group(model, group)
 
     def _admit_group(self, model: BatchModel, group: list[Job]) -> None:
         began = time.perf_counter()

@@ -102,11 +102,14 @@ class BatchedVoxCPM:
 
     def _prefill_one(self, spec: SynthesisSpec) -> VoxCPMRow:
         tts = self._tts
+        text = self._engine.target_text(spec)
+        prompt_cache = self._engine.prompt_cache_for(spec)
         inputs = model_inputs(
             tts,
-            text=self._engine.target_text(spec),
-            prompt_cache=self._engine.prompt_cache_for(spec),
-            max_len=spec.max_len,
+            text=text,
+            prompt_cache=prompt_cache,
+            # TextTooLong and the context cap exactly as the one-at-a-time engine.
+            max_len=self._engine.fit_max_len(text, prompt_cache, spec.max_len),
             ratio_threshold=spec.retry_badcase_ratio_threshold,
         )
         # The last step writes no KV, so a row needs prompt + max_len - 1 positions.
@@ -162,7 +165,8 @@ class BatchedVoxCPM:
         cfg = torch.tensor([row.spec.cfg_value for row in rows], dtype=torch.float32)
         timesteps = [row.spec.inference_timesteps for row in rows]
         pred = solve_grouped(cfm, noise, mu, cond, cfg, timesteps).transpose(1, 2)  # [B, P, D]
-        curr_embed = tts.enc_to_lm_proj(tts.feat_encoder(pred.unsqueeze(1)))[:, 0]  # [B, H]
+        encoder = getattr(tts, "_feat_encoder_raw", tts.feat_encoder)  # eager, as in prefill
+        curr_embed = tts.enc_to_lm_proj(encoder(pred.unsqueeze(1)))[:, 0]  # [B, H]
         audio = self._decode(rows, pred)
         stop = tts.stop_head(tts.stop_actn(tts.stop_proj(lm_hidden))).argmax(dim=-1).tolist()
 
@@ -183,14 +187,14 @@ class BatchedVoxCPM:
     def _decode(self, rows: Sequence[VoxCPMRow], pred: torch.Tensor) -> list[np.ndarray]:
         if self._decoder is not None:
             slots = torch.tensor([row.slot for row in rows], device=self._device)
-            wavs = list(self._decoder.decode(pred.transpose(1, 2), slots))
+            audio = self._decoder.decode(pred.transpose(1, 2), slots)
         else:
             windows = []
             for index, row in enumerate(rows):
                 row.window = [*row.window, pred[index]][-row.window_len :]
                 windows.append(torch.cat(row.window, dim=0).transpose(0, 1))  # [D, T*P]
-            wavs = decode_windows(self._tts.audio_vae, windows, self._patch_samples)
-        return [wav.float().cpu().numpy() for wav in wavs]
+            audio = torch.stack(decode_windows(self._tts.audio_vae, windows, self._patch_samples))
+        return list(audio.float().cpu().numpy())  # one device-to-host copy for all rows
 
     def _advance_lms(self, rows: Sequence[VoxCPMRow], curr_embed: torch.Tensor) -> None:
         tts = self._tts
