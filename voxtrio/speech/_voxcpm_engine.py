@@ -131,6 +131,10 @@ class VoxCPMEngine:
             positions += int(reference.shape[0]) + 2
         return positions
 
+    def fit_context(self, text: str, prompt_cache: Any, max_len: int) -> int:
+        """`_fit` for the batched model (the same rule on both paths)."""
+        return self._fit(text, prompt_cache, max_len)
+
     def _fit(self, text: str, prompt_cache: Any, max_len: int) -> int:
         """The step cap that keeps text and audio within the model's context (its KV
         cache: 8192 positions on VoxCPM2, 4096 on 1.x). The text and prompt may take at

@@ -102,11 +102,14 @@ class BatchedVoxCPM:
 
     def _prefill_one(self, spec: SynthesisSpec) -> VoxCPMRow:
         tts = self._tts
+        text = self._engine.target_text(spec)
+        prompt_cache = self._engine.prompt_cache_for(spec)
         inputs = model_inputs(
             tts,
-            text=self._engine.target_text(spec),
-            prompt_cache=self._engine.prompt_cache_for(spec),
-            max_len=spec.max_len,
+            text=text,
+            prompt_cache=prompt_cache,
+            # The context rule of the one-generation path: TextTooLong before any KV.
+            max_len=self._engine.fit_context(text, prompt_cache, spec.max_len),
             ratio_threshold=spec.retry_badcase_ratio_threshold,
         )
         # The last step writes no KV, so a row needs prompt + max_len - 1 positions.
