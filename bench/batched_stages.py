@@ -3,10 +3,11 @@
     PYTHONPATH=. python -m bench.batched_stages [--arch voxcpm2] [--rows 1,16] [--threads 1]
 
 Builds a tiny (or --size full) random-weight checkpoint, loads it through voxcpm's
-loader, and times `BatchedVoxCPM.step` for every row count, plus the AudioVAE decode
-of one patch per row on its own; "model" is the step minus the decode (LocDiT/CFM +
-LocEnc + both LMs + stop head). Medians over --steps steps; the per-row column is the
-step time divided by the rows. This is the bound a batched server can approach.
+loader, and times `BatchedVoxCPM.step` for every row count, split (inside the same
+steps) into the AudioVAE decode of the step's patches and the rest, "model" (LocDiT/CFM
++ LocEnc + both LMs + stop head); "decode alone" times the decoder with nothing else
+running. Medians over --steps steps; "step/row" is the step divided by the rows. This
+is the bound a batched server can approach.
 """
 
 from __future__ import annotations
@@ -37,19 +38,40 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model: BatchedVoxCPM, rows: int, steps: int, device: torch.device) -> float:
+class _TimedDecode(BatchedVoxCPM):
+    """Records how long each step's AudioVAE decode took, inside the step itself."""
+
+    decode_seconds: float = 0.0
+
+    def _decode(self, rows, pred):  # type: ignore[no-untyped-def]
+        _sync(pred.device)
+        start = time.perf_counter()
+        try:
+            return super()._decode(rows, pred)
+        finally:
+            _sync(pred.device)
+            self.decode_seconds = time.perf_counter() - start
+
+
+def time_steps(
+    model: _TimedDecode, rows: int, steps: int, device: torch.device
+) -> tuple[float, float, float]:
+    """Median step, in-step decode and the rest (LocDiT/CFM + LocEnc + LMs), in ms."""
     specs = [SynthesisSpec(text=TEXT, seed=i, max_len=steps + 4) for i in range(rows)]
     handles = model.prefill(specs)
     try:
-        samples = []
+        totals, decodes, rest = [], [], []
         for index in range(steps + 2):
             _sync(device)
             start = time.perf_counter()
             model.step(handles)
             _sync(device)
             if index >= 2:  # the first steps warm caches and allocators
-                samples.append(time.perf_counter() - start)
-        return _median_ms(samples)
+                total = time.perf_counter() - start
+                totals.append(total)
+                decodes.append(model.decode_seconds)
+                rest.append(total - model.decode_seconds)
+        return _median_ms(totals), _median_ms(decodes), _median_ms(rest)
     finally:
         for handle in handles:
             model.release(handle)
@@ -105,17 +127,21 @@ def main() -> None:
             )
         )
         device = next(engine.tts_model.parameters()).device
-        model = BatchedVoxCPM(engine, max_batch=max(counts), max_length=1024)
+        model = _TimedDecode(engine, max_batch=max(counts), max_length=1024)
         print(
             f"{engine.architecture} {args.size} on {device}, {torch.get_num_threads()} torch "
             f"thread(s), median of {args.steps} steps"
         )
-        print(f"{'rows':>5} {'step ms':>9} {'decode ms':>10} {'model ms':>9} {'step/row ms':>12}")
+        print(
+            f"{'rows':>5} {'step ms':>8} {'model ms':>9} {'decode ms':>10} "
+            f"{'decode alone ms':>16} {'step/row ms':>12}"
+        )
         for rows in counts:
-            step = time_steps(model, rows, args.steps, device)
-            decode = time_decode(engine, rows, args.steps, device)
+            step, decode, rest = time_steps(model, rows, args.steps, device)
+            alone = time_decode(engine, rows, args.steps, device)
             print(
-                f"{rows:>5} {step:>9.1f} {decode:>10.1f} {step - decode:>9.1f} {step / rows:>12.2f}"
+                f"{rows:>5} {step:>8.1f} {rest:>9.1f} {decode:>10.1f} {alone:>16.1f} "
+                f"{step / rows:>12.2f}"
             )
 
 

@@ -91,3 +91,12 @@ async def test_page_can_be_turned_off(start_server: Callable[..., Any]) -> None:
         models = await client.get(f"http://127.0.0.1:{server.port}/v1/models")
     assert page.status_code == 404
     assert models.status_code == 200
+
+
+def test_page_is_on_by_default_only_on_loopback() -> None:
+    """web_page auto: on for a loopback host, off beyond it unless set to true."""
+    from voxtrio._config import Settings
+
+    assert Settings(host="127.0.0.1").web_page_enabled
+    assert not Settings(host="0.0.0.0").web_page_enabled
+    assert Settings(host="0.0.0.0", web_page=True).web_page_enabled

@@ -131,8 +131,8 @@ class VoxCPMEngine:
             positions += int(reference.shape[0]) + 2
         return positions
 
-    def fit_context(self, text: str, prompt_cache: Any, max_len: int) -> int:
-        """`_fit` for the batched model (the same rule on both paths)."""
+    def fit_max_len(self, text: str, prompt_cache: Any, max_len: int) -> int:
+        """`max_len` capped to the model's context for this text and prompt (see `_fit`)."""
         return self._fit(text, prompt_cache, max_len)
 
     def _fit(self, text: str, prompt_cache: Any, max_len: int) -> int:

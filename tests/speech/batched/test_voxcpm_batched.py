@@ -16,7 +16,7 @@ import torch
 
 from tests.speech.batched.conftest import Loaded
 from voxtrio.speech import _seeding
-from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._engine import SynthesisSpec, TextTooLong
 from voxtrio.speech.batched._voxcpm import BatchedVoxCPM, VoxCPMRow
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:audioread.*")
@@ -211,4 +211,13 @@ def test_request_longer_than_the_kv_cache_is_refused(loaded: Loaded) -> None:
     model = BatchedVoxCPM(loaded.engine, max_batch=1, max_length=16)
     with pytest.raises(ValueError, match="KV positions"):
         model.prefill([SynthesisSpec(text=TEXT, max_len=20)])
+    assert model.free_slots == 1
+
+
+def test_text_too_long_is_refused_like_the_engine(loaded: Loaded) -> None:
+    """Text past half the model's context is TextTooLong at prefill, before any slot is used."""
+    model = BatchedVoxCPM(loaded.engine, max_batch=1)
+    context = int(loaded.engine.tts_model.config.max_length)
+    with pytest.raises(TextTooLong):
+        model.prefill([SynthesisSpec(text="word " * context)])
     assert model.free_slots == 1

@@ -49,6 +49,11 @@ class HttpExchange:
             except h11.RemoteProtocolError as exc:
                 raise BadRequest(exc.error_status_hint, "malformed HTTP request") from None
             if event is h11.NEED_DATA:
+                if self.conn.they_are_waiting_for_100_continue:
+                    # curl asks before a large upload; answering saves it a 1 s wait.
+                    await self._write(
+                        self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                    )
                 self.conn.receive_data(bytes(await self.stream.receive_some(_RECEIVE_SIZE)))
             elif isinstance(event, h11.Request):
                 target = event.target.decode("latin-1")

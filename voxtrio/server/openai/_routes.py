@@ -7,6 +7,7 @@ error boundary: whatever a route raises ends that request only.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 from collections.abc import Callable
@@ -80,6 +81,10 @@ class HttpFront:
             log.debug("http_client_gone", reason=str(exc))
         except Exception:
             log.exception("http_request_failed")
+            with trio.move_on_after(1.0), contextlib.suppress(ConnectionGone):
+                await self._error(
+                    exchange, 500, "internal server error", "internal_error", kind="server_error"
+                )
         finally:
             self.requests.discard(handle)
             handle.idle.set()

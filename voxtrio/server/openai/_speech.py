@@ -116,7 +116,10 @@ async def synthesize_speech(
     )
     base_spec = spec_for(options, "", streaming=True)
     if context.voices is not None:
-        base_spec = attrs.evolve(base_spec, **await context.voices.resolve(options, request_id))
+        voice = await context.voices.resolve(options, request_id)
+        base_spec = attrs.evolve(
+            base_spec, voice_id=voice.voice_id, voice_description=voice.voice_description
+        )
     elif options.voice_description is not None:
         raise ProtocolError(
             ErrorCode.INVALID_PARAMS,

@@ -108,8 +108,8 @@ class BatchedVoxCPM:
             tts,
             text=text,
             prompt_cache=prompt_cache,
-            # The context rule of the one-generation path: TextTooLong before any KV.
-            max_len=self._engine.fit_context(text, prompt_cache, spec.max_len),
+            # TextTooLong and the context cap exactly as the one-at-a-time engine.
+            max_len=self._engine.fit_max_len(text, prompt_cache, spec.max_len),
             ratio_threshold=spec.retry_badcase_ratio_threshold,
         )
         # The last step writes no KV, so a row needs prompt + max_len - 1 positions.
