@@ -128,3 +128,44 @@ async def test_idle_connection_is_closed(tmp_path: Path) -> None:
         with pytest.raises(ConnectionClosed) as closed, trio.fail_after(10):
             await s.receive_one()
     assert closed.value.reason.code == 1000
+
+
+async def test_json_logs_are_one_object_per_line_at_debug(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """LOG_FORMAT=json at DEBUG: every stderr line (stdlib, warnings, voxcpm prints) is JSON."""
+    import json
+
+    stderr_path = tmp_path / "stderr.txt"
+    ready = tmp_path / "ready"
+    with stderr_path.open("wb") as stderr:
+        process = await trio.lowlevel.open_process(
+            [
+                *(sys.executable, "-m", "voxtrio", "serve", "--engine", "voxcpm"),
+                *("--model", str(tiny_model_dir), "--port", "0", "--metrics-port", "0"),
+                *("--ready-file", str(ready)),
+            ],
+            stderr=stderr,
+            env={**os.environ, "LOG_FORMAT": "json", "LOG_LEVEL": "DEBUG"},
+        )
+        try:
+            with trio.fail_after(120):
+                while not ready.exists():
+                    assert process.poll() is None, "voxtrio serve exited before it was ready"
+                    await trio.sleep(0.05)
+                async with session(ready.read_text().split()[0]) as s:
+                    await s.request("r", text="Hi.")
+                    await s.until_terminal("r")
+                process.send_signal(signal.SIGTERM)
+                assert await process.wait() == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+            await process.wait()
+    lines = stderr_path.read_text().splitlines()
+    events = [json.loads(line) for line in lines]  # raises on the first line that is not JSON
+    assert all(isinstance(e, dict) and "event" in e and "level" in e for e in events)
+    assert any(e.get("logger") == "trio-websocket" for e in events)  # stdlib logging
+    assert any(e.get("logger") == "py.warnings" for e in events)  # torch's FutureWarning
+    printed = [e["line"] for e in events if e["event"] == "stderr_output"]
+    assert "Loaded VoxCPM2Model" in printed  # voxcpm's print(..., file=sys.stderr)

@@ -12,7 +12,7 @@ import structlog
 import trio
 
 from voxtrio import __version__
-from voxtrio._config import Settings
+from voxtrio._config import ConfigError, Settings
 from voxtrio.ops._auth import KeyStore, check_exposure
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
@@ -23,6 +23,7 @@ from voxtrio.server._listener import ServerHandle, TtsServer
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech.batched._factory import batch_replicas
+from voxtrio.voices._aliases import AliasFileError, CosyVoiceAliases
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
 from voxtrio.voices._prompts import prompt_sample_rate
@@ -200,6 +201,11 @@ async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceServ
         if hosts
         else None
     )
+    directory = Path(settings.voices_dir) if settings.voices_dir else None
+    try:
+        aliases = CosyVoiceAliases(directory, architecture=architecture)
+    except AliasFileError as exc:
+        raise ConfigError(str(exc)) from None
     log.info("voices_loaded", voices=len(loaded), directory=settings.voices_dir)
     return VoiceService(
         store,
@@ -209,6 +215,7 @@ async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceServ
         max_prompt_seconds=settings.max_prompt_seconds,
         max_prompt_bytes=settings.max_prompt_bytes,
         fetch_policy=policy,
+        aliases=aliases,
     )
 
 
@@ -230,6 +237,9 @@ async def serve_until_signalled(settings: Settings, keys: KeyStore) -> int:
                 if signum == signal.SIGHUP:
                     changed = keys.reload()
                     log.info("api_keys_reloaded", changed=changed, keys=len(keys))
+                    voices = handle.server.voices
+                    if voices is not None and voices.aliases is not None:
+                        voices.aliases.reload()
                     continue
                 break
             log.info("signal_received", signal=signal.Signals(signum).name, action="drain")

@@ -30,7 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"voxtrio serve: {exc}", file=sys.stderr)
         return 2
     os.environ.setdefault("TQDM_DISABLE", "1")
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, capture_stderr=True)
     code = 1
     # Errors leave trio.run inside exception groups (one per nursery they crossed).
     try:

@@ -172,6 +172,8 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     flag_only_bool: bool = False
+    # What --help shows as the default when the value itself (often None) says nothing.
+    default_help: str | None = None
 
     @property
     def flag(self) -> str:
@@ -227,6 +229,7 @@ OPTIONS: tuple[Option, ...] = (
         "TTS_OPTIMIZE",
         _optional_bool,
         "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
+        default_help="auto",
     ),
     Option(
         "torch_threads",
@@ -314,8 +317,9 @@ OPTIONS: tuple[Option, ...] = (
         "TTS_WEB_PAGE",
         _optional_bool,
         "the browser page at GET /: auto (on when listening on loopback), true or false",
+        default_help="auto",
     ),
-    Option("metrics_host", "METRICS_HOST", _text, "side port address (default: --host)"),
+    Option("metrics_host", "METRICS_HOST", _text, "side port address", default_help="--host"),
     Option("metrics_port", "METRICS_PORT", _port, "side port for /metrics, /health, /ready"),
     Option(
         "stall_timeout",
@@ -361,8 +365,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     for option in OPTIONS:
         env = f" [env {option.env}]" if option.env else ""
-        default = getattr(defaults, option.name)
-        help_text = f"{option.help} (default: {default}){env}"
+        default = option.default_help or getattr(defaults, option.name)
+        # None means "not set"; the option's own help says what that does.
+        shown = "" if default is None else f" (default: {default})"
+        help_text = f"{option.help}{shown}{env}"
         if option.flag_only_bool:
             parser.add_argument(
                 option.flag, dest=option.name, action="store_const", const="true", help=help_text

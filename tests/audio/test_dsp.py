@@ -7,7 +7,9 @@ import pytest
 
 from voxtrio.audio._dsp import StreamingStretch, dsp_available
 
-pytest.importorskip("pylibrb")
+pytest.importorskip(
+    "pylibrb", reason="rate/pitch need the optional GPL extra: pip install voxtrio[dsp]"
+)
 
 SR = 48000
 CHUNK = 7680  # the synthetic engine's chunk: 160 ms at 48 kHz

@@ -175,3 +175,36 @@ async def test_systemd_watchdog_pings_while_healthy(tmp_path: Path) -> None:
     finally:
         sock.close()
     assert sum("WATCHDOG=1" in datagram for datagram in received) >= 3
+
+
+async def first_dashscope_event(url: str, voice: str) -> str:
+    """The first event a run-task for `voice` gets on the DashScope endpoint."""
+    import json
+
+    from trio_websocket import open_websocket_url
+
+    run = {
+        "header": {"action": "run-task", "task_id": "t1", "streaming": "duplex"},
+        "payload": {"input": {}, "parameters": {"voice": voice, "format": "pcm"}},
+    }
+    async with open_websocket_url(url.replace("/tts", "/api-ws/v1/inference")) as ws:
+        await ws.send_message(json.dumps(run))
+        with trio.fail_after(10):
+            event: str = json.loads(await ws.get_message())["header"]["event"]
+            return event
+
+
+async def test_cosyvoice_alias_file_is_reloaded_on_sighup(tmp_path: Path) -> None:
+    """SIGHUP re-reads <voices-dir>/cosyvoice-aliases.toml: a new alias name resolves."""
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    async with serve_process(tmp_path, "--voices-dir", str(voices)) as served:
+        assert await first_dashscope_event(served.url, "narrator") == "task-failed"
+        assert await first_dashscope_event(served.url, "longxiaochun_v2") == "task-started"
+        (voices / "cosyvoice-aliases.toml").write_text(
+            '[voices]\nnarrator = { description = "a calm old man" }\n'
+        )
+        served.process.send_signal(signal.SIGHUP)
+        with trio.fail_after(10):
+            while await first_dashscope_event(served.url, "narrator") != "task-started":
+                await trio.sleep(0.05)

@@ -239,17 +239,29 @@ def test_harmless_extras_are_accepted_and_reported_for_the_log() -> None:
     assert not start.model_known  # cosyvoice-v2: served, and flagged for the log
 
 
-def test_unknown_top_level_and_header_keys_are_refused() -> None:
+def test_unknown_top_level_keys_are_refused() -> None:
+    """A key outside header and payload is a mistake, named in task-failed."""
     message = json.loads(run_task())
     message["junk"] = 1
     header = failure(DashScopeTask().receive_text(json.dumps(message)))
     assert "junk: unknown key" in header["error_message"]
+
+
+def test_unknown_header_keys_and_attributes_are_ignored() -> None:
+    """Relays add their own header keys and attributes; DashScope ignores them, so do we."""
     message = json.loads(run_task())
-    message["header"]["extra"] = 1
-    assert (
-        "header.extra"
-        in failure(DashScopeTask().receive_text(json.dumps(message)))["error_message"]
-    )
+    message["header"]["x-trace-id"] = "abc"
+    message["header"]["attributes"] = {"X-DashScope-DataInspection": "enable"}
+    actions = DashScopeTask().receive_text(json.dumps(message))
+    assert [e["header"]["event"] for e in events(actions)] == ["task-started"]
+
+
+def test_known_header_keys_stay_strict() -> None:
+    """A known header key with a wrong type is still refused."""
+    message = json.loads(run_task())
+    message["header"]["streaming"] = 1
+    header = failure(DashScopeTask().receive_text(json.dumps(message)))
+    assert "header.streaming" in header["error_message"]
 
 
 def test_other_services_are_refused() -> None:
@@ -589,11 +601,65 @@ def test_ssml_flushes_plain_text_before_it() -> None:
     assert [s.text for s in actions] == ["no end", "Doc."]
 
 
-def test_ssml_is_read_literally_when_disabled() -> None:
+def test_other_markup_is_read_literally_when_ssml_is_off() -> None:
+    """Without enable_ssml, text that is not a <speak> document stays plain text."""
     task = started()
-    actions = task.receive_text(continue_task("<speak>Hi.</speak>"))
+    actions = task.receive_text(continue_task("<b>Hi.</b>"))
     actions += task.receive_text(finish_task())
-    assert [s.text for s in sentences(actions)] == ["<speak>Hi.</speak>"]
+    assert [s.text for s in sentences(actions)] == ["<b>Hi.</b>"]
+
+
+def test_a_speak_document_is_ssml_even_when_ssml_is_off() -> None:
+    """Relays send <speak> documents as PlainText: the markup is parsed, never spoken."""
+    task = started()
+    actions = task.receive_text(continue_task('<speak>Hi.<break time="200ms"/></speak>'))
+    actions += task.receive_text(finish_task())
+    assert [s.text for s in sentences(actions)] == ["Hi."]
+
+
+def test_text_type_ssml_turns_ssml_on() -> None:
+    """text_type SSML is DashScope's other switch for SSML."""
+    task = started(text_type="SSML")
+    actions = task.receive_text(continue_task("<p>Hi.</p>"))
+    assert "invalid SSML" in failure(actions)["error_message"]  # parsed, not read aloud
+
+
+GO_ZERO_PARAMETERS = {
+    "text_type": "",
+    "voice": "",
+    "format": "",
+    "sample_rate": 0,
+    "volume": 0,
+    "rate": 0,
+    "pitch": 0,
+}
+
+
+def test_parameters_on_continue_and_finish_task_are_ignored() -> None:
+    """Go relays send empty `parameters` beside `input`; the task keeps its own."""
+    task = started()
+    go_continue = json.loads(continue_task("Hello there."))
+    go_continue["payload"]["parameters"] = GO_ZERO_PARAMETERS
+    go_finish = json.loads(finish_task())
+    go_finish["payload"]["parameters"] = GO_ZERO_PARAMETERS
+    actions = task.receive_text(json.dumps(go_continue))
+    actions += task.receive_text(json.dumps(go_finish))
+    assert [s.text for s in sentences(actions)] == ["Hello there."]
+    assert task.params is not None
+    assert task.params.volume == 50
+
+
+def test_integer_rate_and_pitch_are_accepted() -> None:
+    """rate and pitch may come as JSON integers (Go's float64 1 marshals as 1)."""
+    task = started(rate=1, pitch=1)
+    assert task.params is not None
+    assert (task.params.rate, task.params.pitch) == (1.0, 1.0)
+
+
+def test_text_type_other_than_plaintext_or_ssml_is_refused() -> None:
+    """text_type is checked: DashScope knows PlainText and SSML only."""
+    actions = DashScopeTask().receive_text(run_task(text_type="Markdown"))
+    assert "parameters.text_type" in failure(actions)["error_message"]
 
 
 @pytest.mark.parametrize(
@@ -626,3 +692,17 @@ def test_volume_curve(volume: int, gain: float) -> None:
     start = DashScopeTask().receive_text(run_task(volume=volume))[0]
     assert isinstance(start, StartTask)
     assert start.params.gain == gain
+
+
+def test_empty_text_on_finish_task_is_accepted_and_other_text_refused() -> None:
+    """Go relays send finish-task with `"input": {"text": ""}`; real text there is a mistake."""
+    task = started()
+    go_finish = json.loads(finish_task())
+    go_finish["payload"]["input"] = {"text": "late words"}
+    assert (
+        "payload.input.text" in failure(task.receive_text(json.dumps(go_finish)))["error_message"]
+    )
+    task = started()
+    go_finish["payload"]["input"] = {"text": ""}
+    events_sent = [e["header"]["event"] for e in events(task.receive_text(json.dumps(go_finish)))]
+    assert "task-failed" not in events_sent

@@ -24,8 +24,8 @@ import trio_websocket
 
 from voxtrio._app import run_server
 from voxtrio._config import Settings
-from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.server._listener import ServerHandle
+from voxtrio.speech._errors import GenerationFailed
 from voxtrio.speech._synthetic import SyntheticEngine
 
 from ..stress import fuzzing, runs
@@ -444,16 +444,16 @@ async def test_dashscope_task_failing_after_its_client_vanished_is_not_a_server_
     start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A task that fails just as its client vanishes is not logged as a server error."""
-    import voxtrio.server._dashscope
+    import voxtrio.speech._speak
 
     async def fails_as_the_client_goes(
-        pool: Any, spec: Any, transform: Any, sink: Any, *rest: Any
+        pool: Any, spec: Any, stream: Any, sink: Any, *rest: Any
     ) -> None:
         # The client vanishes between sentence-begin and the failure (seen under load).
-        sink.connection.writer.broken = "connection closed (the client just vanished)"
-        raise ProtocolError(ErrorCode.GENERATION_FAILED, "generation failed: injected")
+        sink.writer.broken = "connection closed (the client just vanished)"
+        raise GenerationFailed("generation failed: injected")
 
-    monkeypatch.setattr(voxtrio.server._dashscope, "generate_utterance", fails_as_the_client_goes)
+    monkeypatch.setattr(voxtrio.speech._speak, "generate_utterance", fails_as_the_client_goes)
     handle: ServerHandle = await start_server()
     with watch_logs() as logs:
         async with RawWebSocket.open(dashscope_url(handle.url)) as raw:

@@ -315,12 +315,12 @@ async def test_server_bug_is_internal_error_for_that_request_only(
     synthetic_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An exception in the server's own code is INTERNAL_ERROR; the connection goes on."""
-    import voxtrio.server._request
+    import voxtrio.server._native_sink
 
     def broken(*args: Any) -> bytes:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(voxtrio.server._request, "encode_frame", broken)
+    monkeypatch.setattr(voxtrio.server._native_sink, "encode_frame", broken)
     async with session(synthetic_server.url) as s:
         await s.request("a", text="hi")
         await s.until_terminal("a")

@@ -277,9 +277,14 @@ async def ping_flood(chaos: Chaos, rng: random.Random) -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(read)
                 for n in range(count):
-                    await raw.send_text(dumps({"type": "ping", "timestamp": n}))
-                    if n % 3 == 0:
-                        await raw.ping(str(n).encode())
+                    if raw.closed is not None:
+                        break  # the reader records why the server closed
+                    try:
+                        await raw.send_text(dumps({"type": "ping", "timestamp": n}))
+                        if n % 3 == 0:
+                            await raw.ping(str(n).encode())
+                    except LocalProtocolError:
+                        break  # the server's close frame arrived: the reader records it
         chaos.note("pongs")
         chaos.events["pongs received"] += pongs
 

@@ -88,6 +88,17 @@ class NonFiniteAudio(ValueError):
     """Audio holding NaN or ±inf (a model that went wrong)."""
 
 
+EncoderSetting = Literal["format", "sample_rate", "bit_rate", "volume"]
+
+
+class InvalidEncoderSetting(ValueError):
+    """An `AudioEncoder` argument it cannot honour; `setting` names which one."""
+
+    def __init__(self, setting: EncoderSetting, message: str) -> None:
+        super().__init__(message)
+        self.setting: EncoderSetting = setting
+
+
 def check_finite(chunk: npt.ArrayLike) -> None:
     """Raise NonFiniteAudio("non-finite audio") if `chunk` holds NaN or ±inf."""
     x = np.asarray(chunk)
@@ -306,7 +317,9 @@ class _AvBackend:
 
 def _rate(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        raise InvalidEncoderSetting(
+            "sample_rate", f"{name} must be a positive integer, not {value!r}"
+        )
     return int(value)
 
 
@@ -314,24 +327,29 @@ def _check_bit_rate(fmt: EncoderFormat, sample_rate: int, bit_rate: object) -> i
     """Validate `bit_rate` (bits/s) for `fmt`; return the effective one (None = n/a)."""
     if fmt not in ("mp3", "opus"):
         if bit_rate is not None:
-            raise ValueError(f"bit_rate applies to mp3 and opus only, not {fmt}")
+            raise InvalidEncoderSetting(
+                "bit_rate", f"bit_rate applies to mp3 and opus only, not {fmt}"
+            )
         return None
     if bit_rate is None:
         return _default_mp3_bit_rate(sample_rate) if fmt == "mp3" else OPUS_DEFAULT_BIT_RATE
     if isinstance(bit_rate, bool) or not isinstance(bit_rate, int | np.integer):
-        raise ValueError(f"bit_rate must be an integer (bits/s), not {bit_rate!r}")
+        raise InvalidEncoderSetting(
+            "bit_rate", f"bit_rate must be an integer (bits/s), not {bit_rate!r}"
+        )
     if fmt == "mp3":
         allowed = mp3_bit_rates(sample_rate)
         if bit_rate not in allowed:
-            raise ValueError(
+            raise InvalidEncoderSetting(
+                "bit_rate",
                 f"mp3 bit_rate at {sample_rate} Hz must be one of "
-                f"{', '.join(str(b) for b in allowed)} (bits/s), not {bit_rate!r}"
+                f"{', '.join(str(b) for b in allowed)} (bits/s), not {bit_rate!r}",
             )
     else:
         low, high = OPUS_BIT_RATE_RANGE
         if not low <= bit_rate <= high:
-            raise ValueError(
-                f"opus bit_rate must be from {low} to {high} (bits/s), not {bit_rate!r}"
+            raise InvalidEncoderSetting(
+                "bit_rate", f"opus bit_rate must be from {low} to {high} (bits/s), not {bit_rate!r}"
             )
         return min(int(bit_rate), _OPUS_MONO_MAX_BIT_RATE)
     return int(bit_rate)
@@ -372,23 +390,27 @@ class AudioEncoder:
         volume: float = 1.0,
     ) -> None:
         if fmt not in ENCODER_FORMATS:
-            raise ValueError(
-                f"unsupported audio format {fmt!r}; expected one of {', '.join(ENCODER_FORMATS)}"
+            raise InvalidEncoderSetting(
+                "format",
+                f"unsupported audio format {fmt!r}; expected one of {', '.join(ENCODER_FORMATS)}",
             )
         self.input_rate = _rate("input_rate", input_rate)
         requested = self.input_rate if output_rate is None else output_rate
         if isinstance(requested, bool) or requested not in SUPPORTED_RATES:
-            raise ValueError(
+            raise InvalidEncoderSetting(
+                "sample_rate",
                 f"unsupported output sample rate {requested!r}; expected one of "
-                f"{', '.join(str(r) for r in SUPPORTED_RATES)}"
+                f"{', '.join(str(r) for r in SUPPORTED_RATES)}",
             )
         rate = int(requested)
         if fmt == "opus":
             rate = min(r for r in OPUS_RATES if r >= rate)
         if isinstance(volume, bool) or not isinstance(volume, int | float):
-            raise ValueError(f"volume must be a number, not {volume!r}")
+            raise InvalidEncoderSetting("volume", f"volume must be a number, not {volume!r}")
         if not 0 <= volume <= MAX_VOLUME:  # also refuses NaN
-            raise ValueError(f"volume must be a gain from 0 to {MAX_VOLUME}, not {volume!r}")
+            raise InvalidEncoderSetting(
+                "volume", f"volume must be a gain from 0 to {MAX_VOLUME}, not {volume!r}"
+            )
         self.format = fmt
         self.sample_rate = rate
         self.bit_rate = _check_bit_rate(fmt, rate, bit_rate)

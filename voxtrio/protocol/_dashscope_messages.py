@@ -29,11 +29,11 @@ RATE_RANGE: Final = (0.5, 2.0)
 PITCH_RANGE: Final = (0.5, 2.0)
 SDK_MAX_SEED: Final = 65535  # the SDK's documented range (speech_synthesizer.py:335)
 
+TEXT_TYPES: Final = ("PlainText", "SSML")  # "SSML" turns SSML on, as enable_ssml does
 # Parameters the SDK (or DashScope's docs) send that voxtrio accepts and does not use,
 # with the value that means "nothing asked". StartTask.ignored reports every one that
 # came with another value, so the I/O layer logs it: none is dropped silently.
 IGNORED_PARAMETERS: Final[dict[str, Any]] = {
-    "text_type": "PlainText",  # always sent by the SDK; SSML is enable_ssml's job
     "word_timestamp_enabled": False,  # sentence timestamps are sent; words stay []
     "language_hints": None,  # the model detects the language from the text
     "instruction": None,  # CosyVoice instruct models only
@@ -73,8 +73,8 @@ class RunTaskParameters:
     seed: int | None = attrs.field(default=None, metadata=field_range(0, SDK_MAX_SEED))
     bit_rate: int | None = None  # kbit/s, as the SDK's AudioFormat enum carries it
     enable_ssml: bool = False
+    text_type: str = "PlainText"
     # Accepted, unused: see IGNORED_PARAMETERS.
-    text_type: Any = None
     word_timestamp_enabled: Any = None
     language_hints: Any = None
     instruction: Any = None
@@ -95,6 +95,8 @@ class ContinueInput:
 @attrs.frozen(kw_only=True)
 class FinishInput:
     directive: str | None = None
+    # Go relays reuse run-task's input struct, so finish-task carries `"text": ""`.
+    text: str | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -107,6 +109,9 @@ class RunTaskPayload:
     parameters: RunTaskParameters = attrs.Factory(RunTaskParameters)
 
 
+# A task's parameters are fixed by its run-task. Go's encoding/json cannot omit an empty
+# struct, so relays send `"parameters": {"voice": "", "rate": 0, ...}` on continue-task
+# and finish-task; DashScope accepts and ignores it, and so does voxtrio (any object).
 @attrs.frozen(kw_only=True)
 class ContinueTaskPayload:
     # The SDK repeats these on every continue-task; they are checked, not used.
@@ -115,6 +120,7 @@ class ContinueTaskPayload:
     task: str = "tts"
     function: str = "SpeechSynthesizer"
     input: ContinueInput = attrs.Factory(ContinueInput)
+    parameters: dict[str, Any] | None = None  # ignored (see above)
 
 
 @attrs.frozen(kw_only=True)
@@ -124,6 +130,7 @@ class FinishTaskPayload:
     task: str = "tts"
     function: str = "SpeechSynthesizer"
     input: FinishInput = attrs.Factory(FinishInput)
+    parameters: dict[str, Any] | None = None  # ignored, as on continue-task
 
 
 @attrs.frozen
@@ -143,6 +150,8 @@ class FinishTaskMessage:
     header: Header
     payload: FinishTaskPayload = attrs.Factory(FinishTaskPayload)
 
+
+_HEADER_KEYS: Final = frozenset(a.name for a in attrs.fields(Header))
 
 DashScopeMessage = RunTaskMessage | ContinueTaskMessage | FinishTaskMessage
 _MESSAGE_TYPES: Final[dict[str, type[DashScopeMessage]]] = {
@@ -184,6 +193,9 @@ def parse_dashscope_message(text: str) -> DashScopeMessage:
     task_id = raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_TASK_ID_CHARS else None
     action = header.get("action")
     cls = _MESSAGE_TYPES.get(action) if isinstance(action, str) else None
+    # Header keys this server does not know are dropped: DashScope ignores them, and
+    # relays add their own (tracing ids and the like). The keys it knows stay strict.
+    data = {**data, "header": {k: v for k, v in header.items() if k in _HEADER_KEYS}}
     if cls is None:
         shown = repr(action[:64]) if isinstance(action, str) else "missing"
         raise invalid_parameter(
@@ -218,5 +230,7 @@ def _check_envelope(message: DashScopeMessage, task_id: str | None) -> None:
     if isinstance(payload, FinishTaskPayload) and payload.input.directive not in (None, "cancel"):
         directive = payload.input.directive or ""
         errors.append(f"payload.input.directive must be 'cancel', got {directive[:64]!r}")
+    if isinstance(payload, FinishTaskPayload) and payload.input.text:
+        errors.append("payload.input.text must be empty on finish-task: send text in continue-task")
     if errors:
         raise invalid_parameter("; ".join(errors), task_id)

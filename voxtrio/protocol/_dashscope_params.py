@@ -12,6 +12,7 @@ from voxtrio.protocol._dashscope_messages import (
     IGNORED_PARAMETERS,
     MAX_MESSAGE_TEXT_CHARS,
     MAX_TASK_CHARS,
+    TEXT_TYPES,
     RunTaskParameters,
     invalid_parameter,
 )
@@ -67,7 +68,9 @@ class TaskParams:
 class DashScopeCapabilities:
     """What this server offers on the DashScope endpoint."""
 
-    voices: frozenset[str] = frozenset({"default"})
+    voices: frozenset[str] = frozenset({"default"})  # every name a run-task may use
+    # Where those names come from, for the unknown-voice refusal (None: list them).
+    voice_sources: str | None = None
     model_names: frozenset[str] = frozenset()  # any other model is served too, and logged
     dsp_available: bool = False  # rate/pitch other than 1.0 (voxtrio.audio._dsp)
     max_text_chars: int = MAX_MESSAGE_TEXT_CHARS
@@ -89,8 +92,10 @@ def validate_parameters(
         allowed = ", ".join(str(r) for r in SUPPORTED_RATES)
         errors["sample_rate"] = f"must be one of {allowed}, got {raw.sample_rate}"
     if raw.voice not in caps.voices:
-        known = ", ".join(sorted(caps.voices)[:20])
-        errors["voice"] = f"unknown voice {raw.voice[:64]!r}; this server has: {known}"
+        sources = caps.voice_sources or "this server has: " + ", ".join(sorted(caps.voices)[:20])
+        errors["voice"] = f"unknown voice {raw.voice[:64]!r}; {sources}"
+    if raw.text_type not in TEXT_TYPES:
+        errors["text_type"] = f"must be PlainText or SSML, got {raw.text_type[:32]!r}"
     if not caps.dsp_available:
         for name in ("rate", "pitch"):
             value = getattr(raw, name)
@@ -114,7 +119,7 @@ def validate_parameters(
         pitch=float(raw.pitch),
         seed=raw.seed,
         bit_rate=bit_rate,
-        enable_ssml=raw.enable_ssml,
+        enable_ssml=raw.enable_ssml or raw.text_type == "SSML",
     )
     ignored = {
         name: getattr(raw, name)

@@ -45,6 +45,7 @@ from voxtrio.protocol._ssml import (
     Sentence,
     Silence,
     SsmlError,
+    is_speak_document,
     looks_like_ssml,
     parse_ssml,
 )
@@ -306,7 +307,7 @@ class DashScopeTask:
                 self.task_id,
             )
         assert self.params is not None
-        if self.params.enable_ssml and looks_like_ssml(text):
+        if (self.params.enable_ssml and looks_like_ssml(text)) or is_speak_document(text):
             # A document is a sentence boundary: what came before it is spoken first.
             actions = self._pieces(self._splitter.flush())
             try:

@@ -115,6 +115,18 @@ class SsmlError(ValueError):
         self.position = position
 
 
+_SPEAK_ROOT = re.compile(r"\s*(?:<\?xml[^>]*\?>\s*)?<speak[\s>]")
+
+
+def is_speak_document(text: str) -> bool:
+    """Whether `text` opens with a `<speak>` root: SSML even without enable_ssml.
+
+    Relays detect `<speak>` themselves and send it as PlainText; reading the markup
+    aloud is never what they mean, and a `<speak` root is unambiguous.
+    """
+    return _SPEAK_ROOT.match(text) is not None
+
+
 def looks_like_ssml(text: str) -> bool:
     """Whether `text` is meant as an SSML document: its first non-blank character is `<`.
 

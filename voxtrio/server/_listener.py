@@ -21,6 +21,7 @@ from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._connection_state import Capabilities
 from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._dashscope import DashScopeConnection
+from voxtrio.server._endpoint import Endpoint
 from voxtrio.server._native import Connection
 from voxtrio.server._sniff import HeadTooLarge, ReplayStream, read_head, wants_websocket
 from voxtrio.server._websocket import (
@@ -143,7 +144,7 @@ class TtsServer:
             max_text_chars=settings.max_text_chars,
             denoiser_available=settings.denoiser_path is not None,
         )
-        self.connections: set[Connection | DashScopeConnection] = set()
+        self.connections: set[Endpoint] = set()
         self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()
         self.draining = False
@@ -201,7 +202,7 @@ class TtsServer:
         for connection in self.connections:
             connection.begin_drain()
         http_requests = list(self.http.requests) if self.http is not None else []
-        ending: list[Connection | DashScopeConnection | HttpRequestHandle] = [
+        ending: list[Endpoint | HttpRequestHandle] = [
             *self.connections,
             *http_requests,
         ]
@@ -263,7 +264,7 @@ class TtsServer:
             remote = str(request.remote)
         except OSError:  # the peer reset the connection right after the handshake
             return
-        connection: Connection | DashScopeConnection
+        connection: Endpoint
         if path == DASHSCOPE_PATH:
             connection = DashScopeConnection(
                 ws,

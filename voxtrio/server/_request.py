@@ -11,17 +11,13 @@ import structlog
 import trio
 
 from voxtrio._config import ProgressIntervals
-from voxtrio.audio._codecs import AudioEncoder
 from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.protocol._frames import FrameType, encode_frame
 from voxtrio.protocol._messages import (
     CancelledResult,
     Complete,
     Error,
     ErrorBody,
-    Progress,
-    ProgressState,
     ServerMessage,
     SynthesisOptions,
     SynthesisResult,
@@ -31,11 +27,15 @@ from voxtrio.protocol._messages import (
     dump_message,
     error_message,
 )
-from voxtrio.protocol._sentences import SentenceSplitter, is_speakable
+from voxtrio.server._native_errors import native_error
+from voxtrio.server._native_sink import NativeSink
+from voxtrio.server._text_input import TextInput
 from voxtrio.server._writer import ConnectionGone, FrameWriter
 from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._errors import SpeechError
+from voxtrio.speech._output import OutputSpec
 from voxtrio.speech._replicas import ReplicaPool
-from voxtrio.speech._speak import Utterance, speak
+from voxtrio.speech._speak import speak
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.request")
@@ -75,167 +75,6 @@ class RequestControl:
         self.scope.cancel()
 
 
-@attrs.define(eq=False)
-class TextInput:
-    """The text a request will speak: one text, or sentences cut from streamed deltas.
-
-    Bounded twice: at most `max_pending` sentences queued and `max_buffered_chars`
-    characters accepted but not yet spoken. A client that sends text faster than it
-    can be spoken past those bounds gets its request ended, never unbounded memory.
-    """
-
-    send: trio.MemorySendChannel[Utterance]
-    receive: trio.MemoryReceiveChannel[Utterance]
-    splitter: SentenceSplitter | None = None
-    max_buffered_chars: int = 20_000
-    buffered_chars: int = 0
-    next_index: int = 0
-
-    @classmethod
-    def single(cls, text: str) -> TextInput:
-        send, receive = trio.open_memory_channel[Utterance](1)
-        text_input = cls(send, receive)
-        text_input._queue(text)
-        send.close()
-        return text_input
-
-    @classmethod
-    def streamed(cls, *, max_pending: int = 256, max_buffered_chars: int = 20_000) -> TextInput:
-        send, receive = trio.open_memory_channel[Utterance](max_pending)
-        return cls(send, receive, SentenceSplitter(), max_buffered_chars)
-
-    def feed(self, text: str) -> None:
-        """Take a delta; queue the sentences it completes. Raises OverflowError if full."""
-        assert self.splitter is not None
-        self.buffered_chars += len(text)
-        if self.buffered_chars > self.max_buffered_chars:
-            raise OverflowError(
-                f"{self.buffered_chars} characters are waiting to be spoken, "
-                f"more than {self.max_buffered_chars}"
-            )
-        for sentence in self.splitter.feed(text):
-            self._queue(sentence)
-
-    def flush(self) -> None:
-        assert self.splitter is not None
-        for sentence in self.splitter.flush():
-            self._queue(sentence)
-
-    def end(self) -> None:
-        self.flush()
-        self.send.close()
-
-    def spoken(self, utterance: Utterance) -> None:
-        self.buffered_chars -= len(utterance.text)
-
-    def _queue(self, text: str) -> None:
-        if not is_speakable(text):
-            self.buffered_chars -= len(text)
-            return
-        try:
-            self.send.send_nowait(Utterance(self.next_index, text.strip()))
-        except trio.WouldBlock:
-            raise OverflowError("too many sentences are waiting to be spoken") from None
-        self.next_index += 1
-
-
-@attrs.define
-class NativeSink:
-    """Turns a speech stream into native frames and progress messages."""
-
-    request_id: str
-    writer: FrameWriter
-    encoder: AudioEncoder
-    streaming: bool
-    text_input: TextInput
-    accepted_at: float
-    frames_sent: int = 0
-    first_audio_at: float | None = None
-    pieces: list[bytes] = attrs.Factory(list)
-    _last_progress: tuple[str, float, str] | None = None
-    _queued_reported: bool = False
-
-    async def send(self, message: ServerMessage) -> None:
-        await self.writer.send(dump_message(message))
-
-    async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
-        await self.report("generating", steps / expected, f"{steps}/{expected} steps")
-
-    async def report(self, state: ProgressState, value: float, message: str = "") -> None:
-        value = round(min(max(value, 0.0), 1.0), 4)
-        if self._last_progress == (state, value, message):
-            return
-        self._last_progress = (state, value, message)
-        await self.send(Progress(self.request_id, state, value, message))
-
-    async def waiting(self, utterance: Utterance) -> None:
-        await self._report_queued()
-
-    async def utterance_started(self, utterance: Utterance) -> None:
-        await self._report_queued()  # the documented sequence starts with it
-        await self.report("processing", 0.0, f"sentence {utterance.index}")
-
-    async def _report_queued(self) -> None:
-        if not self._queued_reported:
-            self._queued_reported = True
-            await self.report("queued", 0.0, "waiting for a model replica")
-
-    async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
-        self.text_input.spoken(utterance)
-
-    async def audio(self, data: bytes) -> None:
-        if self.streaming:
-            await self._send_frame(data, is_final=False)
-        else:
-            self.pieces.append(data)
-
-    async def _send_frame(self, data: bytes, *, is_final: bool) -> None:
-        metadata = {
-            "request_id": self.request_id,
-            "sequence": self.frames_sent,
-            "sample_rate": self.encoder.sample_rate,
-            "is_final": is_final,
-            "format": self.encoder.format,
-        }
-        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, data))
-        self.frames_sent += 1
-        if self.first_audio_at is None and data:
-            self.first_audio_at = trio.current_time()
-
-    async def finish(self) -> None:
-        if self.streaming:
-            await self._send_frame(b"", is_final=True)
-            return
-        await self.report("encoding", 1.0, "sending audio")
-        metadata = {
-            "request_id": self.request_id,
-            "sample_rate": self.encoder.sample_rate,
-            "duration": round(self.encoder.duration, 6),
-            "format": self.encoder.format,
-        }
-        payload = b"".join(self.pieces)
-        await self.writer.send(encode_frame(FrameType.NON_STREAMING, metadata, payload))
-        self.first_audio_at = trio.current_time()
-
-
-def _encoder_for(options: SynthesisOptions, input_rate: int, request_id: str) -> AudioEncoder:
-    try:
-        return AudioEncoder(
-            options.format,
-            input_rate=input_rate,
-            output_rate=options.sample_rate,
-            bit_rate=options.bit_rate,
-        )
-    except ValueError as exc:
-        field = "params.bit_rate" if "bit" in str(exc) else "params.sample_rate"
-        raise ProtocolError(
-            ErrorCode.INVALID_PARAMS,
-            f"invalid audio output: {exc}",
-            details={field: str(exc)},
-            request_id=request_id,
-        ) from None
-
-
 async def synthesize(
     request: TtsRequest | TextStreamStart,
     text_input: TextInput,
@@ -269,31 +108,33 @@ async def synthesize(
             "voices are not available on this server",
             request_id=request.request_id,
         )
-    encoder = _encoder_for(options, pool.sample_rate, request.request_id)
-    sink = NativeSink(request.request_id, writer, encoder, streaming, text_input, accepted_at)
+    output = OutputSpec(
+        format=options.format, sample_rate=options.sample_rate, bit_rate=options.bit_rate
+    )
+    sink = NativeSink(request.request_id, writer, streaming, text_input)
     try:
         stats = await speak(
             text_input.receive,
             pool=pool,
             base_spec=base_spec,
-            encoder=encoder,
+            output=output,
             sink=sink,
             request_id=request.request_id,
             progress=progress,
         )
-        await sink.finish()
-    finally:
-        encoder.close()
+    except SpeechError as exc:
+        raise native_error(exc, request.request_id) from exc
+    await sink.finish(stats.duration)
     now = trio.current_time()
 
     def ms_since_accepted(when: float | None) -> float | None:
         return None if when is None else round((when - accepted_at) * 1000, 3)
 
-    duration = encoder.duration
+    duration = stats.duration
     return SynthesisResult(
         duration=round(duration, 6),
-        sample_rate=encoder.sample_rate,
-        samples=encoder.samples_out,
+        sample_rate=stats.sample_rate,
+        samples=stats.samples_out,
         chunks=stats.chunks,
         seed=base_spec.seed,
         format=options.format,

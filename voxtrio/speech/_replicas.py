@@ -38,8 +38,8 @@ import outcome
 import structlog
 import trio
 
-from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.speech._engine import Engine, EngineFactory, GenerationStopped, SynthesisSpec
+from voxtrio.speech._errors import EngineUnavailable, Overloaded, QueueTimeout
 
 log = structlog.get_logger("voxtrio.replicas")
 
@@ -430,17 +430,10 @@ class ReplicaPool:
         shielded, until its thread has really stopped before returning.
         """
         if not self.ready:
-            raise ProtocolError(
-                ErrorCode.MODEL_NOT_LOADED, "the model is not loaded", request_id=request_id
-            )
+            raise EngineUnavailable("the model is not loaded")
         assert self._mailbox is not None  # set by start(), before ready
         if self.admitted >= self.max_admitted:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"the server is at its limit of {self.max_admitted} concurrent requests",
-                details={"scope": "server", "limit": self.max_admitted, "retry_after_ms": 1000},
-                request_id=request_id,
-            )
+            raise Overloaded(self.max_admitted)
         self.admitted += 1
         try:
             borrower = object()
@@ -497,12 +490,7 @@ class ReplicaPool:
         finally:
             self.waiting -= 1
         if queue_scope.cancelled_caught:
-            raise ProtocolError(
-                ErrorCode.RATE_LIMITED,
-                f"no replica became free within {self.queue_timeout:g} s",
-                details={"scope": "queue", "retry_after_ms": 1000},
-                request_id=request_id,
-            )
+            raise QueueTimeout(self.queue_timeout)
 
     def _job_done(self, replica: Replica, job: Job) -> None:
         self._free.append(replica)

@@ -1,29 +1,30 @@
 """Speak a sequence of utterances through the replica pool into one encoded stream.
 
-Shared by the native protocol (one text, or sentences streamed in) and the DashScope
-endpoint (sentences, SSML breaks). Each utterance is one generation on whichever
-replica is free; all of them feed one `AudioEncoder`, so the client gets one
-continuous stream in its format (one WAV header, one Ogg stream). Encoding runs on
-the replica thread, next to the model, to keep codec work off the event loop.
+The one speech path of both endpoints: the native protocol (one text, or sentences
+streamed in) and DashScope (sentences, SSML breaks). Each utterance is one
+generation on whichever replica is free; all of them feed one `OutputStream`, so
+the client gets one continuous stream in its format (one WAV header, one Ogg
+stream). `speak` owns that stream's whole life: it opens it, lends its `transform`
+to the replica thread (encoding next to the model), and finishes or closes it.
+What happened goes to a `SpeechSink`; failures are `SpeechError`s.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
 import attrs
-import numpy as np
 import structlog
 import trio
 
 from voxtrio._config import ProgressIntervals
-from voxtrio.audio._codecs import AudioEncoder, NonFiniteAudio
-from voxtrio.protocol._errors import ErrorCode, ProtocolError
-from voxtrio.server._writer import ConnectionGone
+from voxtrio.audio._codecs import EncoderFormat, NonFiniteAudio
 from voxtrio.speech._engine import SynthesisSpec, TextTooLong
+from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutput, StoppedEarly
+from voxtrio.speech._output import OutputSpec, OutputStream
+from voxtrio.speech._progress import ProgressReporter
 from voxtrio.speech._replicas import Job, ReplicaPool
 
 log = structlog.get_logger("voxtrio.speech")
@@ -31,21 +32,30 @@ log = structlog.get_logger("voxtrio.speech")
 
 @attrs.frozen
 class Utterance:
-    """One piece of the output: a text to speak, or silence (an SSML break)."""
+    """One piece of the output: silence, a text to speak, silence (SSML breaks)."""
 
     index: int
     text: str = ""
-    silence_ms: int = 0
+    silence_before_ms: int = 0
+    silence_after_ms: int = 0
 
 
 @attrs.frozen
-class EncodedAudio:
-    data: bytes
-    samples: int  # output-rate samples this piece added
+class AudioInfo:
+    """The stream a client is about to get."""
+
+    format: EncoderFormat
+    sample_rate: int
 
 
 class SpeechSink(Protocol):
     """Where a speech stream's events go (native frames, DashScope events)."""
+
+    def opened(self, audio: AudioInfo) -> None:
+        """The output stream exists (called once, before any other event)."""
+
+    async def utterance_begins(self, utterance: Utterance) -> None:
+        """The utterance is next: before its silence and before it waits for a replica."""
 
     async def waiting(self, utterance: Utterance) -> None:
         """No replica is free: the utterance waits for one."""
@@ -55,30 +65,28 @@ class SpeechSink(Protocol):
 
     async def audio(self, data: bytes) -> None: ...
 
-    async def utterance_finished(self, utterance: Utterance, samples: int) -> None: ...
+    async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
+        """All its audio is sent: `samples_in` model-rate samples, silences included."""
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None: ...
 
 
 @attrs.define
 class SpeechStats:
+    """What a speech stream took and gave; kept current, so a failed one is measurable."""
+
     started_at: float = attrs.field(factory=trio.current_time)
     first_job_at: float | None = None
     utterances: int = 0
     chunks: int = 0
     compute_seconds: float = 0.0
+    format: EncoderFormat = "pcm16"
+    sample_rate: int = 0
+    samples_out: int = 0  # output-rate samples encoded so far
 
-
-def encoding_transform(encoder: AudioEncoder) -> Callable[[np.ndarray], EncodedAudio]:
-    """The per-chunk work done on the replica thread: check and encode."""
-
-    def encode(chunk: np.ndarray) -> EncodedAudio:
-        # encode() refuses NaN/inf with NonFiniteAudio before it encodes anything.
-        before = encoder.samples_out
-        data = encoder.encode(chunk)
-        return EncodedAudio(data, encoder.samples_out - before)
-
-    return encode
+    @property
+    def duration(self) -> float:
+        return self.samples_out / self.sample_rate if self.sample_rate else 0.0
 
 
 async def speak(
@@ -86,39 +94,65 @@ async def speak(
     *,
     pool: ReplicaPool,
     base_spec: SynthesisSpec,
-    encoder: AudioEncoder,
+    output: OutputSpec,
     sink: SpeechSink,
     request_id: str,
     progress: ProgressIntervals,
+    stats: SpeechStats | None = None,
 ) -> SpeechStats:
-    """Speak every utterance in order, then flush the encoder; return what it took."""
-    stats = SpeechStats()
-    transform = encoding_transform(encoder)
-    async for utterance in utterances:
-        before = encoder.samples_out
-        if utterance.silence_ms:
-            await sink.utterance_started(utterance)
-            silence = np.zeros(pool.sample_rate * utterance.silence_ms // 1000, np.float32)
-            data = await trio.to_thread.run_sync(encoder.encode, silence)
-            if data:
-                await sink.audio(data)
-        else:
-            spec = attrs.evolve(base_spec, text=utterance.text)
-            await generate_utterance(
-                pool, spec, transform, sink, utterance, stats, request_id, progress
-            )
-        stats.utterances += 1
-        await sink.utterance_finished(utterance, encoder.samples_out - before)
-    tail = encoder.finish()
-    if tail:
-        await sink.audio(tail)
-    return stats
+    """Speak every utterance in order, then finish the stream; return what it took.
+
+    Raises `InvalidOutput` (before any event) when `output` cannot be produced, and
+    the pool's and the generation's `SpeechError`s.
+    """
+    stats = stats if stats is not None else SpeechStats()
+    stream = OutputStream(output, input_rate=pool.sample_rate)
+    try:
+        stats.format, stats.sample_rate = stream.format, stream.sample_rate
+        sink.opened(AudioInfo(stream.format, stream.sample_rate))
+        async for utterance in utterances:
+            await _speak_one(utterance, stream, pool, base_spec, sink, request_id, progress, stats)
+        await _send(sink, await stream.finish(), stream, stats)
+        return stats
+    finally:
+        stream.close()
+
+
+async def _speak_one(
+    utterance: Utterance,
+    stream: OutputStream,
+    pool: ReplicaPool,
+    base_spec: SynthesisSpec,
+    sink: SpeechSink,
+    request_id: str,
+    progress: ProgressIntervals,
+    stats: SpeechStats,
+) -> None:
+    await sink.utterance_begins(utterance)
+    # Timed in input samples: the resampler holds a few ms back across utterances.
+    before = stream.samples_in
+    if not utterance.text:
+        await sink.utterance_started(utterance)
+    await _send(sink, await stream.silence(utterance.silence_before_ms), stream, stats)
+    if utterance.text:
+        spec = attrs.evolve(base_spec, text=utterance.text)
+        await generate_utterance(pool, spec, stream, sink, utterance, stats, request_id, progress)
+        await _send(sink, await stream.end_utterance(), stream, stats)
+    await _send(sink, await stream.silence(utterance.silence_after_ms), stream, stats)
+    stats.utterances += 1
+    await sink.utterance_finished(utterance, stream.samples_in - before)
+
+
+async def _send(sink: SpeechSink, data: bytes, stream: OutputStream, stats: SpeechStats) -> None:
+    stats.samples_out = stream.samples_out
+    if data:
+        await sink.audio(data)
 
 
 async def generate_utterance(
     pool: ReplicaPool,
     spec: SynthesisSpec,
-    transform: Callable[[np.ndarray], EncodedAudio],
+    stream: OutputStream,
     sink: SpeechSink,
     utterance: Utterance,
     stats: SpeechStats,
@@ -133,7 +167,7 @@ async def generate_utterance(
     async with pool.run(
         spec,
         request_id=request_id,
-        transform=transform,
+        transform=stream.transform,
         on_wait=partial(sink.waiting, utterance),
     ) as (job, pieces):
         if stats.first_job_at is None:
@@ -141,7 +175,7 @@ async def generate_utterance(
         # Told once the job is on its replica: the model starts while this is sent.
         await sink.utterance_started(utterance)
         interval = progress.streaming if spec.streaming else progress.timer
-        reporter = _ProgressReporter(job, sink, utterance, interval)
+        reporter = ProgressReporter(job, partial(sink.progress, utterance), interval)
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if not spec.streaming:
@@ -149,6 +183,7 @@ async def generate_utterance(
             try:
                 async for piece in pieces:
                     stats.chunks += 1
+                    stats.samples_out += piece.samples
                     if piece.data:
                         await sink.audio(piece.data)
                         await reporter.report_if_due()
@@ -161,65 +196,19 @@ async def generate_utterance(
         # The channel closes only once the thread is done, so the outcome is known.
         await job.done.wait()
     stats.compute_seconds += (job.finished_at or time.perf_counter()) - (job.started_at or 0.0)
-    _raise_if_failed(job, request_id)
+    _raise_if_failed(job)
 
 
-@attrs.define
-class _ProgressReporter:
-    """`generating` progress for one generation, at most once per interval."""
-
-    job: Job
-    sink: SpeechSink
-    utterance: Utterance
-    interval: float
-    last_at: float = attrs.field(factory=trio.current_time)
-
-    async def report_if_due(self) -> None:
-        now = trio.current_time()
-        if now - self.last_at >= self.interval:
-            self.last_at = now
-            await self._report()
-
-    async def run_timer(self) -> None:
-        while True:
-            await trio.sleep(self.interval)
-            try:
-                await self._report()
-            except ConnectionGone:
-                return  # the audio loop meets the same broken writer and ends the request
-
-    async def _report(self) -> None:
-        if self.job.expected_steps and self.job.steps:
-            await self.sink.progress(self.utterance, self.job.steps, self.job.expected_steps)
-
-
-def _raise_if_failed(job: Job, request_id: str) -> None:
+def _raise_if_failed(job: Job) -> None:
     assert job.result is not None
     try:
         job.result.unwrap()
     except TextTooLong as exc:
-        raise ProtocolError(
-            ErrorCode.INVALID_PARAMS,
-            f"text {exc}",
-            details={"params.text": str(exc)},
-            request_id=request_id,
-        ) from None
+        raise InvalidText(str(exc)) from None
     except NonFiniteAudio:
-        raise ProtocolError(
-            ErrorCode.GENERATION_FAILED,
-            "the model produced invalid (non-finite) audio; nothing of it was sent",
-            request_id=request_id,
-        ) from None
+        raise NonFiniteOutput() from None
     except Exception as exc:
         log.warning("generation_failed", error=repr(exc))
-        raise ProtocolError(
-            ErrorCode.GENERATION_FAILED,
-            f"generation failed: {type(exc).__name__}: {exc}"[:500],
-            request_id=request_id,
-        ) from exc
+        raise GenerationFailed(f"generation failed: {type(exc).__name__}: {exc}"[:500]) from exc
     if job.stopped:
-        raise ProtocolError(
-            ErrorCode.GENERATION_FAILED,
-            "generation stopped before it finished",
-            request_id=request_id,
-        )
+        raise StoppedEarly()

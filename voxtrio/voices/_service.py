@@ -29,6 +29,7 @@ from voxtrio.protocol._voice_messages import (
     invalid,
 )
 from voxtrio.protocol._voice_rules import VoiceError, VoiceMode
+from voxtrio.voices._aliases import CosyVoiceAliases
 from voxtrio.voices._audio import PromptAudio, VoiceAudioError, decode_prompt_audio
 from voxtrio.voices._fetch import FetchError, FetchPolicy, fetch_prompt
 from voxtrio.voices._store import VoiceStore
@@ -82,6 +83,8 @@ class VoiceService:
     max_prompt_seconds: float = 30.0
     max_prompt_bytes: int = MAX_PROMPT_BYTES
     fetch_policy: FetchPolicy | None = None
+    # CosyVoice voice ids for the DashScope endpoint (voices._aliases).
+    aliases: CosyVoiceAliases | None = None
     # Decoding a prompt and writing a voice are CPU and disk work: two at a time.
     limiter: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(2))
 

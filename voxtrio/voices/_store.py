@@ -45,6 +45,7 @@ from voxtrio.protocol._voice_rules import (
     check_voice_id,
     resolve_mode,
 )
+from voxtrio.voices._aliases import ALIAS_FILE
 from voxtrio.voices._audio import PromptAudio, encode_wav
 from voxtrio.voices._disk import Stamp, VoiceDirectory, short_reason
 from voxtrio.voices._prompts import PromptBuilder, PromptCache, PromptLRU, build_from_wav
@@ -356,7 +357,7 @@ class VoiceStore:
             loaded: builtins.list[Voice] = []
             stamps: dict[str, Stamp | None] = {}
             for path in sorted(disk.path.iterdir()):
-                if path.name.startswith("."):
+                if path.name.startswith(".") or path.name == ALIAS_FILE:
                     continue
                 try:
                     stamps[path.name] = disk.stamp(path.name)

@@ -18,17 +18,20 @@ import structlog
 import trio
 
 from voxtrio._config import ProgressIntervals, Settings
-from voxtrio.audio._codecs import AudioEncoder
 from voxtrio.ops._metrics import Metrics
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._messages import SynthesisOptions
 from voxtrio.protocol._voice_rules import VoiceId
-from voxtrio.server._request import TextInput, spec_for
+from voxtrio.server._native_errors import native_error
+from voxtrio.server._request import spec_for
+from voxtrio.server._text_input import TextInput
 from voxtrio.server.openai._exchange import HttpExchange
 from voxtrio.server.openai._request import OUTPUT_FORMATS, OutputFormat, SpeechRequest
 from voxtrio.server.openai._voices import resolve_voice
+from voxtrio.speech._errors import SpeechError
+from voxtrio.speech._output import OutputSpec
 from voxtrio.speech._replicas import ReplicaPool
-from voxtrio.speech._speak import Utterance, speak
+from voxtrio.speech._speak import AudioInfo, Utterance, speak
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.openai")
@@ -43,6 +46,12 @@ class HttpSpeechSink:
     sse: bool
     first_audio_at: float | None = None
 
+    def opened(self, audio: AudioInfo) -> None:
+        pass
+
+    async def utterance_begins(self, utterance: Utterance) -> None:
+        pass
+
     async def waiting(self, utterance: Utterance) -> None:
         pass
 
@@ -52,7 +61,7 @@ class HttpSpeechSink:
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
         pass
 
-    async def utterance_finished(self, utterance: Utterance, samples: int) -> None:
+    async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
         pass
 
     async def audio(self, data: bytes) -> None:
@@ -126,23 +135,21 @@ async def synthesize_speech(
             "instructions: voice design is not available on this server",
             details={"instructions": "not available"},
         )
-    encoder = AudioEncoder(
-        sink.output.codec, input_rate=context.pool.sample_rate, output_rate=sink.output.sample_rate
-    )
+    output = OutputSpec(format=sink.output.codec, sample_rate=sink.output.sample_rate)
     try:
-        await speak(
+        stats = await speak(
             TextInput.single(request.input).receive,
             pool=context.pool,
             base_spec=base_spec,
-            encoder=encoder,
+            output=output,
             sink=sink,
             request_id=request_id,
             progress=ProgressIntervals(timer=3600.0, streaming=3600.0),
         )
-        await sink.finish(len(request.input))
-    finally:
-        encoder.close()
-    return encoder.duration
+    except SpeechError as exc:
+        raise native_error(exc, request_id) from exc
+    await sink.finish(len(request.input))
+    return stats.duration
 
 
 def record(

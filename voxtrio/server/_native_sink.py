@@ -1,0 +1,99 @@
+"""A native request's speech events as native frames and `progress` messages."""
+
+from __future__ import annotations
+
+import attrs
+import trio
+
+from voxtrio.protocol._frames import FrameType, encode_frame
+from voxtrio.protocol._messages import Progress, ProgressState, ServerMessage, dump_message
+from voxtrio.server._text_input import TextInput
+from voxtrio.server._writer import FrameWriter
+from voxtrio.speech._speak import AudioInfo, Utterance
+
+
+@attrs.define
+class NativeSink:
+    """Turns a speech stream into native frames and progress messages."""
+
+    request_id: str
+    writer: FrameWriter
+    streaming: bool
+    text_input: TextInput
+    audio_info: AudioInfo | None = None
+    frames_sent: int = 0
+    first_audio_at: float | None = None
+    pieces: list[bytes] = attrs.Factory(list)
+    _last_progress: tuple[str, float, str] | None = None
+    _queued_reported: bool = False
+
+    async def send(self, message: ServerMessage) -> None:
+        await self.writer.send(dump_message(message))
+
+    async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
+        await self.report("generating", steps / expected, f"{steps}/{expected} steps")
+
+    async def report(self, state: ProgressState, value: float, message: str = "") -> None:
+        value = round(min(max(value, 0.0), 1.0), 4)
+        if self._last_progress == (state, value, message):
+            return
+        self._last_progress = (state, value, message)
+        await self.send(Progress(self.request_id, state, value, message))
+
+    def opened(self, audio: AudioInfo) -> None:
+        self.audio_info = audio
+
+    async def utterance_begins(self, utterance: Utterance) -> None:
+        pass
+
+    async def waiting(self, utterance: Utterance) -> None:
+        await self._report_queued()
+
+    async def utterance_started(self, utterance: Utterance) -> None:
+        await self._report_queued()  # the documented sequence starts with it
+        await self.report("processing", 0.0, f"sentence {utterance.index}")
+
+    async def _report_queued(self) -> None:
+        if not self._queued_reported:
+            self._queued_reported = True
+            await self.report("queued", 0.0, "waiting for a model replica")
+
+    async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
+        self.text_input.spoken(utterance)
+
+    async def audio(self, data: bytes) -> None:
+        if self.streaming:
+            await self._send_frame(data, is_final=False)
+        else:
+            self.pieces.append(data)
+
+    async def _send_frame(self, data: bytes, *, is_final: bool) -> None:
+        assert self.audio_info is not None
+        metadata = {
+            "request_id": self.request_id,
+            "sequence": self.frames_sent,
+            "sample_rate": self.audio_info.sample_rate,
+            "is_final": is_final,
+            "format": self.audio_info.format,
+        }
+        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, data))
+        self.frames_sent += 1
+        if self.first_audio_at is None and data:
+            self.first_audio_at = trio.current_time()
+
+    async def finish(self, duration: float) -> None:
+        """After the last audio: the final frame (streaming), or the whole audio in one."""
+        if self.streaming:
+            await self._send_frame(b"", is_final=True)
+            return
+        assert self.audio_info is not None
+        await self.report("encoding", 1.0, "sending audio")
+        metadata = {
+            "request_id": self.request_id,
+            "sample_rate": self.audio_info.sample_rate,
+            "duration": round(duration, 6),
+            "format": self.audio_info.format,
+        }
+        payload = b"".join(self.pieces)
+        await self.writer.send(encode_frame(FrameType.NON_STREAMING, metadata, payload))
+        self.first_audio_at = trio.current_time()
