@@ -13,7 +13,8 @@ import pytest
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._replicas import LoopMailbox, ReplicaPool
+from voxtrio.speech._jobs import LoopMailbox
+from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech._synthetic import SyntheticEngine
 
 LONG = "a" * 400  # 100 synthetic steps

@@ -25,28 +25,32 @@ with the next chunk. See ``bench/codecs_bench.py`` for measured latencies.
 
 from __future__ import annotations
 
-import math
-import struct
-from dataclasses import dataclass, field
-from typing import Final, Literal, Protocol
+from typing import Final, Literal
 
-import av
 import numpy as np
 import numpy.typing as npt
 import soxr
-from av.audio.stream import AudioStream
 
+from voxtrio.audio._backends import EncoderFormat as EncoderFormat
+from voxtrio.audio._backends import _AvBackend, _Backend, _PcmBackend
+from voxtrio.audio._pcm import WAV_UNKNOWN_SIZE as WAV_UNKNOWN_SIZE
+from voxtrio.audio._pcm import NonFiniteAudio as NonFiniteAudio
+from voxtrio.audio._pcm import (
+    _as_float_mono,
+    wav_header,
+)
+from voxtrio.audio._pcm import check_finite as check_finite
+from voxtrio.audio._pcm import float_to_pcm16 as float_to_pcm16
 from voxtrio.protocol._formats import (
     AUDIO_FORMATS,
     OPUS_BIT_RATE_RANGE,
     SUPPORTED_RATES,
-    AudioFormat,
     mp3_bit_rates,
 )
+from voxtrio.protocol._formats import (
+    AudioFormat as AudioFormat,
+)
 
-# What the encoder writes: the protocol's formats, and AAC (ADTS), which only the
-# OpenAI-compatible endpoint offers (its clients ask for it; the native protocol's do not).
-EncoderFormat = AudioFormat | Literal["aac"]
 ENCODER_FORMATS: Final[tuple[EncoderFormat, ...]] = (*AUDIO_FORMATS, "aac")
 
 # Rates the Opus codec itself runs at. A request for another rate is encoded at the
@@ -55,9 +59,6 @@ ENCODER_FORMATS: Final[tuple[EncoderFormat, ...]] = (*AUDIO_FORMATS, "aac")
 # is informational, so this loses no band the client asked for and spends no bits on
 # bands it did not. `AudioEncoder.sample_rate` reports the rate actually encoded.
 OPUS_RATES: Final = (8000, 12000, 16000, 24000, 48000)
-
-# Written for both the RIFF and the data chunk size of a streamed WAV header.
-WAV_UNKNOWN_SIZE: Final = 0xFFFFFFFF
 
 
 def _default_mp3_bit_rate(sample_rate: int) -> int:
@@ -73,19 +74,10 @@ def _default_mp3_bit_rate(sample_rate: int) -> int:
 _OPUS_MONO_MAX_BIT_RATE: Final = 256_000
 OPUS_DEFAULT_BIT_RATE: Final = 32_000
 
-# Codec frame length for Opus (its default and best trade-off) and FLAC. FLAC's libav
-# default is ~100 ms blocks, which would hold back up to 100 ms of every chunk; 20 ms
-# blocks compress speech within ±3% of that (measured at 16, 24 and 48 kHz).
-_FRAME_MS: Final = 20
-
 # Largest `volume` (+40 dB): DashScope's 0-100 volume maps to far less than this.
 MAX_VOLUME: Final = 100.0
 # Input samples are bounded to ±16 before gain and resampling (see AudioEncoder.encode).
 _PRE_CLIP: Final = 16.0
-
-
-class NonFiniteAudio(ValueError):
-    """Audio holding NaN or ±inf (a model that went wrong)."""
 
 
 EncoderSetting = Literal["format", "sample_rate", "bit_rate", "volume"]
@@ -97,222 +89,6 @@ class InvalidEncoderSetting(ValueError):
     def __init__(self, setting: EncoderSetting, message: str) -> None:
         super().__init__(message)
         self.setting: EncoderSetting = setting
-
-
-def check_finite(chunk: npt.ArrayLike) -> None:
-    """Raise NonFiniteAudio("non-finite audio") if `chunk` holds NaN or ±inf."""
-    x = np.asarray(chunk)
-    if x.dtype in (np.float32, np.float16) and x.ndim == 1:
-        # One pass instead of isfinite + all (each numpy call here hands the GIL to
-        # other replica threads): a float64 sum of float32 values is finite exactly
-        # when every value is (|x| < 3.5e38, so no overflow), and NaN/inf propagate.
-        finite = math.isfinite(np.add.reduce(x, dtype=np.float64))
-    else:
-        finite = bool(np.isfinite(x).all())
-    if not finite:
-        raise NonFiniteAudio("non-finite audio")
-
-
-def _as_float_mono(chunk: np.ndarray) -> np.ndarray:
-    """Validate a chunk: a 1-D array of finite floats (any float dtype)."""
-    if not isinstance(chunk, np.ndarray):
-        raise TypeError(f"audio must be a numpy array, not {type(chunk).__name__}")
-    if chunk.dtype.kind != "f":
-        raise TypeError(f"audio must be floating point, not {chunk.dtype}")
-    if chunk.ndim != 1:
-        raise ValueError(f"audio must be mono (1-D), got shape {chunk.shape}")
-    check_finite(chunk)
-    return chunk
-
-
-def _quantize16(chunk: np.ndarray) -> npt.NDArray[np.int16]:
-    # Scale by 32767, not 32768: symmetric, so +1.0 and -1.0 both fit without clipping.
-    # np.rint rounds half to even. Three numpy passes (scale, clip in place, round
-    # straight into int16) rather than four: clip(x) * 32767 == clip(x * 32767, ±32767).
-    scaled = np.multiply(chunk, 32767.0, dtype=chunk.dtype)
-    np.clip(scaled, -32767.0, 32767.0, out=scaled)
-    samples = np.empty(chunk.shape, "<i2")
-    np.rint(scaled, out=samples, casting="unsafe")
-    return samples
-
-
-def float_to_pcm16(chunk: np.ndarray) -> bytes:
-    """Float samples -> little-endian int16 bytes: clip to [-1, 1], scale by 32767, round.
-
-    NaN/inf raise ValueError("non-finite audio") rather than turning into full-scale
-    clicks, so the caller can fail the request instead of sending garbage.
-    """
-    return _quantize16(_as_float_mono(chunk)).tobytes()
-
-
-def wav_header(sample_rate: int) -> bytes:
-    """The 44-byte header of a mono 16-bit PCM WAV stream of unknown length."""
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        WAV_UNKNOWN_SIZE,
-        b"WAVE",
-        b"fmt ",
-        16,  # fmt chunk size (plain PCM WAVEFORMAT)
-        1,  # WAVE_FORMAT_PCM
-        1,  # channels
-        sample_rate,
-        sample_rate * 2,  # byte rate
-        2,  # block align
-        16,  # bits per sample
-        b"data",
-        WAV_UNKNOWN_SIZE,
-    )
-
-
-class _Backend(Protocol):
-    def encode(self, samples: npt.NDArray[np.float32]) -> bytes: ...
-    def finish(self) -> bytes: ...
-    def close(self) -> None: ...
-
-
-class _PcmBackend:
-    """pcm16 and wav: quantize with numpy; wav puts its header before the first bytes."""
-
-    def __init__(self, header: bytes) -> None:
-        self._header = header
-
-    def encode(self, samples: npt.NDArray[np.float32]) -> bytes:
-        header, self._header = self._header, b""
-        return header + _quantize16(samples).tobytes()
-
-    def finish(self) -> bytes:
-        # A stream with no audio still gets its (valid, empty) WAV header.
-        header, self._header = self._header, b""
-        return header
-
-    def close(self) -> None:
-        pass
-
-
-class _Sink:
-    """Write-only file object for libav to write into.
-
-    It has no seek/tell on purpose: PyAV then opens the output as non-seekable, so the
-    muxers never go back to patch bytes we already sent (FLAC's STREAMINFO, MP3's Xing
-    frame) and write streaming-friendly headers up front.
-    """
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        return len(data)
-
-    def take(self) -> bytes:
-        data = bytes(self._buffer)
-        self._buffer.clear()
-        return data
-
-
-@dataclass(frozen=True)
-class _AvSpec:
-    container: str
-    codec: str
-    sample_format: str
-    container_options: dict[str, str] = field(default_factory=dict)
-
-
-_AV_SPECS: Final[dict[str, _AvSpec]] = {
-    "mp3": _AvSpec(
-        "mp3",
-        "libmp3lame",
-        "fltp",
-        # No ID3v2 tag, so the stream is frames from byte 0 (clients may join anywhere);
-        # no Xing frame, whose counts only a seekable output could fill in.
-        {"id3v2_version": "0", "write_xing": "0"},
-    ),
-    "opus": _AvSpec(
-        "ogg",
-        "libopus",
-        "flt",
-        # The muxer holds back the newest complete page, and by default fills pages for
-        # 1 s: one packet per page bounds the hold-back to one packet (20 ms), for
-        # 28 bytes of page header per packet (~11 kbit/s).
-        {"page_duration": str(_FRAME_MS * 1000)},
-    ),
-    "flac": _AvSpec(
-        "flac",
-        "flac",
-        "s16",
-        # The default 8 KiB PADDING block only serves in-place tag edits of files.
-        {"metadata_header_padding": "0"},
-    ),
-    # ADTS: a header on every frame, so the stream decodes from any point (no moov atom).
-    "aac": _AvSpec("adts", "aac", "fltp"),
-}
-
-
-class _AvBackend:
-    """mp3/opus/flac/aac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
-
-    def __init__(self, fmt: EncoderFormat, sample_rate: int, bit_rate: int | None) -> None:
-        spec = _AV_SPECS[fmt]
-        self._sample_format = spec.sample_format
-        self._sample_rate = sample_rate
-        self._pts = 0
-        codec_options: dict[str, str] = {}
-        if bit_rate is not None:
-            codec_options["b"] = str(bit_rate)
-        if fmt == "mp3":
-            # The bit reservoir lets a frame's data start in earlier frames, so LAME
-            # can only release a frame once later ones are coded: ~50 ms more latency.
-            codec_options["reservoir"] = "0"
-        elif fmt == "opus":
-            codec_options["frame_duration"] = str(_FRAME_MS)
-        elif fmt == "flac":
-            codec_options["frame_size"] = str(sample_rate * _FRAME_MS // 1000)
-        self._sink = _Sink()
-        self._container = av.open(
-            self._sink, "w", format=spec.container, container_options=spec.container_options
-        )
-        stream = self._container.add_stream(spec.codec, rate=sample_rate, options=codec_options)
-        if not isinstance(stream, AudioStream):  # narrows add_stream's union for mypy
-            raise TypeError(f"{spec.codec} is not an audio codec")
-        stream.codec_context.layout = "mono"
-        stream.codec_context.format = spec.sample_format
-        self._stream = stream
-        # Opens the codec now (bad options fail in the constructor, not mid-stream) and
-        # writes the container header, which goes out with the first chunk.
-        self._container.start_encoding()
-
-    def encode(self, samples: npt.NDArray[np.float32]) -> bytes:
-        if samples.size:
-            data: np.ndarray = _quantize16(samples) if self._sample_format == "s16" else samples
-            frame = av.AudioFrame.from_ndarray(
-                data.reshape(1, -1), format=self._sample_format, layout="mono"
-            )
-            frame.sample_rate = self._sample_rate
-            frame.pts = self._pts
-            self._pts += samples.size
-            # PyAV re-blocks arbitrary frames into the codec's frame size internally.
-            self._container.mux(self._stream.encode(frame))
-        return self._sink.take()
-
-    def finish(self) -> bytes:
-        self._container.mux(self._stream.encode(None))
-        self._container.close()  # writes the trailer (Opus: the last page, marked EOS)
-        self._release()
-        return self._sink.take()
-
-    def close(self) -> None:
-        # PyAV's streams and container reference each other, so without this an
-        # abandoned encoder's codec lives until the cyclic GC runs.
-        self._container.close()
-        self._release()
-        self._sink.take()
-
-    def _release(self) -> None:
-        # Drop the closed container and stream now: libav keeps each encoder's codec
-        # threads alive for as long as anything (a reference cycle) holds them.
-        del self._stream
-        del self._container
 
 
 def _rate(name: str, value: object) -> int:

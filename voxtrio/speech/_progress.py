@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 import attrs
 import trio
 
-from voxtrio.speech._replicas import Job
+from voxtrio.speech._jobs import Job
 
 ReportProgress = Callable[[int, int], Awaitable[None]]
 """Called with (steps done, steps expected)."""

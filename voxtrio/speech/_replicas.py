@@ -12,19 +12,10 @@ for backpressure: the thread takes a credit (a `threading.Semaphore` sized like 
 channel) before each chunk and posts the chunk to the loop; the request task gives
 the credit back as it takes the chunk. So a slow client blocks its generator
 instead of piling up audio.
-
-Posting goes through one `LoopMailbox` per pool rather than a `run_sync_soon` per
-chunk: trio's entry queue holds a lock across its wake-up syscall, and with
-hundreds of replica threads each taking it per chunk the lock and the GIL convoy
-(measured: 38 of 256 threads queued on it, a core and a half of futex traffic).
-The mailbox's lock covers a deque append only, and one loop callback drains
-everything posted since the last one. (`trio.from_thread.run` per chunk, the
-first design, also spawned a system task per chunk.)
 """
 
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 import time
@@ -32,7 +23,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
 
-import attrs
 import numpy as np
 import outcome
 import structlog
@@ -40,123 +30,13 @@ import trio
 
 from voxtrio.speech._engine import Engine, EngineFactory, GenerationStopped, SynthesisSpec
 from voxtrio.speech._errors import EngineUnavailable, Overloaded, QueueTimeout
+from voxtrio.speech._jobs import ChunkStream, Job, LoopMailbox
 
 log = structlog.get_logger("voxtrio.replicas")
 
 
 class EngineLoadError(RuntimeError):
     """A replica could not load or warm up its engine."""
-
-
-class LoopMailbox:
-    """Calls posted from any thread, run in order on the Trio thread, in batches.
-
-    Callbacks must not raise: they run inside a `run_sync_soon` callback, where an
-    exception crashes the whole run.
-    """
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._lock = threading.Lock()
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
-            collections.deque()
-        )
-        self._drain_scheduled = False
-
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Any thread: run `fn(*args)` on the loop after everything posted before it.
-
-        Raises trio.RunFinishedError once the loop has gone.
-        """
-        with self._lock:
-            self._calls.append((fn, args))
-            if self._drain_scheduled:
-                return  # the pending drain will take this one too
-            self._drain_scheduled = True
-        try:
-            self._token.run_sync_soon(self._drain)
-        except trio.RunFinishedError:
-            with self._lock:
-                self._drain_scheduled = False
-            raise
-
-    def _drain(self) -> None:
-        with self._lock:
-            calls, self._calls = self._calls, collections.deque()
-            self._drain_scheduled = False
-        for fn, args in calls:
-            fn(*args)
-
-
-@attrs.define(eq=False)
-class Job:
-    """One generation on one replica; shared by the request task and the thread."""
-
-    spec: SynthesisSpec
-    request_id: str
-    send_channel: trio.MemorySendChannel[Any]
-    mailbox: LoopMailbox
-    # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
-    # codec work stays off the event loop; what it returns is what the channel carries.
-    transform: Callable[[np.ndarray], Any] | None = None
-    # Chunks the thread may hand over before the request task has taken them.
-    chunk_buffer: int = 2
-    stop_event: threading.Event = attrs.Factory(threading.Event)
-    credits: threading.Semaphore = attrs.field(init=False)
-    # A batched step loop's wake-up: set on a credit or a stop (None for a replica).
-    wake: threading.Event | None = None
-    done: trio.Event = attrs.Factory(trio.Event)
-    # Written by the thread, read by the Trio side; plain attribute stores are atomic.
-    steps: int = 0
-    expected_steps: int | None = None
-    last_step_at: float | None = None
-    started_at: float | None = None
-    finished_at: float | None = None
-    result: outcome.Outcome[None] | None = None
-    stopped: bool = False
-
-    def __attrs_post_init__(self) -> None:
-        self.credits = threading.Semaphore(self.chunk_buffer)
-
-    def request_stop(self) -> None:
-        self.stop_event.set()
-        # Wakes a thread waiting for a credit, so it sees the stop at once.
-        self.credits.release()
-        if self.wake is not None:
-            self.wake.set()
-
-    def deliver(self, item: Any) -> None:
-        """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
-        try:
-            self.send_channel.send_nowait(item)
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            # The request has gone (or is stopping); the chunk has nowhere to go.
-            self.stop_event.set()
-
-
-class ChunkStream:
-    """The request side of a job's chunks: receiving one gives its credit back."""
-
-    def __init__(self, job: Job, receive: trio.MemoryReceiveChannel[Any]) -> None:
-        self._job = job
-        self._receive = receive
-
-    async def receive(self) -> Any:
-        """The next chunk; `trio.EndOfChannel` once the job has finished."""
-        item = await self._receive.receive()
-        self._job.credits.release()
-        if self._job.wake is not None:
-            self._job.wake.set()
-        return item
-
-    def __aiter__(self) -> ChunkStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        try:
-            return await self.receive()
-        except trio.EndOfChannel:
-            raise StopAsyncIteration from None
 
 
 _CREDIT_RECHECK_S = 1.0

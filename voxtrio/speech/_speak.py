@@ -23,9 +23,10 @@ from voxtrio._config import ProgressIntervals
 from voxtrio.audio._codecs import EncoderFormat, NonFiniteAudio
 from voxtrio.speech._engine import SynthesisSpec, TextTooLong
 from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutput, StoppedEarly
+from voxtrio.speech._jobs import Job
 from voxtrio.speech._output import OutputSpec, OutputStream
 from voxtrio.speech._progress import ProgressReporter
-from voxtrio.speech._replicas import Job, ReplicaPool
+from voxtrio.speech._replicas import ReplicaPool
 
 log = structlog.get_logger("voxtrio.speech")
 

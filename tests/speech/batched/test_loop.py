@@ -12,7 +12,8 @@ import numpy as np
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._replicas import Job, ReplicaPool
+from voxtrio.speech._jobs import Job
+from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech._synthetic import SyntheticEngine
 from voxtrio.speech.batched._loop import BatchReplica
 from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow

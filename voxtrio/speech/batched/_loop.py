@@ -28,7 +28,7 @@ import structlog
 import trio
 
 from voxtrio.speech._engine import Engine
-from voxtrio.speech._replicas import Job
+from voxtrio.speech._jobs import Job
 from voxtrio.speech.batched._interface import BatchModel, RowHandle
 from voxtrio.speech.batched._stats import LoopStats
 
