@@ -132,7 +132,7 @@ async def run_server(
         lambda: snapshot(pool, draining=server.draining), stall_timeout=settings.stall_timeout
     )
     metrics.bind_live_state(
-        active_connections=lambda: len(server.connections),
+        active_connections=lambda: server.open_connections,
         queue_length=lambda: pool.waiting,
         running_tasks=lambda: pool.admitted - pool.waiting,
         replicas_busy=lambda: pool.busy,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -88,6 +89,8 @@ class Settings:
     prompt_url_allow_private: bool = False
     prompt_url_timeout: float = 10.0
     ready_file: str | None = None
+    # Browser origins (scheme://host[:port]) allowed besides the server's own; ("*",): any.
+    allowed_origins: tuple[str, ...] = ()
 
     @property
     def progress_intervals(self) -> ProgressIntervals:
@@ -157,6 +160,21 @@ def _choice(*choices: str) -> Callable[[str], str]:
 
 def _log_level(text: str) -> str:
     return _choice("DEBUG", "INFO", "WARNING", "ERROR")(text.upper())
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    """Comma-separated origins, each `http(s)://host[:port]` as a browser sends it, or `*`."""
+    origins = []
+    for raw in text.split(","):
+        origin = raw.strip().rstrip("/").lower()
+        if not origin:
+            continue
+        if origin != "*" and not re.fullmatch(
+            r"https?://(\[[0-9a-f:.]+\]|[a-z0-9.-]+)(:\d{1,5})?", origin
+        ):
+            raise ValueError(f"{raw.strip()!r} is not an origin like https://app.example.com:8443")
+        origins.append(origin)
+    return tuple(origins)
 
 
 def _text(text: str) -> str:
@@ -356,6 +374,14 @@ OPTIONS: tuple[Option, ...] = (
         flag_only_bool=True,
     ),
     Option("prompt_url_timeout", "TTS_PROMPT_URL_TIMEOUT", _positive_float, "one prompt fetch, s"),
+    Option(
+        "allowed_origins",
+        "TTS_ALLOWED_ORIGINS",
+        _origins,
+        "browser origins (https://app.example.com) allowed to call this server besides its "
+        "own page, comma-separated; * allows any",
+        default_help="the server's own origin",
+    ),
     Option("ready_file", None, _text, "write the server's URL to this file once it is ready"),
 )
 

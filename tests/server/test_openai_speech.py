@@ -207,7 +207,7 @@ async def _open_speech(port: int, body: dict[str, Any]) -> tuple[trio.SocketStre
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     payload = json.dumps(body).encode()
     await stream.send_all(
-        b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         + f"Content-Length: {len(payload)}\r\n\r\n".encode()
         + payload
     )
@@ -356,7 +356,7 @@ async def test_expect_100_continue_is_answered_before_the_body(
     stream = await trio.open_tcp_stream("127.0.0.1", synthetic_server.port)
     async with stream:
         await stream.send_all(
-            b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"POST /v1/audio/speech HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: 100-continue\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
         )
         with trio.fail_after(5):

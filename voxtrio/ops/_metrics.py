@@ -89,7 +89,7 @@ STEP_SECONDS_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28)
 _LIVE_GAUGES = {
     "active_connections": (
         "voxcpm_tts_active_connections",
-        "Open WebSocket connections",
+        "Open WebSocket connections and HTTP requests being served",
     ),
     "queue_length": (
         "voxcpm_tts_queue_length",

@@ -23,13 +23,22 @@ from voxtrio.protocol._dashscope import PATH as DASHSCOPE_PATH
 from voxtrio.server._dashscope import DashScopeConnection
 from voxtrio.server._endpoint import Endpoint
 from voxtrio.server._native import Connection
-from voxtrio.server._sniff import HeadTooLarge, ReplayStream, read_head, wants_websocket
+from voxtrio.server._origin import BrowserPolicy
+from voxtrio.server._pending import PendingRequests
+from voxtrio.server._sniff import (
+    HeadTooLarge,
+    ReplayStream,
+    malformed_request_line,
+    read_head,
+    wants_websocket,
+)
 from voxtrio.server._websocket import (
     HeadFirstStream,
     MessageLimits,
     PartialMessageBudget,
     VoxWebSocketConnection,
 )
+from voxtrio.server.openai._exchange import refuse_unread
 from voxtrio.server.openai._routes import HttpFront, HttpRequestHandle
 from voxtrio.server.openai._speech import SpeechContext
 from voxtrio.speech._replicas import ReplicaPool
@@ -72,20 +81,27 @@ class _GuardedWebSocketServer(WebSocketServer):
 
     http: Callable[[trio.abc.Stream], Awaitable[None]] | None = None
     head_timeout: float = 10.0
+    write_timeout: float = 10.0
 
-    def __init__(self, *args: Any, limits: MessageLimits, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits: MessageLimits, pending: PendingRequests, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self._limits = limits
+        self._pending = pending
 
     async def _handle_connection(self, stream: trio.abc.Stream) -> None:
         try:
             if self.http is not None and isinstance(stream, trio.SocketStream):
                 # Plain HTTP shares the port: read the head, then replay it to its side.
-                head: bytes | None = None
-                with trio.move_on_after(self.head_timeout):
-                    head = await read_head(stream, _MAX_HEAD_BYTES)
-                if head is None:
-                    await trio.aclose_forcefully(stream)  # no head within the deadline
+                # Until then the connection is pending: deadline, evictable, not counted.
+                head = await self._read_head(stream)
+                if not head:
+                    await trio.aclose_forcefully(stream)  # closed, evicted, or too slow
+                    return
+                if malformed_request_line(head):
+                    await refuse_unread(stream, 400, "not an HTTP/1.x request", self.write_timeout)
+                    await trio.aclose_forcefully(stream)
                     return
                 replay = ReplayStream(stream, head)
                 if not wants_websocket(head):
@@ -93,10 +109,18 @@ class _GuardedWebSocketServer(WebSocketServer):
                     return
                 stream = replay
             await self._serve_connection(stream)
-        except HeadTooLarge:
+        except HeadTooLarge as exc:
+            with trio.move_on_after(self.head_timeout):
+                await refuse_unread(stream, exc.status, str(exc), self.write_timeout)
             await trio.aclose_forcefully(stream)
         except Exception:
             log.warning("websocket_connection_error", exc_info=True)
+
+    async def _read_head(self, stream: trio.SocketStream) -> bytes | None:
+        """The request head within the head deadline; None if evicted or too slow."""
+        with self._pending.reading(), trio.move_on_after(self.head_timeout):
+            return await read_head(stream, _MAX_HEAD_BYTES)
+        return None
 
     async def _serve_connection(self, stream: trio.abc.Stream) -> None:
         """trio-websocket's own per-connection routine, on voxtrio's connection class."""
@@ -153,6 +177,14 @@ class TtsServer:
         self._ids = itertools.count(1)
         self._prefix = os.urandom(3).hex()
         self._partial_budget = PartialMessageBudget(settings.partial_message_budget_bytes)
+        # Connections still sending their request (both sides of the port): bounded apart.
+        self.pending = PendingRequests(settings.max_connections)
+        self.policy = BrowserPolicy.from_settings(settings)
+
+    @property
+    def open_connections(self) -> int:
+        """WebSocket connections and admitted HTTP requests (active_connections)."""
+        return len(self.connections) + (self.http.active if self.http is not None else 0)
 
     async def serve(self, *, task_status: trio.TaskStatus[ServerHandle]) -> None:
         """Listen until cancelled; the caller owns this task (`nursery.start`)."""
@@ -169,10 +201,12 @@ class TtsServer:
                     upload_paths=TTS_PATHS,
                     budget=self._partial_budget,
                 ),
+                pending=self.pending,
                 connect_timeout=self.settings.handshake_timeout,
                 disconnect_timeout=self.settings.handshake_timeout,
             )
             ws_server.head_timeout = self.settings.handshake_timeout
+            ws_server.write_timeout = self.settings.write_timeout
             ws_server.http = self.http_front().handle
             with self._listener_scope:
                 async with trio.open_nursery() as listening:
@@ -186,7 +220,15 @@ class TtsServer:
         context = SpeechContext(
             settings=self.settings, pool=self.pool, metrics=self.metrics, voices=self.voices
         )
-        front = HttpFront(context, self.keys, self.settings.web_page_enabled, lambda: self.draining)
+        front = HttpFront(
+            context,
+            self.keys,
+            self.settings.web_page_enabled,
+            lambda: self.draining,
+            pending=self.pending,
+            policy=self.policy,
+            budget=self._partial_budget,
+        )
         self.http = front
         return front
 
@@ -243,6 +285,10 @@ class TtsServer:
             await self._reject(
                 request, 404, f"unknown path {path[:100]!r}: use /tts or {DASHSCOPE_PATH}"
             )
+            return
+        refusal = self.policy.refusal(request.headers)
+        if refusal is not None:  # a browser page from elsewhere (CSRF, DNS rebinding)
+            await self._reject(request, 403, refusal)
             return
         if not self.keys.authorize(request.headers, request.path):
             # Before any message is read; never log what was presented.

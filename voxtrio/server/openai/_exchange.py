@@ -1,14 +1,19 @@
 """One HTTP/1.1 request and its response on the shared port, over h11.
 
-One request per connection (`Connection: close`), as on the side port. The
-request (head and body) is read within a deadline and a size bound; a response
-is either whole (`respond`) or streamed with chunked transfer (`start` + `send`
-+ `end`), each write under the write deadline. A peer that stops reading or
-goes away raises `ConnectionGone`, the same error the WebSocket writer raises.
+One request per connection (`Connection: close`), as on the side port. The head
+is read first (`read_head`) so the caller can decide on it alone (route, key,
+origin, media type, declared size) before a byte of the body is read or
+`100 Continue` is sent; the body is then read piece by piece against the
+route's limit (`read_body`), each piece handed on as it comes. A response is
+either whole (`respond`) or streamed with chunked transfer (`start` + `send` +
+`end`), each write under the write deadline; a HEAD request gets the head of the
+GET response and no body. A peer that stops reading or goes away raises
+`ConnectionGone`, the same error the WebSocket writer raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,6 +25,7 @@ from voxtrio.protocol._json import dump_json
 from voxtrio.server._writer import ConnectionGone
 
 _RECEIVE_SIZE = 16384
+MAX_HEAD_BYTES = 16384
 Headers = list[tuple[str, str]]
 
 
@@ -36,52 +42,85 @@ class HttpExchange:
     def __init__(self, stream: trio.abc.Stream, *, write_timeout: float) -> None:
         self.stream = stream
         self.write_timeout = write_timeout
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.started = False
+        self.head_only = False  # a HEAD request: the response goes without its body
 
-    async def read_request(self, max_body_bytes: int) -> tuple[HttpRequest, bytes] | None:
-        """The request and its body (None: the peer closed first); raises BadRequest."""
-        request: HttpRequest | None = None
-        body = bytearray()
+    async def read_head(self) -> HttpRequest | None:
+        """The request's head (None: the peer closed first); raises BadRequest."""
         while True:
-            try:
-                event = self.conn.next_event()
-            except h11.RemoteProtocolError as exc:
-                raise BadRequest(exc.error_status_hint, "malformed HTTP request") from None
-            if event is h11.NEED_DATA:
-                if self.conn.they_are_waiting_for_100_continue:
-                    # curl asks before a large upload; answering saves it a 1 s wait.
-                    await self._write(
-                        self._send(h11.InformationalResponse(status_code=100, headers=[]))
-                    )
-                self.conn.receive_data(bytes(await self.stream.receive_some(_RECEIVE_SIZE)))
-            elif isinstance(event, h11.Request):
+            event = await self._next_event()
+            if isinstance(event, h11.Request):
                 target = event.target.decode("latin-1")
-                request = HttpRequest(
+                self.head_only = event.method == b"HEAD"
+                return HttpRequest(
                     method=event.method.decode("latin-1"),
                     target=target,
                     path=urlsplit(target).path or "/",
                     headers=tuple((bytes(k), bytes(v)) for k, v in event.headers),
                 )
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > max_body_bytes:
-                    raise BadRequest(413, f"request body over {max_body_bytes} bytes")
-            elif isinstance(event, h11.EndOfMessage):
-                assert request is not None
-                return request, bytes(body)
-            elif isinstance(event, h11.ConnectionClosed):
+            if isinstance(event, h11.ConnectionClosed):
                 return None
 
+    def declared_length(self, request: HttpRequest) -> int | None:
+        """The body's Content-Length (h11 has checked it), or None (chunked or none)."""
+        value = request.header("content-length")
+        return int(value) if value is not None else None
+
+    async def read_body(self, limit: int, take: Callable[[bytes], None]) -> None:
+        """Hand each piece of the body to `take`; 413 (BadRequest) past `limit` bytes.
+
+        Only now, with the head accepted, does a client waiting for
+        `100 Continue` get it.
+        """
+        received = 0
+        while True:
+            if self.conn.they_are_waiting_for_100_continue:
+                # curl asks before a large upload; answering saves it a 1 s wait.
+                await self._write(
+                    self._send(h11.InformationalResponse(status_code=100, headers=[]))
+                )
+            event = await self._next_event()
+            if isinstance(event, h11.Data):
+                received += len(event.data)
+                if received > limit:
+                    raise BadRequest(413, f"request body over {limit} bytes")
+                take(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                return
+            elif isinstance(event, h11.ConnectionClosed):
+                raise BadRequest(400, "the request body was cut short")
+
+    async def _next_event(self) -> Any:
+        while True:
+            try:
+                event = self.conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                # h11 hints 501 for a Transfer-Encoding other than chunked; RFC 9112
+                # §6.3 says 400 when chunked is not the final coding of a request.
+                status = 400 if exc.error_status_hint == 501 else exc.error_status_hint
+                raise BadRequest(status, f"malformed HTTP request: {exc}"[:200]) from None
+            if event is not h11.NEED_DATA:
+                return event
+            self.conn.receive_data(bytes(await self.stream.receive_some(_RECEIVE_SIZE)))
+
+    @property
+    def can_respond(self) -> bool:
+        """No response has gone out yet (h11 also lets one follow a malformed request)."""
+        return self.conn.our_state is h11.SEND_RESPONSE or (
+            self.conn.our_state is h11.IDLE and self.conn.their_state is h11.ERROR
+        )
+
     async def respond(self, status: int, headers: Headers, body: bytes) -> None:
-        """A whole response with its Content-Length."""
-        if self.conn.our_state is not h11.SEND_RESPONSE:
+        """A whole response with its Content-Length (for HEAD: the head alone)."""
+        if not self.can_respond:
             return
         head = [*headers, ("content-length", str(len(body))), ("connection", "close")]
         data = self._send(
             h11.Response(status_code=status, headers=head, reason=reason_phrase(status))
         )
-        data += self._send(h11.Data(data=body)) if body else b""
+        if body and not self.head_only:
+            data += self._send(h11.Data(data=body))
         data += self._send(h11.EndOfMessage())
         await self._write(data)
 
@@ -108,22 +147,58 @@ class HttpExchange:
         return self.conn.send(event) or b""
 
     async def _write(self, data: bytes) -> None:
-        with trio.move_on_after(self.write_timeout) as scope:
-            try:
-                await self.stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                raise ConnectionGone(f"client gone: {type(exc).__name__}") from None
-        if scope.cancelled_caught:
-            raise ConnectionGone(f"client did not read for {self.write_timeout:g} s")
+        await write_within(self.stream, data, self.write_timeout)
 
     async def linger(self) -> None:
         """Half-close, then read briefly, so the response is not lost to a reset."""
+        await linger(self.stream)
+
+
+async def write_within(stream: trio.abc.SendStream, data: bytes, deadline_s: float) -> None:
+    """`send_all` under a deadline; ConnectionGone when the peer is gone or not reading."""
+    with trio.move_on_after(deadline_s) as scope:
         try:
-            if isinstance(self.stream, trio.abc.HalfCloseableStream):
-                await self.stream.send_eof()
-            with trio.move_on_after(1.0):
-                for _ in range(64):
-                    if not await self.stream.receive_some(_RECEIVE_SIZE):
-                        break
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+            await stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise ConnectionGone(f"client gone: {type(exc).__name__}") from None
+    if scope.cancelled_caught:
+        raise ConnectionGone(f"client did not read for {deadline_s:g} s")
+
+
+async def linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then drain briefly (bounded), so the response is not lost to a reset."""
+    try:
+        if isinstance(stream, trio.abc.HalfCloseableStream):
+            await stream.send_eof()
+        with trio.move_on_after(1.0):
+            for _ in range(64):
+                if not await stream.receive_some(_RECEIVE_SIZE):
+                    break
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+
+
+async def refuse_unread(
+    stream: trio.abc.Stream, status: int, message: str, write_deadline_s: float
+) -> None:
+    """Answer a request h11 never saw (its head too large or not HTTP/1.x), then close."""
+    body = dump_json(
+        {
+            "error": {
+                "message": message,
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "bad_request",
+            }
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason_phrase(status).decode()}\r\n"
+        "content-type: application/json\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    try:
+        await write_within(stream, head.encode() + body, write_deadline_s)
+    except ConnectionGone:
+        return
+    await linger(stream)

@@ -72,6 +72,13 @@ def parse_speech_request(body: bytes) -> SpeechRequest:
         payload["voice"] = payload["voice"].get("id")
     known = {key: value for key, value in payload.items() if key in _KNOWN_FIELDS}
     request: SpeechRequest = structure_message(SpeechRequest, known, request_id=None)
+    if not request.input.strip():
+        # The same rule as a native tts_request's text (nothing to speak is an error).
+        raise ProtocolError(
+            ErrorCode.INVALID_PARAMS,
+            "input: must contain something to speak, not only whitespace",
+            details={"input": "only whitespace"},
+        )
     if request.speed != 1.0:
         raise ProtocolError(
             ErrorCode.INVALID_PARAMS,

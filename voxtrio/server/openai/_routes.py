@@ -1,37 +1,44 @@
 """Plain HTTP on the WebSocket port: the OpenAI-compatible API and the browser page.
 
 `HttpFront.handle` takes a connection the listener found not to be a WebSocket
-handshake. It reads one request (deadline, size bound), routes it, and is its
-error boundary: whatever a route raises ends that request only.
+handshake, and is its error boundary: whatever a route raises ends that request
+only. Every route goes through one body-reading policy (`_admit`):
+
+1. while the request is being read the connection is only *pending*: it does not
+   count against `max_connections`, it has a deadline (`handshake_timeout`), and
+   the oldest pending connection is evicted when the pending pool is full;
+2. the head decides first: browser origin and Host (403), route (404/405), API
+   key (401), capacity (503), media type (415), declared size (413); only then is
+   `100 Continue` sent and the body read;
+3. the body is read piece by piece against its route's limit (small for JSON,
+   the prompt-size cap for the voice upload only) and charged to the server's
+   budget for unfinished messages; a form is parsed as it arrives.
 """
 
 from __future__ import annotations
 
 import contextlib
 import secrets
-import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Final
+from typing import Final, Literal
 
 import attrs
 import structlog
 import trio
+from python_multipart.multipart import parse_options_header
 
 from voxtrio.ops._auth import KeyStore
 from voxtrio.ops._http import HttpRequest
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
+from voxtrio.server._origin import BrowserPolicy
+from voxtrio.server._pending import PendingRequests
+from voxtrio.server._websocket import PartialMessageBudget
 from voxtrio.server._writer import ConnectionGone
 from voxtrio.server.openai._errors import error_body, http_error
 from voxtrio.server.openai._exchange import BadRequest, HttpExchange
-from voxtrio.server.openai._request import parse_speech_request
-from voxtrio.server.openai._speech import (
-    HttpSpeechSink,
-    SpeechContext,
-    output_for,
-    record,
-    synthesize_speech,
-)
+from voxtrio.server.openai._form import FormReader, form_boundary
+from voxtrio.server.openai._speech import SpeechContext, run_speech
 from voxtrio.server.openai._upload import register_uploaded_voice
 from voxtrio.server.openai._voices import OPENAI_VOICES, library_voices
 
@@ -44,6 +51,30 @@ WEB_FILES: Final = {
     "/web/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 _MAX_JSON_BODY: Final = 256 * 1024
+# A body on a route that reads none (GET) is read and dropped up to this size.
+_MAX_IGNORED_BODY: Final = 16 * 1024
+# The upload form around its audio file: the text fields, part heads, boundaries.
+_FORM_OVERHEAD: Final = 64 * 1024
+
+BodyKind = Literal["none", "json", "form"]
+
+
+@attrs.frozen
+class Call:
+    """An admitted request: its head, its body (JSON) or its form fields (upload)."""
+
+    exchange: HttpExchange
+    request: HttpRequest
+    body: bytes = b""
+    fields: dict[str, str] = attrs.Factory(dict)
+    audio: bytes | None = None
+
+
+@attrs.frozen
+class Route:
+    run: Callable[[HttpFront, Call], Awaitable[None]]
+    body: BodyKind = "none"
+    public: bool = False  # served without an API key (the browser page)
 
 
 @attrs.define(eq=False)
@@ -67,7 +98,12 @@ class HttpFront:
     keys: KeyStore
     web_page: bool
     is_draining: Callable[[], bool]
+    pending: PendingRequests
+    policy: BrowserPolicy
+    budget: PartialMessageBudget
+    # Connections in use elsewhere on the port (WebSocket), for the shared capacity.
     requests: set[HttpRequestHandle] = attrs.Factory(set)
+    active: int = 0  # admitted requests (their request read), what max_connections bounds
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         exchange = HttpExchange(stream, write_timeout=self.context.settings.write_timeout)
@@ -75,59 +111,101 @@ class HttpFront:
         self.requests.add(handle)
         try:
             with handle.scope:
-                await self._serve(exchange, handle)
+                await self._serve(exchange)
             await exchange.linger()
-        except ConnectionGone as exc:
-            log.debug("http_client_gone", reason=str(exc))
-        except Exception:
-            log.exception("http_request_failed")
-            with trio.move_on_after(1.0), contextlib.suppress(ConnectionGone):
-                await self._error(
-                    exchange, 500, "internal server error", "internal_error", kind="server_error"
-                )
+        except Exception as exc:  # the boundary; a gone peer is sorted out in _failed
+            await self._failed(exchange, exc)
         finally:
             self.requests.discard(handle)
             handle.idle.set()
             await trio.aclose_forcefully(stream)
 
-    async def _serve(self, exchange: HttpExchange, handle: HttpRequestHandle) -> None:
+    async def _failed(self, exchange: HttpExchange, exc: Exception) -> None:
+        """Log what went wrong; answer 500 unless the peer is gone or has its answer."""
+        if isinstance(exc, ExceptionGroup):
+            gone, rest = exc.split(ConnectionGone)
+        else:
+            gone, rest = (exc, None) if isinstance(exc, ConnectionGone) else (None, exc)
+        if rest is None:
+            log.info("http_client_gone", reason=str(_first(gone)))
+            return
+        log.error("http_request_failed", exc_info=rest)
+        if gone is None and exchange.can_respond:
+            with trio.move_on_after(1.0), contextlib.suppress(ConnectionGone):
+                await exchange.respond_json(
+                    500, error_body("internal server error", "server_error", "internal_error")
+                )
+
+    async def _serve(self, exchange: HttpExchange) -> None:
         settings = self.context.settings
+        call: Call | None = None
+        charged = [0]
         try:
-            with trio.fail_after(settings.handshake_timeout):
-                read = await exchange.read_request(self._max_body_bytes())
-        except trio.TooSlowError:
-            await self._error(exchange, 408, "request timeout", "timeout")
-            return
+            with self.pending.reading() as reading:
+                with trio.move_on_after(settings.handshake_timeout) as deadline:
+                    call = await self._admit(exchange, charged)
+            if reading.cancelled_caught:
+                log.debug("http_request_evicted")  # a newer reader needed the room
+                return
+            if deadline.cancelled_caught:
+                log.info("http_request_timeout", timeout=settings.handshake_timeout)
+                await self._error(exchange, 408, "request timeout", "timeout")
+                return
+            if call is None:
+                return
+            if self._full():
+                await self._overloaded(exchange)
+                return
+            self.active += 1
+            try:
+                await ROUTES[call.request.path][_method(call.request)].run(self, call)
+            finally:
+                self.active -= 1
+        finally:
+            self.budget.give_back(charged[0])
+
+    async def _admit(self, exchange: HttpExchange, charged: list[int]) -> Call | None:
+        """Read and check one request; None when it was answered (refused) already."""
+        try:
+            request = await exchange.read_head()
+            if request is None:
+                return None
+            log.info("http_request", method=request.method, path=request.path[:200])
+            route = await self._check_head(exchange, request)
+            if route is None:
+                return None
+            return await self._read_body(exchange, request, route, charged)
         except BadRequest as exc:
+            log.info("http_request_refused", status=exc.status, reason=exc.message)
             await self._error(exchange, exc.status, exc.message, "bad_request")
-            return
-        if read is None:
-            return
-        request, body = read
-        log.info("http_request", method=request.method, path=request.path[:200])
-        if len(self.requests) > settings.max_connections:
-            # Bounded like WebSocket connections (TTS_MAX_CONNECTIONS).
-            await self._error(
-                exchange,
-                503,
-                "too many connections",
-                "overloaded",
-                kind="server_error",
-                extra=[("retry-after", "1")],
-            )
-            return
-        route = (request.method, request.path)
-        if request.method == "GET" and request.path in WEB_FILES and self.web_page:
-            name, media = WEB_FILES[request.path]
-            data = resources.files("voxtrio.server.web").joinpath(name).read_bytes()
-            await exchange.respond(
-                200, [("content-type", media), ("cache-control", "no-cache")], data
-            )
-            return
-        if not request.path.startswith("/v1/"):
+            return None
+        except ProtocolError as exc:  # a malformed form, found while it arrived
+            status, payload, headers = http_error(exc)
+            await exchange.respond_json(status, payload, *headers)
+            return None
+
+    async def _check_head(self, exchange: HttpExchange, request: HttpRequest) -> Route | None:
+        """The checks the head alone decides, in order; None when one refused."""
+        refusal = self.policy.refusal(request.headers)
+        if refusal is not None:
+            log.info("http_request_forbidden", reason=refusal)
+            await self._error(exchange, 403, refusal, "forbidden", kind="permission_error")
+            return None
+        methods = ROUTES.get(request.path, {})
+        if request.path in WEB_FILES and not self.web_page:
+            methods = {}
+        if not methods:
             await self._error(exchange, 404, f"unknown path {request.path[:100]!r}", "not_found")
-            return
-        if not self.keys.authorize(request.headers, request.target):
+            return None
+        route = methods.get(_method(request))
+        if route is None:
+            allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+            message = f"method {request.method[:20]} not allowed on {request.path[:100]}"
+            await self._error(
+                exchange, 405, message, "method_not_allowed", extra=[("allow", allow)]
+            )
+            return None
+        if not route.public and not self.keys.authorize(request.headers, request.target):
             await self._error(
                 exchange,
                 401,
@@ -136,87 +214,83 @@ class HttpFront:
                 kind="authentication_error",
                 extra=[("www-authenticate", "Bearer")],
             )
-            return
-        if route == ("POST", "/v1/audio/speech"):
-            await self._speech(exchange, request, body)
-        elif route == ("GET", "/v1/models"):
-            models = [
-                {"id": m, "object": "model", "created": 0, "owned_by": "voxtrio"} for m in MODEL_IDS
-            ]
-            await exchange.respond_json(200, {"object": "list", "data": models})
-        elif route == ("POST", "/v1/audio/voices"):
-            await self._upload(exchange, request, body)
-        elif route == ("GET", "/v1/audio/voices"):
-            voices = [*OPENAI_VOICES, *library_voices(self.context.voices)]
-            await exchange.respond_json(200, {"voices": sorted(set(voices))})
-        else:
+            return None
+        if self._full():
+            await self._overloaded(exchange)
+            return None
+        if route.body == "json" and not _is_json(request.header("content-type")):
             await self._error(
-                exchange, 404, f"no route {request.method} {request.path[:100]}", "not_found"
+                exchange, 415, "the body must be JSON (Content-Type: application/json)", "media"
             )
-
-    def _max_body_bytes(self) -> int:
-        voices = self.context.voices
-        uploads = voices.max_message_bytes if voices is not None else 0
-        return max(_MAX_JSON_BODY, self.context.settings.max_message_bytes, uploads)
-
-    async def _speech(self, exchange: HttpExchange, http_request: HttpRequest, body: bytes) -> None:
-        request_id = f"openai-{secrets.token_hex(6)}"
-        started, accepted_at = time.perf_counter(), trio.current_time()
-        sink: HttpSpeechSink | None = None
-        outcome, audio_s = "disconnected", 0.0
-        with structlog.contextvars.bound_contextvars(request_id=request_id):
-            try:
-                if self.is_draining():
-                    raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
-                request = parse_speech_request(body)
-                sink = HttpSpeechSink(exchange, output_for(request), request.stream_format == "sse")
-                failure: ProtocolError | None = None
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(_cancel_on_disconnect, exchange.stream, nursery.cancel_scope)
-                    try:
-                        audio_s = await synthesize_speech(request, sink, self.context, request_id)
-                        outcome = "ok"
-                    except ProtocolError as exc:
-                        failure = exc  # raised outside the nursery, bare rather than grouped
-                    nursery.cancel_scope.cancel()
-                if failure is not None:
-                    raise failure
-            except ProtocolError as exc:
-                outcome = str(exc.code)
-                if sink is not None and exchange.started:
-                    await sink.fail(exc)
-                else:
-                    status, payload, headers = http_error(exc)
-                    await exchange.respond_json(status, payload, *headers)
-            finally:
-                log.info("openai_speech_finished", outcome=outcome, audio_seconds=round(audio_s, 3))
-                if sink is not None:
-                    record(self.context.metrics, outcome, started, sink, accepted_at, audio_s)
-
-    async def _upload(self, exchange: HttpExchange, request: HttpRequest, body: bytes) -> None:
-        voices = self.context.voices
-        try:
+            return None
+        if route.body == "form":
+            voices = self.context.voices
             if voices is None or not voices.allow_upload:
-                raise ProtocolError(
-                    ErrorCode.FORBIDDEN,
-                    "voice upload is disabled on this server (--allow-voice-upload)",
+                status, payload, headers = http_error(
+                    ProtocolError(
+                        ErrorCode.FORBIDDEN,
+                        "voice upload is disabled on this server (--allow-voice-upload)",
+                    )
                 )
-            request_id = f"upload-{secrets.token_hex(6)}"
-            registered = await register_uploaded_voice(
-                body, request.header("content-type") or "", voices, request_id
-            )
-        except ProtocolError as exc:
-            status, payload, headers = http_error(exc)
-            await exchange.respond_json(status, payload, *headers)
-            return
-        await exchange.respond_json(
-            200,
-            {
-                "id": registered.voice_id,
-                "name": registered.voice_id,
-                "duration": registered.duration,
-                "sample_rate": registered.sample_rate,
-            },
+                await exchange.respond_json(status, payload, *headers)
+                return None
+            if form_boundary(request.header("content-type") or "") is None:
+                await self._error(
+                    exchange, 415, "expected a multipart/form-data body with a boundary", "media"
+                )
+                return None
+        return route
+
+    async def _read_body(
+        self, exchange: HttpExchange, request: HttpRequest, route: Route, charged: list[int]
+    ) -> Call:
+        limit = self._body_limit(route.body)
+        declared = exchange.declared_length(request)
+        if declared is not None and declared > limit:
+            raise BadRequest(413, f"request body of {declared} bytes is over {limit}")
+        body = bytearray()
+        form: FormReader | None = None
+        if route.body == "form":
+            assert self.context.voices is not None
+            boundary = form_boundary(request.header("content-type") or "")
+            assert boundary is not None
+            form = FormReader(boundary, max_file_bytes=self.context.voices.max_prompt_bytes)
+
+        def take(data: bytes) -> None:
+            if not self.budget.take(len(data)):
+                raise BadRequest(503, "server busy: too many request bodies in flight")
+            charged[0] += len(data)
+            if form is not None:
+                form.feed(data)
+            elif route.body == "json":
+                body.extend(data)
+
+        await exchange.read_body(limit, take)
+        if form is None:
+            return Call(exchange, request, bytes(body))
+        fields, audio = form.finish()
+        return Call(exchange, request, fields=fields, audio=audio)
+
+    def _body_limit(self, kind: BodyKind) -> int:
+        if kind == "json":
+            # Room for the longest text even if every character is a \\u escape pair.
+            return max(_MAX_JSON_BODY, 12 * self.context.settings.max_text_chars + 4096)
+        if kind == "form" and self.context.voices is not None:
+            return self.context.voices.max_prompt_bytes + _FORM_OVERHEAD
+        return _MAX_IGNORED_BODY
+
+    def _full(self) -> bool:
+        return self.active >= self.context.settings.max_connections
+
+    async def _overloaded(self, exchange: HttpExchange) -> None:
+        # Bounded like WebSocket connections (TTS_MAX_CONNECTIONS).
+        await self._error(
+            exchange,
+            503,
+            "too many connections",
+            "overloaded",
+            kind="server_error",
+            extra=[("retry-after", "1")],
         )
 
     async def _error(
@@ -232,12 +306,69 @@ class HttpFront:
         await exchange.respond_json(status, error_body(message, kind, code), *(extra or []))
 
 
-async def _cancel_on_disconnect(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
-    """The client closed or reset its side: stop generating for it now."""
+async def _web_file(front: HttpFront, call: Call) -> None:
+    name, media = WEB_FILES[call.request.path]
+    data = resources.files("voxtrio.server.web").joinpath(name).read_bytes()
+    await call.exchange.respond(200, [("content-type", media), ("cache-control", "no-cache")], data)
+
+
+async def _models(front: HttpFront, call: Call) -> None:
+    models = [{"id": m, "object": "model", "created": 0, "owned_by": "voxtrio"} for m in MODEL_IDS]
+    await call.exchange.respond_json(200, {"object": "list", "data": models})
+
+
+async def _list_voices(front: HttpFront, call: Call) -> None:
+    voices = [*OPENAI_VOICES, *library_voices(front.context.voices)]
+    await call.exchange.respond_json(200, {"voices": sorted(set(voices))})
+
+
+async def _speech(front: HttpFront, call: Call) -> None:
+    await run_speech(call.exchange, call.body, front.context, front.is_draining)
+
+
+async def _upload(front: HttpFront, call: Call) -> None:
+    voices = front.context.voices
+    assert voices is not None  # checked on the head
     try:
-        while await stream.receive_some(4096):
-            pass  # a pipelined request is not served (one per connection); ignore it
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
-    log.info("http_client_disconnected")
-    scope.cancel()
+        request_id = f"upload-{secrets.token_hex(6)}"
+        registered = await register_uploaded_voice(call.fields, call.audio, voices, request_id)
+    except ProtocolError as exc:
+        status, payload, headers = http_error(exc)
+        await call.exchange.respond_json(status, payload, *headers)
+        return
+    await call.exchange.respond_json(
+        200,
+        {
+            "id": registered.voice_id,
+            "name": registered.voice_id,
+            "duration": registered.duration,
+            "sample_rate": registered.sample_rate,
+        },
+    )
+
+
+ROUTES: Final[dict[str, dict[str, Route]]] = {
+    **{path: {"GET": Route(_web_file, public=True)} for path in WEB_FILES},
+    "/v1/models": {"GET": Route(_models)},
+    "/v1/audio/voices": {"GET": Route(_list_voices), "POST": Route(_upload, body="form")},
+    "/v1/audio/speech": {"POST": Route(_speech, body="json")},
+}
+
+
+def _method(request: HttpRequest) -> str:
+    """The route method: HEAD is served as GET (the exchange then leaves out the body)."""
+    return "GET" if request.method == "HEAD" else request.method
+
+
+def _is_json(content_type: str | None) -> bool:
+    """No Content-Type (SDKs, scripts) or a JSON one; never a form or text/plain."""
+    if content_type is None:
+        return True
+    kind, _ = parse_options_header(content_type)
+    return kind == b"application/json" or kind.endswith(b"+json")
+
+
+def _first(group: BaseException | None) -> BaseException | None:
+    while isinstance(group, BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import secrets
 import time
+from collections.abc import Callable
 
 import attrs
 import structlog
@@ -25,8 +27,14 @@ from voxtrio.protocol._voice_rules import VoiceId
 from voxtrio.server._native_errors import native_error
 from voxtrio.server._request import spec_for
 from voxtrio.server._text_input import TextInput
+from voxtrio.server.openai._errors import http_error
 from voxtrio.server.openai._exchange import HttpExchange
-from voxtrio.server.openai._request import OUTPUT_FORMATS, OutputFormat, SpeechRequest
+from voxtrio.server.openai._request import (
+    OUTPUT_FORMATS,
+    OutputFormat,
+    SpeechRequest,
+    parse_speech_request,
+)
 from voxtrio.server.openai._voices import resolve_voice
 from voxtrio.speech._errors import SpeechError
 from voxtrio.speech._output import OutputSpec
@@ -175,3 +183,58 @@ def record(
 
 def output_for(request: SpeechRequest) -> OutputFormat:
     return OUTPUT_FORMATS[request.response_format]
+
+
+async def run_speech(
+    exchange: HttpExchange, body: bytes, context: SpeechContext, is_draining: Callable[[], bool]
+) -> None:
+    """Answer one `/v1/audio/speech` request whose body has been read."""
+    request_id = f"openai-{secrets.token_hex(6)}"
+    started, accepted_at = time.perf_counter(), trio.current_time()
+    sink: HttpSpeechSink | None = None
+    outcome, audio_s = "disconnected", 0.0
+    with structlog.contextvars.bound_contextvars(request_id=request_id):
+        try:
+            if is_draining():
+                raise ProtocolError(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+            request = parse_speech_request(body)
+            sink = HttpSpeechSink(exchange, output_for(request), request.stream_format == "sse")
+            failure: ProtocolError | None = None
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_cancel_on_disconnect, exchange.stream, nursery.cancel_scope)
+                try:
+                    audio_s = await synthesize_speech(request, sink, context, request_id)
+                    outcome = "ok"
+                except ProtocolError as exc:
+                    failure = exc  # raised outside the nursery, bare rather than grouped
+                nursery.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
+        except ProtocolError as exc:
+            outcome = str(exc.code)
+            if sink is not None and exchange.started:
+                await sink.fail(exc)
+            else:
+                status, payload, headers = http_error(exc)
+                await exchange.respond_json(status, payload, *headers)
+        finally:
+            log.info("openai_speech_finished", outcome=outcome, audio_seconds=round(audio_s, 3))
+            if sink is not None:
+                record(context.metrics, outcome, started, sink, accepted_at, audio_s)
+
+
+async def _cancel_on_disconnect(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+    """The client reset the connection: stop generating for it now.
+
+    A clean EOF is not a disconnect: a client may shut down its sending side once
+    its request is out (half-close) and still read the whole response. A client
+    that closed entirely is found by the next write (ConnectionGone).
+    """
+    try:
+        while await stream.receive_some(4096):
+            pass  # a pipelined request is not served (one per connection); ignore it
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.info("http_client_disconnected")
+        scope.cancel()
+        return
+    log.debug("http_client_half_closed")
