@@ -286,7 +286,7 @@ class TtsServer:
                 request, 404, f"unknown path {path[:100]!r}: use /tts or {DASHSCOPE_PATH}"
             )
             return
-        refusal = self.policy.refusal(request.headers)
+        refusal = self.policy.refusal(_handshake_headers(request))
         if refusal is not None:  # a browser page from elsewhere (CSRF, DNS rebinding)
             await self._reject(request, 403, refusal)
             return
@@ -342,3 +342,11 @@ class TtsServer:
         finally:
             self.connections.discard(connection)
             log.info("connection_closed")
+
+
+def _handshake_headers(request: WebSocketRequest) -> list[tuple[bytes, bytes]]:
+    """The handshake's headers with its Host, which wsproto keeps apart from the rest."""
+    # trio-websocket exposes the headers but not the wsproto Request's `host` field.
+    host: str | None = getattr(getattr(request, "_event", None), "host", None)
+    extra = [(b"host", host.encode("idna"))] if host else []
+    return [*request.headers, *extra]
