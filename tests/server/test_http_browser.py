@@ -120,8 +120,11 @@ def test_allowed_origins_come_from_the_environment_or_the_flag() -> None:
         load_settings(None, {"TTS_ALLOWED_ORIGINS": "evil.example"})
 
 
-def test_only_a_loopback_server_checks_host_but_every_server_checks_origin() -> None:
-    """Behind a name (0.0.0.0 + a proxy) any Host is served; a foreign Origin never is."""
+def test_only_a_keyless_loopback_server_checks_host_but_every_server_checks_origin() -> None:
+    """Behind a name (0.0.0.0, or keys) any Host is served; a foreign Origin never is."""
+    keyed = BrowserPolicy.from_settings(Settings(), keyed=True)
+    assert keyed.refusal([(b"host", b"tts.example.com")]) is None
+    assert keyed.refusal([(b"host", b"tts.example.com"), (b"origin", b"https://evil.example")])
     policy = BrowserPolicy.from_settings(Settings(host="0.0.0.0"))
     assert policy.refusal([(b"host", b"tts.example.com")]) is None
     same = [(b"host", b"tts.example.com"), (b"origin", b"https://tts.example.com")]

@@ -179,7 +179,7 @@ class TtsServer:
         self._partial_budget = PartialMessageBudget(settings.partial_message_budget_bytes)
         # Connections still sending their request (both sides of the port): bounded apart.
         self.pending = PendingRequests(settings.max_connections)
-        self.policy = BrowserPolicy.from_settings(settings)
+        self.policy = BrowserPolicy.from_settings(settings, keyed=self.keys.enabled)
 
     @property
     def open_connections(self) -> int:

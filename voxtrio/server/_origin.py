@@ -9,9 +9,12 @@ page speak, list voices or register one. So, on every request of the shared port
 - `Origin`, when present (browsers send it on WebSocket handshakes and cross-site
   POSTs), must be the server's own origin (same host and port as `Host`) or one
   of `--allowed-origins`. Clients that are not browsers send no Origin and pass.
-- `Host`, on a server that listens on loopback, must be a loopback name or IP,
-  an IP literal, the configured `--host`, or the host of an allowed origin: a
-  rebinding page's requests carry its own name, which is none of these.
+- `Host`, on a keyless server that listens on loopback, must be a loopback name
+  or IP, an IP literal, the configured `--host`, or the host of an allowed
+  origin: a rebinding page's requests carry its own name, which is none of
+  these. (With API keys a rebinding page cannot authenticate, and beyond
+  loopback the operator chose the names the server answers to, e.g. behind a
+  proxy that forwards `Host`.)
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ class BrowserPolicy:
     allowed_hosts: frozenset[str]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BrowserPolicy:
+    def from_settings(cls, settings: Settings, *, keyed: bool = False) -> BrowserPolicy:
         origins = frozenset(settings.allowed_origins)
         hosts = {settings.host.strip("[]").lower()}
         hosts |= {split_host(origin.split("://", 1)[1])[0] for origin in origins if origin != "*"}
-        return cls(origins, check_host=is_loopback(settings.host), allowed_hosts=frozenset(hosts))
+        check_host = is_loopback(settings.host) and not keyed
+        return cls(origins, check_host=check_host, allowed_hosts=frozenset(hosts))
 
     def refusal(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
         """Why this request may not be served (a 403), or None when it may."""
