@@ -99,12 +99,20 @@ async def test_a_websocket_handshake_from_a_foreign_origin_is_403(
 
 
 async def test_allowed_origins_admit_a_named_page(start_server: Callable[..., Any]) -> None:
-    """--allowed-origins lets that page in (HTTP and WebSocket), and only that page."""
+    """--allowed-origins lets that page in (HTTP with CORS, WebSocket), and only that page."""
     server: ServerHandle = await start_server(allowed_origins=("https://app.example.com",))
     app = b"Origin: https://app.example.com"
     models = b"GET /v1/models HTTP/1.1\r\n" + LOCAL
-    assert (await request(server.port, models + app + b"\r\n\r\n")).status == 200
+    allowed = await request(server.port, models + app + b"\r\n\r\n")
+    assert allowed.status == 200
+    assert allowed.header("access-control-allow-origin") == "https://app.example.com"
     assert (await request(server.port, models + EVIL + b"\r\n\r\n")).status == 403
+    preflight = b"OPTIONS /v1/audio/speech HTTP/1.1\r\n" + LOCAL + app + b"\r\n"
+    preflight += b"Access-Control-Request-Method: POST\r\n\r\n"
+    answer = await request(server.port, preflight)
+    assert answer.status == 204
+    assert answer.header("access-control-allow-methods") == "POST"
+    assert "content-type" in (answer.header("access-control-allow-headers") or "")
     headers = [(b"Origin", b"https://app.example.com")]
     async with open_websocket_url(server.url, extra_headers=headers) as ws:
         await ws.send_message(json.dumps({"type": "ping", "timestamp": 1}))

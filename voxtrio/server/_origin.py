@@ -53,6 +53,13 @@ class BrowserPolicy:
             return f"origin {origin[:100]!r} is not allowed (--allowed-origins)"
         return None
 
+    def cross_origin(self, headers: Sequence[tuple[bytes, bytes]]) -> str | None:
+        """The Origin of an allowed page other than this server's own (for CORS), or None."""
+        origin = _header(headers, b"origin")
+        if origin is None or self._same_origin(origin, _header(headers, b"host")):
+            return None
+        return origin if self._origin_allowed(origin, None) else None
+
     def _host_allowed(self, host: str) -> bool:
         name, _ = split_host(host)
         if name == "localhost" or name.endswith(".localhost") or name in self.allowed_hosts:
@@ -67,7 +74,10 @@ class BrowserPolicy:
         normalized = origin.strip().rstrip("/").lower()
         if "*" in self.allowed_origins or normalized in self.allowed_origins:
             return True
-        scheme, sep, rest = normalized.partition("://")
+        return self._same_origin(origin, host)
+
+    def _same_origin(self, origin: str, host: str | None) -> bool:
+        scheme, sep, rest = origin.strip().rstrip("/").lower().partition("://")
         if not sep or scheme not in _DEFAULT_PORTS or host is None:
             return False  # "null" (sandboxed pages, file://) or garbage
         default = _DEFAULT_PORTS[scheme]

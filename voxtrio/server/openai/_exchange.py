@@ -45,6 +45,7 @@ class HttpExchange:
         self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD_BYTES)
         self.started = False
         self.head_only = False  # a HEAD request: the response goes without its body
+        self.cors_origin: str | None = None  # an allowed foreign page's origin, echoed back
 
     async def read_head(self) -> HttpRequest | None:
         """The request's head (None: the peer closed first); raises BadRequest."""
@@ -115,7 +116,8 @@ class HttpExchange:
         """A whole response with its Content-Length (for HEAD: the head alone)."""
         if not self.can_respond:
             return
-        head = [*headers, ("content-length", str(len(body))), ("connection", "close")]
+        framing = [("content-length", str(len(body))), ("connection", "close")]
+        head = [*headers, *self._cors(), *framing]
         data = self._send(
             h11.Response(status_code=status, headers=head, reason=reason_phrase(status))
         )
@@ -130,7 +132,7 @@ class HttpExchange:
 
     async def start(self, status: int, headers: Headers) -> None:
         """Send the head of a streamed (chunked) response."""
-        head = [*headers, ("transfer-encoding", "chunked"), ("connection", "close")]
+        head = [*headers, *self._cors(), ("transfer-encoding", "chunked"), ("connection", "close")]
         self.started = True
         await self._write(
             self._send(h11.Response(status_code=status, headers=head, reason=reason_phrase(status)))
@@ -142,6 +144,11 @@ class HttpExchange:
 
     async def end(self) -> None:
         await self._write(self._send(h11.EndOfMessage()))
+
+    def _cors(self) -> Headers:
+        if self.cors_origin is None:
+            return []
+        return [("access-control-allow-origin", self.cors_origin), ("vary", "origin")]
 
     def _send(self, event: h11.Event) -> bytes:
         return self.conn.send(event) or b""

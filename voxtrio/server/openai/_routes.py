@@ -191,15 +191,29 @@ class HttpFront:
             log.info("http_request_forbidden", reason=refusal)
             await self._error(exchange, 403, refusal, "forbidden", kind="permission_error")
             return None
+        # A page of an allowed origin (not this server's own) may read the answer (CORS).
+        exchange.cors_origin = self.policy.cross_origin(request.headers)
         methods = ROUTES.get(request.path, {})
         if request.path in WEB_FILES and not self.web_page:
             methods = {}
         if not methods:
             await self._error(exchange, 404, f"unknown path {request.path[:100]!r}", "not_found")
             return None
+        allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
+        if request.method == "OPTIONS":  # a CORS preflight: no key, no body
+            await exchange.respond(
+                204,
+                [
+                    ("allow", allow),
+                    ("access-control-allow-methods", allow),
+                    ("access-control-allow-headers", "authorization, content-type"),
+                    ("access-control-max-age", "600"),
+                ],
+                b"",
+            )
+            return None
         route = methods.get(_method(request))
         if route is None:
-            allow = ", ".join(sorted({*methods, *(["HEAD"] if "GET" in methods else [])}))
             message = f"method {request.method[:20]} not allowed on {request.path[:100]}"
             await self._error(
                 exchange, 405, message, "method_not_allowed", extra=[("allow", allow)]
