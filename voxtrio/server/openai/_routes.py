@@ -122,6 +122,8 @@ class HttpFront:
 
     async def _failed(self, exchange: HttpExchange, exc: Exception) -> None:
         """Log what went wrong; answer 500 unless the peer is gone or has its answer."""
+        gone: BaseException | None
+        rest: BaseException | None
         if isinstance(exc, ExceptionGroup):
             gone, rest = exc.split(ConnectionGone)
         else:
