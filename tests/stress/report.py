@@ -225,6 +225,7 @@ def render(figures: dict[str, Any], soak: dict[str, Any] | None, png: Path | Non
     lines += _faults_section(figures)
     lines += _hostile_section(figures)
     lines += _soak_section(soak, png)
+    lines += _http_section()
     lines += _policy_section()
     lines += _findings_section()
     return "\n".join(lines) + "\n"
@@ -480,6 +481,16 @@ def _soak_section(soak: dict[str, Any] | None, png: Path | None) -> list[str]:
         rel = os.path.relpath(png, ROOT / "docs")
         lines += ["", f"![soak: first audio, RSS and requests over time]({rel})"]
     return [*lines, ""]
+
+
+HTTP_ATTACKS = Path(__file__).resolve().parents[2] / "bench" / "results" / "http-attacks.md"
+
+
+def _http_section() -> list[str]:
+    """`python -m bench.http_attacks`'s before/after figures, kept in bench/results."""
+    if not HTTP_ATTACKS.exists():
+        return []
+    return ["## HTTP attack families", "", *HTTP_ATTACKS.read_text().rstrip().splitlines(), ""]
 
 
 def _policy_section() -> list[str]:
