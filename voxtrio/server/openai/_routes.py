@@ -18,10 +18,8 @@ only. Every route goes through one body-reading policy (`_admit`):
 from __future__ import annotations
 
 import contextlib
-import secrets
-from collections.abc import Awaitable, Callable
-from importlib import resources
-from typing import Final, Literal
+from collections.abc import Callable
+from typing import Final
 
 import attrs
 import structlog
@@ -38,43 +36,16 @@ from voxtrio.server._writer import ConnectionGone
 from voxtrio.server.openai._errors import error_body, http_error
 from voxtrio.server.openai._exchange import BadRequest, HttpExchange
 from voxtrio.server.openai._form import FormReader, form_boundary
-from voxtrio.server.openai._speech import SpeechContext, run_speech
-from voxtrio.server.openai._upload import register_uploaded_voice
-from voxtrio.server.openai._voices import OPENAI_VOICES, library_voices
+from voxtrio.server.openai._handlers import ROUTES, WEB_FILES, BodyKind, Call, Route, method_of
+from voxtrio.server.openai._speech import SpeechContext
 
 log = structlog.get_logger("voxtrio.openai")
 
-MODEL_IDS: Final = ("voxtrio", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-WEB_FILES: Final = {
-    "/": ("index.html", "text/html; charset=utf-8"),
-    "/web/app.js": ("app.js", "text/javascript; charset=utf-8"),
-    "/web/style.css": ("style.css", "text/css; charset=utf-8"),
-}
 _MAX_JSON_BODY: Final = 256 * 1024
 # A body on a route that reads none (GET) is read and dropped up to this size.
 _MAX_IGNORED_BODY: Final = 16 * 1024
 # The upload form around its audio file: the text fields, part heads, boundaries.
 _FORM_OVERHEAD: Final = 64 * 1024
-
-BodyKind = Literal["none", "json", "form"]
-
-
-@attrs.frozen
-class Call:
-    """An admitted request: its head, its body (JSON) or its form fields (upload)."""
-
-    exchange: HttpExchange
-    request: HttpRequest
-    body: bytes = b""
-    fields: dict[str, str] = attrs.Factory(dict)
-    audio: bytes | None = None
-
-
-@attrs.frozen
-class Route:
-    run: Callable[[HttpFront, Call], Awaitable[None]]
-    body: BodyKind = "none"
-    public: bool = False  # served without an API key (the browser page)
 
 
 @attrs.define(eq=False)
@@ -160,7 +131,7 @@ class HttpFront:
                 return
             self.active += 1
             try:
-                await ROUTES[call.request.path][_method(call.request)].run(self, call)
+                await ROUTES[call.request.path][method_of(call.request)].run(self, call)
             finally:
                 self.active -= 1
         finally:
@@ -214,7 +185,7 @@ class HttpFront:
                 b"",
             )
             return None
-        route = methods.get(_method(request))
+        route = methods.get(method_of(request))
         if route is None:
             message = f"method {request.method[:20]} not allowed on {request.path[:100]}"
             await self._error(
@@ -320,60 +291,6 @@ class HttpFront:
         extra: list[tuple[str, str]] | None = None,
     ) -> None:
         await exchange.respond_json(status, error_body(message, kind, code), *(extra or []))
-
-
-async def _web_file(front: HttpFront, call: Call) -> None:
-    name, media = WEB_FILES[call.request.path]
-    data = resources.files("voxtrio.server.web").joinpath(name).read_bytes()
-    await call.exchange.respond(200, [("content-type", media), ("cache-control", "no-cache")], data)
-
-
-async def _models(front: HttpFront, call: Call) -> None:
-    models = [{"id": m, "object": "model", "created": 0, "owned_by": "voxtrio"} for m in MODEL_IDS]
-    await call.exchange.respond_json(200, {"object": "list", "data": models})
-
-
-async def _list_voices(front: HttpFront, call: Call) -> None:
-    voices = [*OPENAI_VOICES, *library_voices(front.context.voices)]
-    await call.exchange.respond_json(200, {"voices": sorted(set(voices))})
-
-
-async def _speech(front: HttpFront, call: Call) -> None:
-    await run_speech(call.exchange, call.body, front.context, front.is_draining)
-
-
-async def _upload(front: HttpFront, call: Call) -> None:
-    voices = front.context.voices
-    assert voices is not None  # checked on the head
-    try:
-        request_id = f"upload-{secrets.token_hex(6)}"
-        registered = await register_uploaded_voice(call.fields, call.audio, voices, request_id)
-    except ProtocolError as exc:
-        status, payload, headers = http_error(exc)
-        await call.exchange.respond_json(status, payload, *headers)
-        return
-    await call.exchange.respond_json(
-        200,
-        {
-            "id": registered.voice_id,
-            "name": registered.voice_id,
-            "duration": registered.duration,
-            "sample_rate": registered.sample_rate,
-        },
-    )
-
-
-ROUTES: Final[dict[str, dict[str, Route]]] = {
-    **{path: {"GET": Route(_web_file, public=True)} for path in WEB_FILES},
-    "/v1/models": {"GET": Route(_models)},
-    "/v1/audio/voices": {"GET": Route(_list_voices), "POST": Route(_upload, body="form")},
-    "/v1/audio/speech": {"POST": Route(_speech, body="json")},
-}
-
-
-def _method(request: HttpRequest) -> str:
-    """The route method: HEAD is served as GET (the exchange then leaves out the body)."""
-    return "GET" if request.method == "HEAD" else request.method
 
 
 def _is_json(content_type: str | None) -> bool:
