@@ -97,3 +97,22 @@ async def test_a_client_that_stops_reading_is_let_go_without_an_error(
     gone = next(entry for entry in logs if entry["event"] == "http_client_gone")
     assert gone["log_level"] == "info"
     assert "did not read" in gone["reason"]
+
+
+async def test_a_client_that_resets_mid_body_is_not_an_error(
+    synthetic_server: ServerHandle,
+) -> None:
+    """A reset while the body is read ends that request quietly (info), nothing else."""
+    import struct
+
+    with capture_logs() as logs:
+        stream = await trio.open_tcp_stream("127.0.0.1", synthetic_server.port)
+        await stream.send_all(POST + LOCAL + b"Content-Length: 1000\r\n\r\n{")
+        await trio.sleep(0.2)
+        # SO_LINGER 0: close() sends a reset instead of a FIN.
+        stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        await stream.aclose()
+        with trio.fail_after(5):
+            while not any(entry["event"] == "http_client_gone" for entry in logs):
+                await trio.sleep(0.05)
+    assert [e for e in logs if e["log_level"] in ("error", "critical", "warning")] == []

@@ -103,7 +103,11 @@ class HttpExchange:
                 raise BadRequest(status, f"malformed HTTP request: {exc}"[:200]) from None
             if event is not h11.NEED_DATA:
                 return event
-            self.conn.receive_data(bytes(await self.stream.receive_some(_RECEIVE_SIZE)))
+            try:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise ConnectionGone(f"client gone: {type(exc).__name__}") from None
+            self.conn.receive_data(bytes(data))
 
     @property
     def can_respond(self) -> bool:
