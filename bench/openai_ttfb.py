@@ -61,7 +61,8 @@ async def http_ttfb(host: str, port: int) -> float:
     stream = await trio.open_tcp_stream(host, port)
     async with stream:
         await stream.send_all(
-            b"POST /v1/audio/speech HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            f"POST /v1/audio/speech HTTP/1.1\r\nHost: {host}:{port}\r\n".encode()
+            + b"Content-Type: application/json\r\n"
             + f"Content-Length: {len(body)}\r\n\r\n".encode()
             + body
         )
