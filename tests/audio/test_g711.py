@@ -1,50 +1,16 @@
-"""8 kHz G.711 output (ulaw_8000, alaw_8000) checked against two independent decoders.
-
-The reference expansion is ITU-T G.711's, written out here from the standard's segment
-and mantissa layout (no lookup table shared with the encoder); libav's decoders are the
-second opinion.
-"""
+"""8 kHz G.711 output (ulaw_8000, alaw_8000) checked against two independent decoders:
+ITU-T G.711's expansion written out in tests/audio/g711_reference.py, and libav's."""
 
 from __future__ import annotations
 
-import av
 import numpy as np
 import pytest
 
 from voxtrio.audio._codecs import AudioEncoder, InvalidEncoderSetting
 
+from .g711_reference import libav_decode, reference_decode
+
 G711 = ["ulaw_8000", "alaw_8000"]
-
-
-def ulaw_expand(codes: np.ndarray) -> np.ndarray:
-    """G.711 mu-law code -> 16-bit linear (bits inverted on the wire; bias 0x84)."""
-    u = ~codes.astype(np.int32) & 0xFF
-    exponent, mantissa = (u >> 4) & 0x07, u & 0x0F
-    magnitude = (((mantissa << 3) + 0x84) << exponent) - 0x84
-    return np.where(u & 0x80, -magnitude, magnitude)
-
-
-def alaw_expand(codes: np.ndarray) -> np.ndarray:
-    """G.711 A-law code -> 16-bit linear (even bits inverted on the wire; sign 1 = +)."""
-    a = codes.astype(np.int32) ^ 0x55
-    exponent, mantissa = (a >> 4) & 0x07, a & 0x0F
-    magnitude = np.where(
-        exponent == 0, (mantissa << 4) + 8, ((mantissa << 4) + 0x108) << np.maximum(exponent - 1, 0)
-    )
-    return np.where(a & 0x80, magnitude, -magnitude)
-
-
-def reference_decode(fmt: str, data: bytes) -> np.ndarray:
-    codes = np.frombuffer(data, np.uint8)
-    return ulaw_expand(codes) if fmt == "ulaw_8000" else alaw_expand(codes)
-
-
-def libav_decode(fmt: str, data: bytes) -> np.ndarray:
-    codec = av.CodecContext.create({"ulaw_8000": "pcm_mulaw", "alaw_8000": "pcm_alaw"}[fmt], "r")
-    assert isinstance(codec, av.AudioCodecContext)
-    codec.sample_rate, codec.layout = 8000, "mono"
-    frames = [*codec.decode(av.Packet(data)), *codec.decode(None)]
-    return np.concatenate([f.to_ndarray().reshape(-1) for f in frames]).astype(np.int32)
 
 
 def levels(fmt: str) -> np.ndarray:
