@@ -61,9 +61,12 @@ class EncodedAudio:
 
 
 class OutputStream:
-    """An `AudioEncoder` behind an optional `StreamingStretch`, for one request."""
+    """An `AudioEncoder` behind an optional stretcher (`TempoStretch` for speed alone,
+    `StreamingStretch` when pitch changes too), for one request."""
 
     def __init__(self, spec: OutputSpec, *, input_rate: int) -> None:
+        # First: it allocates nothing until used, so refusing it leaks no codec.
+        self._stretch = _stretcher(spec, input_rate)
         try:
             self.encoder = AudioEncoder(
                 spec.format,
@@ -76,7 +79,6 @@ class OutputStream:
             raise InvalidOutput(exc.setting, str(exc)) from None
         self.input_rate = input_rate
         self.speed = spec.rate
-        self._stretch = _stretcher(spec, input_rate)
 
     @property
     def format(self) -> EncoderFormat:
