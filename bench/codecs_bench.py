@@ -30,7 +30,8 @@ import av
 import numpy as np
 import soundfile as sf
 
-from voxtrio.audio._codecs import AUDIO_FORMATS, AudioEncoder, AudioFormat
+from voxtrio.audio._codecs import AudioEncoder, AudioFormat
+from voxtrio.protocol._formats import ANY_RATE_FORMATS, FIXED_RATE_FORMATS
 
 MP3_PRIMING = 1105  # LAME encoder delay (576) + MP3 decoder delay (529), in samples
 
@@ -53,6 +54,8 @@ def decoded_samples(fmt: AudioFormat, data: bytes) -> int:
         return 0
     if fmt == "pcm16":
         return len(data) // 2
+    if fmt in FIXED_RATE_FORMATS:  # raw G.711: one byte per sample
+        return len(data)
     if fmt == "flac":
         with av.open(io.BytesIO(data), "r", format="flac") as container:
             return sum(int(frame.samples) for frame in container.decode(audio=0))
@@ -115,8 +118,10 @@ def main() -> None:
         "  p95 µs  finish µs  kbit/s"
     )
     for rate in args.rates:
-        for fmt in AUDIO_FORMATS:
+        for fmt in ANY_RATE_FORMATS:
             print(bench(fmt, args.input_rate, rate, args.chunk, args.chunks))
+    for fmt, rate in FIXED_RATE_FORMATS.items():  # telephony: the rate is in the name
+        print(bench(fmt, args.input_rate, rate, args.chunk, args.chunks))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

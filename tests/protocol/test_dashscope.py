@@ -166,8 +166,8 @@ def test_opus_bit_rate_is_kbps_on_the_wire() -> None:
         ({"volume": 101}, "volume", "between 0 and 100"),
         ({"volume": "50"}, "volume", "must be an integer"),
         ({"rate": 3.0}, "rate", "between 0.5 and 2.0"),
-        ({"rate": 1.2}, "rate", "1.2 is not supported"),
         ({"pitch": 0.8}, "pitch", "0.8 is not supported"),
+        ({"format": "ulaw_8000", "sample_rate": 16000}, "sample_rate", "8000 Hz only"),
         ({"voice": "longxiaochun"}, "voice", "unknown voice 'longxiaochun'"),
         ({"format": "opus", "bit_rate": 32000}, "bit_rate", "6-510 (kbit/s)"),
         ({"format": "mp3", "bit_rate": 100}, "bit_rate", "must be one of"),
@@ -209,6 +209,23 @@ def test_every_bad_parameter_is_reported_at_once() -> None:
     header = failure(DashScopeTask().receive_text(run_task(format="aac", sample_rate=5)))
     assert "parameters.format" in header["error_message"]
     assert "parameters.sample_rate" in header["error_message"]
+
+
+def test_rate_passes_without_the_gpl_extra() -> None:
+    """`rate` is time-scale modification the default install has; only pitch needs the extra."""
+    start = DashScopeTask().receive_text(run_task(rate=1.5))[0]
+    assert isinstance(start, StartTask)
+    assert (start.params.rate, start.params.pitch) == (1.5, 1.0)
+
+
+@pytest.mark.parametrize("fmt", ["ulaw_8000", "alaw_8000"])
+def test_telephony_formats_default_to_8000_hz(fmt: str) -> None:
+    """ulaw_8000/alaw_8000 without a sample_rate (or with 8000) encode at 8 kHz."""
+    for sent in (0, 8000):
+        start = DashScopeTask().receive_text(run_task(format=fmt, sample_rate=sent))[0]
+        assert isinstance(start, StartTask)
+        assert (start.params.format, start.params.sample_rate) == (fmt, 8000)
+        assert make_encoder(start.params, input_rate=16000).sample_rate == 8000
 
 
 def test_rate_and_pitch_pass_when_dsp_is_available() -> None:

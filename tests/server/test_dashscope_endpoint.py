@@ -139,10 +139,10 @@ async def test_sdk_streaming_call_and_complete(
     )
 
 
-async def test_rate_without_dsp_is_task_failed(
+async def test_pitch_without_dsp_is_task_failed(
     start_server: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Without the optional DSP, rate != 1.0 is a task-failed the SDK raises, never ignored."""
+    """Without the optional Rubber Band extra, pitch != 1.0 is a task-failed, never ignored."""
     import voxtrio.server._listener
 
     monkeypatch.setattr(voxtrio.server._listener, "dsp_available", lambda: False)
@@ -151,10 +151,10 @@ async def test_rate_without_dsp_is_task_failed(
         model="cosyvoice-v2",
         voice="default",
         format=tts_v2.AudioFormat.WAV_16000HZ_MONO_16BIT,
-        speech_rate=1.5,
+        pitch_rate=1.5,
         url=dashscope_url(handle),
     )
-    with pytest.raises(Exception, match="rate"):
+    with pytest.raises(Exception, match="pitch"):
         await in_thread(lambda: synth.call("Hello."))
 
 

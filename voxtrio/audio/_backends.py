@@ -102,6 +102,47 @@ _AV_SPECS: Final[dict[str, _AvSpec]] = {
 }
 
 
+# libav's G.711 encoders (ITU-T G.711 tables, 16-bit linear in, one byte per sample).
+_G711_CODECS: Final[dict[str, str]] = {"ulaw_8000": "pcm_mulaw", "alaw_8000": "pcm_alaw"}
+
+
+class _G711Backend:
+    """ulaw_8000/alaw_8000: raw G.711 bytes, no header (what Twilio and SIP carry)."""
+
+    def __init__(self, fmt: EncoderFormat, sample_rate: int) -> None:
+        codec = av.CodecContext.create(_G711_CODECS[fmt], "w")
+        if not isinstance(codec, av.AudioCodecContext):  # narrows for mypy
+            raise TypeError(f"{fmt} is not an audio codec")
+        codec.sample_rate = sample_rate
+        codec.layout = "mono"
+        codec.format = "s16"
+        codec.open()
+        self._codec: av.AudioCodecContext | None = codec
+        self._sample_rate = sample_rate
+        self._pts = 0
+
+    def encode(self, samples: npt.NDArray[np.float32]) -> bytes:
+        if not samples.size or self._codec is None:
+            return b""
+        frame = av.AudioFrame.from_ndarray(
+            quantize16(samples).reshape(1, -1), format="s16", layout="mono"
+        )
+        frame.sample_rate = self._sample_rate
+        frame.pts = self._pts
+        self._pts += samples.size
+        # A PCM codec has no frame size or delay: each frame comes back as one packet.
+        return b"".join(bytes(packet) for packet in self._codec.encode(frame))
+
+    def finish(self) -> bytes:
+        codec, self._codec = self._codec, None
+        if codec is None:
+            return b""
+        return b"".join(bytes(packet) for packet in codec.encode(None))
+
+    def close(self) -> None:
+        self._codec = None
+
+
 class _AvBackend:
     """mp3/opus/flac/aac through a PyAV (libav) encoder and muxer writing into a `_Sink`."""
 

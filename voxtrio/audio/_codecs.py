@@ -15,6 +15,8 @@ bytes a live client can decode the moment they arrive, in the requested format:
   Opus packet per page.
 - ``flac``: the ``fLaC`` stream header (STREAMINFO with total samples 0 = unknown,
   MD5 unset) first, then whole FLAC frames of 20 ms.
+- ``ulaw_8000`` / ``alaw_8000``: raw G.711 mu-law / A-law bytes at 8 kHz, one byte per
+  sample, no header (Twilio Media Streams, SIP/RTP PCMU and PCMA payloads).
 
 Codecs and containers are libav's through PyAV; resampling is libsoxr's streaming
 resampler. The encoder never holds back more audio than the codec needs, except for
@@ -32,7 +34,7 @@ import numpy.typing as npt
 import soxr
 
 from voxtrio.audio._backends import EncoderFormat as EncoderFormat
-from voxtrio.audio._backends import _AvBackend, _Backend, _PcmBackend
+from voxtrio.audio._backends import _AvBackend, _Backend, _G711Backend, _PcmBackend
 from voxtrio.audio._pcm import WAV_UNKNOWN_SIZE as WAV_UNKNOWN_SIZE
 from voxtrio.audio._pcm import NonFiniteAudio as NonFiniteAudio
 from voxtrio.audio._pcm import (
@@ -43,6 +45,7 @@ from voxtrio.audio._pcm import check_finite as check_finite
 from voxtrio.audio._pcm import float_to_pcm16 as float_to_pcm16
 from voxtrio.protocol._formats import (
     AUDIO_FORMATS,
+    FIXED_RATE_FORMATS,
     OPUS_BIT_RATE_RANGE,
     SUPPORTED_RATES,
     mp3_bit_rates,
@@ -171,7 +174,12 @@ class AudioEncoder:
                 f"unsupported audio format {fmt!r}; expected one of {', '.join(ENCODER_FORMATS)}",
             )
         self.input_rate = _rate("input_rate", input_rate)
-        requested = self.input_rate if output_rate is None else output_rate
+        fixed_rate = FIXED_RATE_FORMATS.get(fmt)
+        if fixed_rate is not None and output_rate not in (None, fixed_rate):
+            raise InvalidEncoderSetting(
+                "sample_rate", f"{fmt} is {fixed_rate} Hz only, not {output_rate!r}"
+            )
+        requested = output_rate if output_rate is not None else fixed_rate or self.input_rate
         if isinstance(requested, bool) or requested not in SUPPORTED_RATES:
             raise InvalidEncoderSetting(
                 "sample_rate",
@@ -204,6 +212,8 @@ class AudioEncoder:
             self._backend = _PcmBackend(b"")
         elif fmt == "wav":
             self._backend = _PcmBackend(wav_header(rate))
+        elif fixed_rate is not None:
+            self._backend = _G711Backend(fmt, rate)
         else:
             self._backend = _AvBackend(fmt, rate, self.bit_rate)
 

@@ -84,7 +84,7 @@ class VoxtrioClient:
         `params` are the protocol's (cfg_value, inference_timesteps, normalize,
         denoise, retry_badcase, retry_badcase_max_times,
         retry_badcase_ratio_threshold, seed, max_len, format, sample_rate,
-        bit_rate: docs/PROTOCOL.md §3.1); None means the server's default; an
+        bit_rate, speed: docs/PROTOCOL.md §3.1); None means the server's default; an
         unknown name is a TypeError here. Leaving the context before the end
         cancels the request and waits for its terminal message (`cancel_timeout`).
         """

@@ -17,6 +17,7 @@ from voxtrio.protocol._dashscope_messages import (
     invalid_parameter,
 )
 from voxtrio.protocol._formats import (
+    FIXED_RATE_FORMATS,
     OPUS_BIT_RATE_RANGE,
     SUPPORTED_RATES,
     AudioFormat,
@@ -29,6 +30,9 @@ _FORMATS: Final[dict[str, AudioFormat]] = {
     "wav": "wav",
     "mp3": "mp3",
     "opus": "opus",
+    # voxtrio's telephony additions (raw G.711 at 8 kHz), named as ElevenLabs does.
+    "ulaw_8000": "ulaw_8000",
+    "alaw_8000": "alaw_8000",
     "default": DEFAULT_FORMAT,
 }
 
@@ -53,8 +57,8 @@ class TaskParams:
     sample_rate: int  # Hz requested (opus may encode at the next Opus rate up)
     volume: int  # 0-100 as sent
     gain: float  # volume_to_gain(volume), for AudioEncoder(volume=)
-    rate: float  # speed factor; != 1.0 only when DSP is available
-    pitch: float  # pitch factor; likewise
+    rate: float  # speed factor (voxtrio.audio._tsm, always available)
+    pitch: float  # pitch factor; != 1.0 only when the Rubber Band extra is installed
     seed: int | None
     bit_rate: int | None  # bits/s for AudioEncoder(bit_rate=); None = codec default
     enable_ssml: bool
@@ -72,7 +76,7 @@ class DashScopeCapabilities:
     # Where those names come from, for the unknown-voice refusal (None: list them).
     voice_sources: str | None = None
     model_names: frozenset[str] = frozenset()  # any other model is served too, and logged
-    dsp_available: bool = False  # rate/pitch other than 1.0 (voxtrio.audio._dsp)
+    dsp_available: bool = False  # pitch other than 1.0 (voxtrio.audio._dsp, GPL extra)
     max_text_chars: int = MAX_MESSAGE_TEXT_CHARS
     max_task_chars: int = MAX_TASK_CHARS
     sentence_max_chars: int = 300
@@ -86,24 +90,26 @@ def validate_parameters(
     errors: dict[str, str] = {}
     fmt = _FORMATS.get(raw.format.lower())
     if fmt is None:
-        errors["format"] = f"must be one of pcm, wav, mp3, opus, got {raw.format[:32]!r}"
-    rate = raw.sample_rate or DEFAULT_SAMPLE_RATE
+        errors["format"] = (
+            f"must be one of pcm, wav, mp3, opus, ulaw_8000, alaw_8000, got {raw.format[:32]!r}"
+        )
+    fixed_rate = FIXED_RATE_FORMATS.get(fmt) if fmt is not None else None
+    rate = raw.sample_rate or fixed_rate or DEFAULT_SAMPLE_RATE
     if raw.sample_rate and raw.sample_rate not in SUPPORTED_RATES:
         allowed = ", ".join(str(r) for r in SUPPORTED_RATES)
         errors["sample_rate"] = f"must be one of {allowed}, got {raw.sample_rate}"
+    elif fixed_rate is not None and rate != fixed_rate:
+        errors["sample_rate"] = f"{fmt} is {fixed_rate} Hz only, got {raw.sample_rate}"
     if raw.voice not in caps.voices:
         sources = caps.voice_sources or "this server has: " + ", ".join(sorted(caps.voices)[:20])
         errors["voice"] = f"unknown voice {raw.voice[:64]!r}; {sources}"
     if raw.text_type not in TEXT_TYPES:
         errors["text_type"] = f"must be PlainText or SSML, got {raw.text_type[:32]!r}"
-    if not caps.dsp_available:
-        for name in ("rate", "pitch"):
-            value = getattr(raw, name)
-            if value != 1.0:
-                errors[name] = (
-                    f"{value} is not supported: this server cannot change {name} at good "
-                    "quality while streaming; send 1.0"
-                )
+    if not caps.dsp_available and raw.pitch != 1.0:
+        errors["pitch"] = (
+            f"{raw.pitch} is not supported: changing pitch needs the optional Rubber Band "
+            "extra (pip install voxtrio[dsp], GPL-2.0), not installed here; send 1.0"
+        )
     bit_rate = _bit_rate(raw, fmt, rate, errors)
     if errors:
         summary = "; ".join(f"parameters.{k}: {v}" for k, v in sorted(errors.items()))

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 from typing import Final, Literal, get_args
 
-AudioFormat = Literal["pcm16", "wav", "mp3", "opus", "flac"]
+AudioFormat = Literal["pcm16", "wav", "mp3", "opus", "flac", "ulaw_8000", "alaw_8000"]
 AUDIO_FORMATS: Final[tuple[AudioFormat, ...]] = get_args(AudioFormat)
+# Formats whose name fixes the rate: G.711 mu-law and A-law (telephony: Twilio Media
+# Streams, SIP trunks) are 8 kHz only, named as ElevenLabs and Cartesia name them.
+FIXED_RATE_FORMATS: Final[dict[str, int]] = {"ulaw_8000": 8000, "alaw_8000": 8000}
+# The formats any SUPPORTED_RATES rate may be asked of.
+ANY_RATE_FORMATS: Final[tuple[AudioFormat, ...]] = tuple(
+    f for f in AUDIO_FORMATS if f not in FIXED_RATE_FORMATS
+)
 # Output rates a client may ask for (OpenAI's and DashScope's sets together).
 SUPPORTED_RATES: Final = (8000, 16000, 22050, 24000, 44100, 48000)
 

@@ -26,3 +26,6 @@ def max_base64_chars(max_bytes: int) -> int:
 
 MAX_AUDIO_BASE64_CHARS: Final = max_base64_chars(MAX_PROMPT_BYTES)
 """Hard ceiling on voice_register.audio; the configured cap (decode_audio) may be lower."""
+
+SPEED_RANGE: Final = (0.25, 4.0)
+"""`speed` (native, OpenAI): OpenAI's own range; the output is 1/speed as long."""

@@ -26,6 +26,7 @@ from voxtrio.protocol._limits import (
     MAX_SEED,
     MAX_TEXT_CHARS,
     MAX_VOICE_DESCRIPTION_CHARS,
+    SPEED_RANGE,
 )
 from voxtrio.protocol._voice_messages import (
     VOICE_CLIENT_MESSAGE_TYPES,
@@ -57,6 +58,9 @@ class SynthesisOptions:
     sample_rate: int | None = attrs.field(default=None, metadata={"choices": SUPPORTED_RATES})
     # The widest range of any codec (opus'); the encoder checks the format's own.
     bit_rate: int | None = attrs.field(default=None, metadata=field_range(*OPUS_BIT_RATE_RANGE))
+    # Faster/slower speech at the same pitch (0.5: half speed, twice as long), applied to
+    # the model's audio as it streams (voxtrio.audio._tsm).
+    speed: float = attrs.field(default=1.0, metadata=field_range(*SPEED_RANGE))
     # Voice cloning: a registered voice, or prompt audio fetched from an allow-listed
     # URL (off unless the operator enables it) with its transcript.
     voice_id: VoiceId | None = None

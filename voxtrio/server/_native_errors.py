@@ -31,8 +31,8 @@ def native_error(exc: SpeechError, request_id: str) -> ProtocolError:
             details = {"scope": "queue", "retry_after_ms": RETRY_AFTER_MS}
         case InvalidOutput(setting=setting, reason=reason):
             code = ErrorCode.INVALID_PARAMS
-            # Only the rate and the bit rate are the client's to choose here.
-            field = "bit_rate" if setting == "bit_rate" else "sample_rate"
+            # Only the rate, bit rate and speed are the client's to choose here.
+            field = setting if setting in ("bit_rate", "speed") else "sample_rate"
             details = {f"params.{field}": reason}
         case InvalidText(reason=reason):
             code = ErrorCode.INVALID_PARAMS

@@ -109,7 +109,10 @@ async def synthesize(
             request_id=request.request_id,
         )
     output = OutputSpec(
-        format=options.format, sample_rate=options.sample_rate, bit_rate=options.bit_rate
+        format=options.format,
+        sample_rate=options.sample_rate,
+        bit_rate=options.bit_rate,
+        rate=options.speed,
     )
     sink = NativeSink(request.request_id, writer, streaming, text_input)
     try:

@@ -65,7 +65,7 @@ class InvalidText(SpeechError):
         self.reason = reason
 
 
-OutputSetting = Literal["format", "sample_rate", "bit_rate", "volume"]
+OutputSetting = Literal["format", "sample_rate", "bit_rate", "volume", "speed", "pitch"]
 
 
 class InvalidOutput(SpeechError):

@@ -1,4 +1,4 @@
-"""One request's output stream: the encoder (and rate/pitch stretcher) from start to end.
+"""One request's output stream: the encoder (and speed/pitch stretcher) from start to end.
 
 `speak` owns an `OutputStream` for its whole life: it opens it from an `OutputSpec`,
 hands `transform` to the replica thread (check, stretch, encode next to the model),
@@ -20,23 +20,38 @@ from voxtrio.audio._codecs import (
     check_finite,
 )
 from voxtrio.audio._dsp import StreamingStretch
-from voxtrio.speech._errors import InvalidOutput
+from voxtrio.audio._tsm import TempoStretch, output_seconds
+from voxtrio.speech._errors import InvalidOutput, OutputSetting
 
 
 @attrs.frozen(kw_only=True)
 class OutputSpec:
-    """What the client asked to hear: format, rate, and the DashScope volume/rate/pitch."""
+    """What the client asked to hear: format, rate, volume, speed and (DashScope) pitch."""
 
     format: EncoderFormat = "pcm16"
-    sample_rate: int | None = None  # None: the model's own rate
+    sample_rate: int | None = None  # None: the model's own rate (or the format's own)
     bit_rate: int | None = None
     volume: float = 1.0
+    # Speed factor (native/OpenAI `speed`, DashScope `rate`): 2.0 is twice as fast.
     rate: float = 1.0
-    pitch: float = 1.0
+    pitch: float = 1.0  # DashScope only; needs the optional Rubber Band extra
 
     @property
     def needs_stretch(self) -> bool:
         return self.rate != 1.0 or self.pitch != 1.0
+
+
+def _stretcher(spec: OutputSpec, input_rate: int) -> StreamingStretch | TempoStretch | None:
+    """Speed alone: libavfilter's atempo (LGPL, always there); pitch: Rubber Band (GPL extra)."""
+    try:
+        if spec.pitch != 1.0:
+            return StreamingStretch(spec.rate, spec.pitch, input_rate)
+        if spec.rate != 1.0:
+            return TempoStretch(spec.rate, input_rate)
+    except (TypeError, ValueError) as exc:
+        setting: OutputSetting = "pitch" if spec.pitch != 1.0 else "speed"
+        raise InvalidOutput(setting, str(exc)) from None
+    return None
 
 
 @attrs.frozen
@@ -46,9 +61,12 @@ class EncodedAudio:
 
 
 class OutputStream:
-    """An `AudioEncoder` behind an optional `StreamingStretch`, for one request."""
+    """An `AudioEncoder` behind an optional stretcher (`TempoStretch` for speed alone,
+    `StreamingStretch` when pitch changes too), for one request."""
 
     def __init__(self, spec: OutputSpec, *, input_rate: int) -> None:
+        # First: it allocates nothing until used, so refusing it leaks no codec.
+        self._stretch = _stretcher(spec, input_rate)
         try:
             self.encoder = AudioEncoder(
                 spec.format,
@@ -60,9 +78,7 @@ class OutputStream:
         except InvalidEncoderSetting as exc:
             raise InvalidOutput(exc.setting, str(exc)) from None
         self.input_rate = input_rate
-        self._stretch = (
-            StreamingStretch(spec.rate, spec.pitch, input_rate) if spec.needs_stretch else None
-        )
+        self.speed = spec.rate
 
     @property
     def format(self) -> EncoderFormat:
@@ -83,6 +99,11 @@ class OutputStream:
     @property
     def duration(self) -> float:
         return self.encoder.duration
+
+    def output_seconds(self, model_seconds: float) -> float:
+        """Where `model_seconds` into an utterance's model audio is in this stream's
+        output (see `voxtrio.audio._tsm.output_seconds`, the one definition)."""
+        return output_seconds(model_seconds, self.speed)
 
     def transform(self, chunk: np.ndarray) -> EncodedAudio:
         """Replica thread, per chunk: refuse NaN/inf, stretch, encode."""
@@ -113,4 +134,6 @@ class OutputStream:
         return await trio.to_thread.run_sync(self.encoder.finish)
 
     def close(self) -> None:
+        if isinstance(self._stretch, TempoStretch):
+            self._stretch.close()
         self.encoder.close()

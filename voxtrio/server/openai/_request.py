@@ -15,9 +15,10 @@ from voxtrio.audio._codecs import EncoderFormat
 from voxtrio.protocol._converter import field_length, field_range, structure_message
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.protocol._json import JsonRefused, load_json
-from voxtrio.protocol._limits import MAX_TEXT_CHARS, MAX_VOICE_DESCRIPTION_CHARS
+from voxtrio.protocol._limits import MAX_TEXT_CHARS, MAX_VOICE_DESCRIPTION_CHARS, SPEED_RANGE
 
-ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
+# OpenAI's six, then voxtrio's telephony additions (raw 8 kHz G.711, docs/OPENAI.md).
+ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm", "ulaw_8000", "alaw_8000"]
 StreamFormat = Literal["audio", "sse"]
 
 
@@ -38,6 +39,10 @@ OUTPUT_FORMATS: Final[dict[ResponseFormat, OutputFormat]] = {
     "flac": OutputFormat(codec="flac", sample_rate=24000, media_type="audio/flac"),
     "wav": OutputFormat(codec="wav", sample_rate=24000, media_type="audio/wav"),
     "pcm": OutputFormat(codec="pcm16", sample_rate=24000, media_type="audio/pcm"),
+    # audio/basic is 8 kHz mono mu-law by definition (RFC 2046); A-law has no such
+    # type, and audio/x-alaw-basic is the name Asterisk, SoX and browsers know.
+    "ulaw_8000": OutputFormat(codec="ulaw_8000", sample_rate=8000, media_type="audio/basic"),
+    "alaw_8000": OutputFormat(codec="alaw_8000", sample_rate=8000, media_type="audio/x-alaw-basic"),
 }
 
 
@@ -50,7 +55,8 @@ class SpeechRequest:
         default=None, metadata=field_length(0, MAX_VOICE_DESCRIPTION_CHARS)
     )
     response_format: ResponseFormat = "mp3"
-    speed: float = attrs.field(default=1.0, metadata=field_range(0.25, 4.0))
+    # Pitch-preserving time-scale modification of the model's audio (voxtrio.audio._tsm).
+    speed: float = attrs.field(default=1.0, metadata=field_range(*SPEED_RANGE))
     stream_format: StreamFormat = "audio"
 
 
@@ -78,11 +84,5 @@ def parse_speech_request(body: bytes) -> SpeechRequest:
             ErrorCode.INVALID_PARAMS,
             "input: must contain something to speak, not only whitespace",
             details={"input": "only whitespace"},
-        )
-    if request.speed != 1.0:
-        raise ProtocolError(
-            ErrorCode.INVALID_PARAMS,
-            "speed: only 1.0 is supported (the model speaks at its own pace)",
-            details={"speed": "only 1.0 is supported"},
         )
     return request

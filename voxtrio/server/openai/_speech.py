@@ -143,7 +143,9 @@ async def synthesize_speech(
             "instructions: voice design is not available on this server",
             details={"instructions": "not available"},
         )
-    output = OutputSpec(format=sink.output.codec, sample_rate=sink.output.sample_rate)
+    output = OutputSpec(
+        format=sink.output.codec, sample_rate=sink.output.sample_rate, rate=request.speed
+    )
     try:
         stats = await speak(
             TextInput.single(request.input).receive,
