@@ -10,14 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._jobs import Job
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._factory import model_instances
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
-from voxtrio.speech.batched._scheduler import BadcaseRule, never_badcase
+from voxtrio.speech.batched._scheduler import BadcaseRule, never_badcase, retry_spec
 from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow
 
 LONG = "a" * 400  # 100 synthetic steps
@@ -250,3 +252,48 @@ async def test_a_burst_of_cheap_joins_is_admitted_within_a_step_or_two() -> None
                     await trio.sleep(0.005)
                 assert instance.stats.steps <= 3
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_bad_case_non_streaming_request_is_generated_again_and_the_last_kept() -> None:
+    """Audio past the bad-case bound is redone re-seeded; the client gets the last attempt."""
+    model = BatchedSynthetic(SyntheticEngine(), max_batch=4)
+    spec = SynthesisSpec(text="a" * 40, streaming=False, seed=3, retry_badcase_max_times=3)
+    async with loop_pool(model, badcase=lambda s: 5.0) as (pool, _, _):
+        with trio.fail_after(10):
+            out: dict[str, Any] = {}
+            await _collect(pool, spec, "n", out)
+    job, audio = out["n"]
+    assert model.engine.generations == 3
+    assert job.steps == 30  # ten chunks, three times
+    np.testing.assert_array_equal(audio, expected_audio(retry_spec(spec, 3)))
+    assert not np.array_equal(audio, expected_audio(spec))
+
+
+class UnbatchedSynthetic(SyntheticEngine):
+    """No batched form: runs through `SerialBatch`, one generation at a time."""
+
+
+@pytest.mark.parametrize("engine", [SyntheticEngine, UnbatchedSynthetic])
+async def test_a_non_streaming_generation_stops_midway(engine: type[SyntheticEngine]) -> None:
+    """Cancelling a non-streaming request stops it at the next chunk, not at its end."""
+    made: list[SyntheticEngine] = []
+
+    def factory() -> SyntheticEngine:
+        made.append(engine(rtf=0.05))  # 8 ms a chunk: 100 chunks would take 0.8 s
+        return made[-1]
+
+    pool = InstancePool(model_instances(factory, workers=1, max_batch=4))
+    spec = SynthesisSpec(text=LONG, streaming=False)
+    try:
+        with trio.fail_after(10):
+            await pool.start()
+            async with pool.run(spec, request_id="n") as (job, _chunks):
+                while job.steps < 2:
+                    await trio.sleep(0.001)
+            assert job.stopped
+            assert job.steps < 50
+            assert made[0].open_generations == 0
+            assert pool.slots_busy == 0
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.aclose()

@@ -57,9 +57,10 @@ BadcaseRule = Callable[[SynthesisSpec], float | None]
 
 LeaveReason = Literal["stopped", "reader_timeout"]
 
-# A retry's seed: the request's seed moved past every seed a client can send, so a
-# retry differs from the first attempt and is still reproducible.
-RETRY_SEED_STRIDE = 2**32
+# A retry's seed: the request's seed moved by a fixed odd stride, within the 32 bits
+# torch's CPU generator keeps (it drops the rest), so a retry differs from the first
+# attempt and the whole request stays reproducible from its seed.
+RETRY_SEED_STRIDE = 0x9E3779B9
 
 
 def never_badcase(spec: SynthesisSpec) -> float | None:
@@ -70,7 +71,7 @@ def retry_spec(spec: SynthesisSpec, attempt: int) -> SynthesisSpec:
     """The spec of attempt `attempt` (1-based) of a generation."""
     if attempt == 1:
         return spec
-    return attrs.evolve(spec, seed=spec.seed + (attempt - 1) * RETRY_SEED_STRIDE)
+    return attrs.evolve(spec, seed=(spec.seed + (attempt - 1) * RETRY_SEED_STRIDE) % 2**32)
 
 
 @attrs.define(eq=False)
