@@ -12,7 +12,7 @@ import attrs
 import numpy as np
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech.batched._interface import StepResult
+from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 from voxtrio.speech.batched._scheduler import (
     RETRY_SEED_STRIDE,
     BadcaseRule,
@@ -74,6 +74,7 @@ def scheduler(
         prefill_budget=prefill_budget,
         credit_timeout=credit_timeout,
         badcase_steps=badcase,
+        bucket_for=lambda rows: power_of_two_bucket(rows, max_rows),
     )
 
 
@@ -161,6 +162,28 @@ def test_first_audio_under_load_waits_for_at_most_one_full_step() -> None:
         plan = sched.schedule(0.0)
         assert plan.full
         step(sched, plan)
+
+
+def test_where_a_step_costs_the_same_at_any_size_new_rows_ride_the_full_step() -> None:
+    """A GPU-like flat step cost: once measured, no join step (it would only delay the
+    running rows); the new row's first chunk comes from the next full step."""
+    sched = scheduler(max_rows=64, prefill_group=16, prefill_budget=1.0)
+    for i in range(16):
+        sched.add(Request(f"old{i}", credits=10**6))
+    prefill(sched, sched.schedule(0.0))
+    step(sched, sched.schedule(0.0), seconds=0.010)
+    kinds = []
+    for arrival in range(3):
+        sched.add(Request(f"new{arrival}", credits=10**6))
+        prefill(sched, sched.schedule(0.0), seconds=0.002)
+        plan = sched.schedule(0.0)
+        names = step(sched, plan, seconds=0.010 if plan.full else 0.009)
+        kinds.append("full" if plan.full else "join")
+        if not plan.full:
+            assert names == [f"new{arrival}"]
+            step(sched, sched.schedule(0.0), seconds=0.010)
+    # The first join step measures the small bucket; from then on joins ride along.
+    assert kinds == ["join", "full", "full"]
 
 
 def test_a_burst_of_joins_is_admitted_while_the_budget_lasts() -> None:

@@ -142,6 +142,7 @@ class ModelInstance:
             prefill_budget=self.prefill_budget,
             credit_timeout=self.credit_timeout,
             badcase_steps=loaded.badcase_steps,
+            bucket_for=model.bucket_for,
         )
         self._token.run_sync_soon(self._loaded.set)
         try:

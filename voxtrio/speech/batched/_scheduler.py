@@ -10,7 +10,11 @@ model, and hands the outcome back (`prefilled`, `postprocess`, `step_failed`).
   small bucket), before the next full step: a new request's first chunk waits for at
   most the one full step running when it came, never for a full step of its own. A
   running stream's gap between two chunks is at most one full step plus the budget,
-  one group's prefill and one join step.
+  one group's prefill and one join step. The join step is taken only while it pays:
+  when a full step is measured to cost more than two join steps (what the new rows
+  save exceeds what the running ones lose). Where a step costs about the same at any
+  batch size (a GPU running CUDA graphs) or the batch is small, the new rows simply
+  ride the next full step.
 - Steps: a full step carries every running row that has a credit. A row whose client
   holds `chunk_buffer` untaken chunks (no credit) is skipped (its position does not
   move) and leaves once it has had no credit for `credit_timeout`.
@@ -52,10 +56,21 @@ class Request(Protocol):
 
 ReqT = TypeVar("ReqT", bound=Request)
 
+BucketFor = Callable[[int], int]
+"""The batch size a step of n rows runs at (`BatchModel.bucket_for`)."""
+
 BadcaseRule = Callable[[SynthesisSpec], float | None]
 """Chunks at which a non-streaming generation counts as a bad case (None: never)."""
 
 LeaveReason = Literal["stopped", "reader_timeout"]
+
+# Weight of the newest step time in a bucket's running estimate.
+_COST_WEIGHT = 0.3
+
+
+def no_padding(rows: int) -> int:
+    return rows
+
 
 # A retry's seed: the request's seed moved by a fixed odd stride, within the 32 bits
 # torch's CPU generator keeps (it drops the rest), so a retry differs from the first
@@ -145,8 +160,12 @@ class Scheduler(Generic[ReqT, RowT]):
         prefill_budget: float = 0.025,
         credit_timeout: float = 30.0,
         badcase_steps: BadcaseRule = never_badcase,
+        bucket_for: BucketFor = no_padding,
     ) -> None:
         self.max_rows = max_rows
+        self._bucket_for = bucket_for
+        # Seconds a step takes, per bucket (a running estimate): whether a join step pays.
+        self.step_cost: dict[int, float] = {}
         self.prefill_group = prefill_group
         self.prefill_budget = prefill_budget
         self.credit_timeout = credit_timeout
@@ -171,7 +190,11 @@ class Scheduler(Generic[ReqT, RowT]):
         if self.waiting and free > 0 and self.stall < self.prefill_budget:
             return Plan(leaving, prefill=self._take_group(free))
         joined = [row for row in self.running if row.steps == 0]
-        if joined and (rows := self._with_credit(joined, now, leaving)):
+        if (
+            joined
+            and self._join_step_pays(len(joined))
+            and (rows := self._with_credit(joined, now, leaving))
+        ):
             # Rows prefilled since the last step take their first step on their own.
             return Plan(leaving, step=rows, full=len(joined) == len(self.running))
         rows = self._with_credit(self.running, now, leaving)
@@ -199,6 +222,11 @@ class Scheduler(Generic[ReqT, RowT]):
     ) -> list[Output[ReqT, RowT]]:
         """The model stepped `plan.step` in `seconds`: what each row hands over or ends."""
         self.stall = 0.0 if plan.full else self.stall + seconds
+        bucket = self._bucket_for(len(plan.step))
+        known = self.step_cost.get(bucket)
+        self.step_cost[bucket] = (
+            seconds if known is None else known + _COST_WEIGHT * (seconds - known)
+        )
         outputs = []
         for row, result in zip(plan.step, results, strict=True):
             row.steps += 1
@@ -238,6 +266,15 @@ class Scheduler(Generic[ReqT, RowT]):
             self.running.remove(row)
             leaving.append(Leaving(row.request, row.handle, "stopped"))
         return leaving
+
+    def _join_step_pays(self, joined: int) -> bool:
+        """A join step before the full step gains the new rows more than it costs the
+        running ones: full step > 2 x join step (unmeasured: try it, and so measure)."""
+        if joined == len(self.running):
+            return True  # nobody else runs: it is the full step
+        join = self.step_cost.get(self._bucket_for(joined))
+        full = self.step_cost.get(self._bucket_for(len(self.running)))
+        return join is None or full is None or full > 2 * join
 
     def _take_group(self, free: int) -> list[Waiting[ReqT]]:
         size = min(self.prefill_group, free, len(self.waiting))
