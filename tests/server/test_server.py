@@ -427,8 +427,8 @@ async def test_ready_file_holds_the_url(start_server: Callable[..., Any], tmp_pa
     assert lines[1] == f"http://127.0.0.1:{handle.metrics_port}"
 
 
-async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> None:
-    """Stopping the server joins every replica thread: no thread leaks."""
+async def test_instance_threads_end_with_the_server(nursery: trio.Nursery) -> None:
+    """Stopping the server joins every model instance thread: no thread leaks."""
     from voxtrio._app import run_server
     from voxtrio._config import Settings
 
@@ -442,7 +442,7 @@ async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> Non
                     engine_factory=SyntheticEngine,
                 )
             )
-            assert sum(t.name.startswith("voxtrio-replica") for t in threading.enumerate()) == 3
+            assert sum(t.name.startswith("voxtrio-instance") for t in threading.enumerate()) == 3
             scope.cancel()
     await wait_until(lambda: {t.name for t in threading.enumerate()} <= before)
 
