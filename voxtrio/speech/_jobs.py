@@ -111,10 +111,9 @@ class Job:
 
     def request_stop(self) -> None:
         self.stop_event.set()
-        # Wakes a thread waiting for a credit, so it sees the stop at once.
-        self.credits.release()
+        self.credits.release()  # a stopped row needs no credit to be seen leaving
         if self.wake is not None:
-            self.wake.set()
+            self.wake.set()  # its step loop takes the row out before its next step
 
     def deliver(self, item: Any) -> None:
         """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""

@@ -187,7 +187,8 @@ def test_where_a_step_costs_the_same_at_any_size_new_rows_ride_the_full_step() -
 
 
 def test_a_burst_of_joins_is_admitted_while_the_budget_lasts() -> None:
-    """Cheap prefills: groups follow each other until their time reaches the budget."""
+    """Cheap prefills: groups follow each other until their time reaches the budget,
+    then everyone steps: a join step would only hold up the groups still waiting."""
     sched = scheduler(max_rows=32, prefill_group=2, prefill_budget=0.025)
     sched.add(Request("running", credits=100))
     prefill(sched, sched.schedule(0.0))
@@ -200,8 +201,12 @@ def test_a_burst_of_joins_is_admitted_while_the_budget_lasts() -> None:
         admitted += prefill(sched, plan, seconds=0.01)
         plan = sched.schedule(0.0)
     assert admitted == ["r0", "r1", "r2", "r3", "r4", "r5"]  # 3 groups: 30 ms >= 25 ms
-    assert step(sched, plan) == admitted  # their join step, before the full step
     assert len(sched.waiting) == 4
+    # A burst: no join step while more requests wait to join (it would delay them);
+    # the new rows ride the full step, and the next gap admits the next groups.
+    assert step(sched, plan) == ["running", *admitted]
+    assert plan.full
+    assert prefill(sched, sched.schedule(0.0)) == ["r6", "r7"]
 
 
 def test_no_more_rows_join_than_the_model_has_slots() -> None:

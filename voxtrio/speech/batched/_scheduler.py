@@ -12,9 +12,10 @@ model, and hands the outcome back (`prefilled`, `postprocess`, `step_failed`).
   running stream's gap between two chunks is at most one full step plus the budget,
   one group's prefill and one join step. The join step is taken only while it pays:
   when a full step is measured to cost more than two join steps (what the new rows
-  save exceeds what the running ones lose). Where a step costs about the same at any
-  batch size (a GPU running CUDA graphs) or the batch is small, the new rows simply
-  ride the next full step.
+  save exceeds what the running ones lose), and not in a burst (requests still
+  waiting to join would wait for it too). Where a step costs about the same at any
+  batch size (a GPU running CUDA graphs), the batch is small or a burst is being
+  admitted, the new rows simply ride the next full step.
 - Steps: a full step carries every running row that has a credit. A row whose client
   holds `chunk_buffer` untaken chunks (no credit) is skipped (its position does not
   move) and leaves once it has had no credit for `credit_timeout`.
@@ -269,9 +270,12 @@ class Scheduler(Generic[ReqT, RowT]):
 
     def _join_step_pays(self, joined: int) -> bool:
         """A join step before the full step gains the new rows more than it costs the
-        running ones: full step > 2 x join step (unmeasured: try it, and so measure)."""
+        running ones: full step > 2 x join step (unmeasured: try it, and so measure),
+        and no more requests wait to join (in a burst it would delay them too)."""
         if joined == len(self.running):
             return True  # nobody else runs: it is the full step
+        if self.waiting and len(self.running) < self.max_rows:
+            return False  # a burst: the next group's prefill should not wait for it
         join = self.step_cost.get(self._bucket_for(joined))
         full = self.step_cost.get(self._bucket_for(len(self.running)))
         return join is None or full is None or full > 2 * join
