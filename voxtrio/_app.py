@@ -110,6 +110,7 @@ async def run_server(
         workers=settings.workers,
         max_batch=settings.max_batch,
         prefill_group=settings.prefill_group,
+        join_steps=settings.join_steps,
         credit_timeout=settings.write_timeout,
     )
     pool = InstancePool(

@@ -45,6 +45,8 @@ class Settings:
     # 1 runs one generation at a time per instance.
     max_batch: int = 0
     prefill_group: int = 2
+    # Newly joined rows take their first step on their own while that pays.
+    join_steps: bool = True
     engine: Literal["voxcpm", "synthetic"] = "voxcpm"
     synthetic_rtf: float = 0.1
     model: str = "openbmb/VoxCPM-0.5B"
@@ -207,6 +209,13 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_int,
         "slots per instance: generations its step loop advances at once; "
         "0 = auto (16 on CPU, 64 on CUDA); 1 = one at a time",
+    ),
+    Option(
+        "join_steps",
+        "TTS_JOIN_STEPS",
+        _bool,
+        "new generations take their first step on their own before the next full step, "
+        "while that pays: lower first audio under load for a few percent of throughput",
     ),
     Option(
         "prefill_group",

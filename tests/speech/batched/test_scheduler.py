@@ -186,6 +186,21 @@ def test_where_a_step_costs_the_same_at_any_size_new_rows_ride_the_full_step() -
     assert kinds == ["join", "full", "full"]
 
 
+def test_with_join_steps_off_new_rows_wait_for_the_next_full_step() -> None:
+    """`join_steps=False` (throughput first): a join rides the next full step."""
+    sched = scheduler(max_rows=16, prefill_group=8, prefill_budget=1.0)
+    sched.join_steps = False
+    for i in range(8):
+        sched.add(Request(f"old{i}", credits=100))
+    prefill(sched, sched.schedule(0.0))
+    step(sched, sched.schedule(0.0))
+    sched.add(Request("new"))
+    prefill(sched, sched.schedule(0.0))
+    plan = sched.schedule(0.0)
+    assert plan.full
+    assert len(step(sched, plan)) == 9
+
+
 def test_a_burst_of_joins_is_admitted_while_the_budget_lasts() -> None:
     """Cheap prefills: groups follow each other until their time reaches the budget,
     then everyone steps: a join step would only hold up the groups still waiting."""

@@ -57,6 +57,7 @@ def model_instances(
     max_batch: int = 0,
     prefill_group: int = 2,
     prefill_budget: float = 0.025,
+    join_steps: bool = True,
     credit_timeout: float = 30.0,
 ) -> list[ModelInstance]:
     """`workers` model instances, each loaded on its own step-loop thread."""
@@ -70,6 +71,7 @@ def model_instances(
             load,
             prefill_group=prefill_group,
             prefill_budget=prefill_budget,
+            join_steps=join_steps,
             credit_timeout=credit_timeout,
         )
         for i in range(workers)

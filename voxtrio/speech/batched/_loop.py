@@ -65,9 +65,11 @@ class ModelInstance:
         *,
         prefill_group: int = 2,
         prefill_budget: float = 0.025,
+        join_steps: bool = True,
         credit_timeout: float = 30.0,
     ) -> None:
         self.index = index
+        self.join_steps = join_steps
         self._load = load
         self.prefill_group = prefill_group
         self.prefill_budget = prefill_budget
@@ -140,6 +142,7 @@ class ModelInstance:
             model.max_batch,
             prefill_group=self.prefill_group,
             prefill_budget=self.prefill_budget,
+            join_steps=self.join_steps,
             credit_timeout=self.credit_timeout,
             badcase_steps=loaded.badcase_steps,
             bucket_for=model.bucket_for,

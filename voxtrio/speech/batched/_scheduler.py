@@ -159,6 +159,7 @@ class Scheduler(Generic[ReqT, RowT]):
         *,
         prefill_group: int = 2,
         prefill_budget: float = 0.025,
+        join_steps: bool = True,
         credit_timeout: float = 30.0,
         badcase_steps: BadcaseRule = never_badcase,
         bucket_for: BucketFor = no_padding,
@@ -169,6 +170,7 @@ class Scheduler(Generic[ReqT, RowT]):
         self.step_cost: dict[int, float] = {}
         self.prefill_group = prefill_group
         self.prefill_budget = prefill_budget
+        self.join_steps = join_steps
         self.credit_timeout = credit_timeout
         self._badcase_steps = badcase_steps
         self.waiting: collections.deque[Waiting[ReqT]] = collections.deque()
@@ -274,6 +276,8 @@ class Scheduler(Generic[ReqT, RowT]):
         and no more requests wait to join (in a burst it would delay them too)."""
         if joined == len(self.running):
             return True  # nobody else runs: it is the full step
+        if not self.join_steps:
+            return False
         if self.waiting and len(self.running) < self.max_rows:
             return False  # a burst: the next group's prefill should not wait for it
         join = self.step_cost.get(self._bucket_for(joined))
