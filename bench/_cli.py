@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--synthetic-replicas",
         action="store_true",
-        help="synthetic: one replica thread per stream (the path before batching)",
+        help="synthetic: one instance of one slot per stream (--max-batch 1, no batching)",
     )
     p.add_argument(
         "--server-arg",

@@ -54,10 +54,10 @@ def server_arguments(options: SyntheticOptions) -> list[str]:
         "synthetic",
         "--synthetic-rtf",
         str(options.rtf),
-        # One step-loop thread paces every stream (batched); the old path needs one
-        # replica thread per stream, sleeping between its chunks.
+        # One step-loop thread paces every stream (batched); without batching, one
+        # instance with one slot per stream, each its own thread.
         *(("--workers", "1", "--max-batch", str(peak)) if options.batched else ()),
-        *(("--batched", "false", "--workers", str(peak)) if not options.batched else ()),
+        *(("--workers", str(peak), "--max-batch", "1") if not options.batched else ()),
         "--max-concurrent",
         str(peak),
         "--max-connections",

@@ -1,4 +1,4 @@
-"""Batched step loop vs the one-generation replica, side by side in one run.
+"""Batched step loop vs one generation at a time (`--max-batch 1`), side by side.
 
     PYTHONPATH=. python -m bench.batching [--device cpu] [--size tiny] \
         [--concurrency 1,4,16,32] [--modes replica,batched] [--out DIR]
@@ -72,8 +72,8 @@ def server_args(args: argparse.Namespace, model: Path, mode: str) -> list[str]:
         *("--engine", "voxcpm", "--model", str(model), "--device", args.device),
         *("--workers", "1", "--max-concurrent", limit, "--max-connections", limit),
         *("--max-requests-per-connection", "1", "--optimize", args.optimize),
-        *("--batched", "true" if mode == "batched" else "false"),
-        *("--max-batch", str(batch), "--log-level", "INFO"),
+        # replica: one generation at a time (the path before batching, now --max-batch 1).
+        *("--max-batch", str(batch) if mode == "batched" else "1", "--log-level", "INFO"),
         *(["--torch-threads", str(args.torch_threads)] if args.torch_threads else []),
     ]
 

@@ -1,4 +1,4 @@
-"""Wiring: settings -> engine replicas -> servers, with an orderly start and stop."""
+"""Wiring: settings -> model instances -> servers, with an orderly start and stop."""
 
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
 from voxtrio.protocol._voice_rules import supported_modes
 from voxtrio.server._listener import ServerHandle, TtsServer
 from voxtrio.speech._engine import Engine, EngineFactory
-from voxtrio.speech._replicas import ReplicaPool
-from voxtrio.speech.batched._factory import batch_replicas
+from voxtrio.speech._pool import InstancePool
+from voxtrio.speech.batched._factory import model_instances
 from voxtrio.voices._aliases import AliasFileError, CosyVoiceAliases
 from voxtrio.voices._audio import write_bytes_atomic
 from voxtrio.voices._fetch import FetchPolicy
@@ -34,7 +34,7 @@ log = structlog.get_logger("voxtrio.app")
 
 
 def engine_factory_for(settings: Settings) -> EngineFactory:
-    """The engine `settings.engine` names, built lazily on its replica thread."""
+    """The engine `settings.engine` names, built lazily on its instance's thread."""
     if settings.engine == "synthetic":
         from voxtrio.speech._synthetic import SyntheticEngine
 
@@ -105,28 +105,25 @@ async def run_server(
     keys = keys if keys is not None else KeyStore()
     check_settings_exposure(settings, keys)
     factory = engine_factory or engine_factory_for(settings)
-    replicas = None
-    if settings.batched:
-        replicas = batch_replicas(
-            factory,
-            workers=settings.workers,
-            max_batch=settings.max_batch,
-            prefill_group=settings.prefill_group,
-            credit_timeout=settings.write_timeout,
-        )
-    pool = ReplicaPool(
+    instances = model_instances(
         factory,
         workers=settings.workers,
+        max_batch=settings.max_batch,
+        prefill_group=settings.prefill_group,
+        join_steps=settings.join_steps,
+        credit_timeout=settings.write_timeout,
+    )
+    pool = InstancePool(
+        instances,
         max_admitted=settings.max_concurrent,
         queue_timeout=settings.queue_timeout,
         stop_timeout=settings.stop_timeout,
         chunk_buffer=settings.chunk_buffer,
-        replicas=replicas,
     )
     metrics = Metrics(engine=settings.engine, model=settings.model)
-    for replica in replicas or ():
-        replica.stats.on_step = metrics.step_observed
-        replica.stats.on_prefill = metrics.prefill_observed
+    for instance in instances:
+        instance.stats.on_step = metrics.step_observed
+        instance.stats.on_prefill = metrics.prefill_observed
     server = TtsServer(settings, pool, keys=keys, metrics=metrics)
     checks = HealthChecks(
         lambda: snapshot(pool, draining=server.draining), stall_timeout=settings.stall_timeout
@@ -135,8 +132,9 @@ async def run_server(
         active_connections=lambda: server.open_connections,
         queue_length=lambda: pool.waiting,
         running_tasks=lambda: pool.admitted - pool.waiting,
-        replicas_busy=lambda: pool.busy,
-        replicas_total=lambda: len(pool.replicas),
+        slots_busy=lambda: pool.slots_busy,
+        slots=lambda: pool.slots,
+        instances=lambda: len(pool.instances),
         ready=lambda: checks.readiness()[0] == 200,
     )
     try:
@@ -176,9 +174,9 @@ async def run_server(
             await pool.aclose(join_timeout=settings.stop_timeout)
 
 
-async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceService:
-    """The voice library, loaded from --voices-dir, handed to every replica's engine."""
-    engine = pool.replicas[0].engine
+async def open_voice_library(settings: Settings, pool: InstancePool) -> VoiceService:
+    """The voice library, loaded from --voices-dir, handed to every instance's engine."""
+    engine = pool.instances[0].engine
     architecture = getattr(engine, "architecture", "voxcpm2")
     tts = getattr(engine, "tts_model", None)
     store = VoiceStore(
@@ -187,9 +185,9 @@ async def open_voice_library(settings: Settings, pool: ReplicaPool) -> VoiceServ
         modes=supported_modes(architecture),
     )
     loaded = await trio.to_thread.run_sync(store.load_all)
-    for replica in pool.replicas:
-        if replica.engine is not None and hasattr(replica.engine, "voices"):
-            replica.engine.voices = store
+    for instance in pool.instances:
+        if instance.engine is not None and hasattr(instance.engine, "voices"):
+            instance.engine.voices = store
     hosts = settings.prompt_url_hosts
     policy = (
         FetchPolicy(

@@ -17,7 +17,7 @@ def _serve(args: argparse.Namespace) -> int:
     from voxtrio._config import ConfigError, load_settings
     from voxtrio._logging import configure_logging
     from voxtrio.ops._auth import KeyStore
-    from voxtrio.speech._replicas import EngineLoadError
+    from voxtrio.speech._pool import EngineLoadError
 
     try:
         settings = load_settings(args, os.environ)

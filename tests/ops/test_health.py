@@ -10,7 +10,7 @@ import trio
 from voxtrio.ops._health import (
     EngineState,
     HealthChecks,
-    ReplicaState,
+    InstanceState,
     health,
     json_result,
     readiness,
@@ -18,24 +18,25 @@ from voxtrio.ops._health import (
 )
 from voxtrio.ops._http import HttpRequest
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._factory import model_instances
 
 NOW = 1000.0
 GET = HttpRequest(method="GET", target="/health", path="/health", headers=())
 
 
-def idle(index: int = 0) -> ReplicaState:
-    return ReplicaState(index=index, busy=False)
+def idle(index: int = 0) -> InstanceState:
+    return InstanceState(index=index, slots=4)
 
 
-def working(index: int = 0, *, progress_ago: float | None) -> ReplicaState:
+def working(index: int = 0, *, progress_ago: float | None) -> InstanceState:
     at = None if progress_ago is None else NOW - progress_ago
-    return ReplicaState(index=index, busy=True, last_progress_at=at)
+    return InstanceState(index=index, slots=4, slots_busy=2, last_progress_at=at)
 
 
-def loaded(*replicas: ReplicaState, draining: bool = False) -> EngineState:
-    return EngineState(loaded=True, draining=draining, replicas=replicas or (idle(),))
+def loaded(*instances: InstanceState, draining: bool = False) -> EngineState:
+    return EngineState(loaded=True, draining=draining, instances=instances or (idle(),))
 
 
 def test_idle_loaded_engine_is_healthy() -> None:
@@ -43,7 +44,7 @@ def test_idle_loaded_engine_is_healthy() -> None:
     status, body = health(loaded(), now=NOW)
     assert status == 200
     assert body["status"] == "ok"
-    assert body["stalled_replicas"] == []
+    assert body["stalled_instances"] == []
 
 
 def test_recent_progress_is_healthy() -> None:
@@ -57,7 +58,7 @@ def test_job_without_progress_past_stall_timeout_is_unhealthy() -> None:
     status, body = health(loaded(idle(0), working(1, progress_ago=61.0)), now=NOW)
     assert status == 503
     assert body["status"] == "stalled"
-    assert body["stalled_replicas"] == [{"replica": 1, "seconds_since_progress": 61.0}]
+    assert body["stalled_instances"] == [{"instance": 1, "seconds_since_progress": 61.0}]
 
 
 def test_stall_timeout_is_configurable_and_exclusive() -> None:
@@ -74,7 +75,7 @@ def test_job_not_yet_started_on_its_thread_is_not_a_stall() -> None:
 
 def test_loading_engine_is_healthy_but_not_ready() -> None:
     """While the model loads the process is healthy and /ready says "loading"."""
-    state = EngineState(loaded=False, draining=False, replicas=(idle(),))
+    state = EngineState(loaded=False, draining=False, instances=(idle(),))
     assert health(state, now=NOW)[0] == 200
     status, body = readiness(state, now=NOW)
     assert status == 503
@@ -82,29 +83,29 @@ def test_loading_engine_is_healthy_but_not_ready() -> None:
     assert body["ready"] is False
 
 
-def test_exited_replica_thread_is_unhealthy_once_loaded() -> None:
-    """A loaded replica whose thread has exited makes /health 503."""
-    state = loaded(idle(0), ReplicaState(index=1, busy=False, thread_alive=False))
+def test_exited_instance_thread_is_unhealthy_once_loaded() -> None:
+    """A loaded instance whose thread has exited makes /health 503."""
+    state = loaded(idle(0), InstanceState(index=1, slots=4, thread_alive=False))
     status, body = health(state, now=NOW)
     assert status == 503
-    assert body["status"] == "replica_exited"
-    assert body["exited_replicas"] == [1]
+    assert body["status"] == "instance_exited"
+    assert body["exited_instances"] == [1]
 
 
 def test_threads_not_started_before_loading_are_fine() -> None:
-    """Before start-up no replica thread runs yet; that is not a failure."""
+    """Before start-up no instance thread runs yet; that is not a failure."""
     state = EngineState(
-        loaded=False, draining=False, replicas=(ReplicaState(0, busy=False, thread_alive=False),)
+        loaded=False, draining=False, instances=(InstanceState(0, slots=0, thread_alive=False),)
     )
     assert health(state, now=NOW)[0] == 200
 
 
 def test_loaded_engine_is_ready_with_its_load_in_the_body() -> None:
-    """A loaded, non-draining engine is ready; the body shows replicas and queue."""
+    """A loaded, non-draining engine is ready; the body shows instances, slots and queue."""
     state = EngineState(
         loaded=True,
         draining=False,
-        replicas=(working(0, progress_ago=1.0), idle(1)),
+        instances=(working(0, progress_ago=1.0), idle(1)),
         queue_length=3,
         admitted=4,
         capacity=10,
@@ -115,8 +116,9 @@ def test_loaded_engine_is_ready_with_its_load_in_the_body() -> None:
         "status": "ready",
         "ready": True,
         "draining": False,
-        "replicas_total": 2,
-        "replicas_busy": 1,
+        "instances": 2,
+        "slots_total": 8,
+        "slots_busy": 2,
         "queue_length": 3,
         "admitted": 4,
         "capacity": 10,
@@ -126,14 +128,14 @@ def test_loaded_engine_is_ready_with_its_load_in_the_body() -> None:
 def test_full_is_not_ready_but_still_healthy() -> None:
     """With every admission slot taken /ready says "full" so a balancer looks elsewhere."""
     state = EngineState(
-        loaded=True, draining=False, replicas=(working(0, progress_ago=1.0),), admitted=10,
+        loaded=True, draining=False, instances=(working(0, progress_ago=1.0),), admitted=10,
         capacity=10,
     )  # fmt: skip
     status, body = readiness(state, now=NOW)
     assert (status, body["status"]) == (503, "full")
     assert health(state, now=NOW)[0] == 200
     one_free = EngineState(
-        loaded=True, draining=False, replicas=(working(0, progress_ago=1.0),), admitted=9,
+        loaded=True, draining=False, instances=(working(0, progress_ago=1.0),), admitted=9,
         capacity=10,
     )  # fmt: skip
     assert readiness(one_free, now=NOW)[0] == 200
@@ -148,14 +150,14 @@ def test_draining_is_not_ready_but_still_healthy() -> None:
     assert health(state, now=NOW)[0] == 200
 
 
-def test_ready_while_some_replica_still_works() -> None:
-    """One stalled replica out of two leaves the instance ready (it still serves)."""
+def test_ready_while_some_instance_still_works() -> None:
+    """One stalled instance out of two leaves the server ready (it still serves)."""
     state = loaded(working(0, progress_ago=100.0), idle(1))
     assert readiness(state, now=NOW)[0] == 200
 
 
-def test_not_ready_when_every_replica_is_stalled() -> None:
-    """With every replica stalled new connections should go elsewhere."""
+def test_not_ready_when_every_instance_is_stalled() -> None:
+    """With every instance stalled new connections should go elsewhere."""
     state = loaded(working(0, progress_ago=100.0), working(1, progress_ago=70.0))
     status, body = readiness(state, now=NOW)
     assert status == 503
@@ -190,22 +192,26 @@ def test_routes_answer_json_for_the_http_server() -> None:
     assert (ready_status, json.loads(ready_body)["status"]) == (503, "draining")
 
 
-async def test_snapshot_reads_a_real_replica_pool() -> None:
-    """`snapshot` reads ReplicaPool's fields: loading, loaded and idle, busy with progress."""
-    pool = ReplicaPool(partial(SyntheticEngine, rtf=0.0), workers=2, chunk_buffer=1)
+async def test_snapshot_reads_a_real_instance_pool() -> None:
+    """`snapshot` reads InstancePool's fields: loading, loaded and idle, busy with progress."""
+    instances = model_instances(partial(SyntheticEngine, rtf=0.0), workers=2, max_batch=3)
+    pool = InstancePool(instances, chunk_buffer=1)
     assert snapshot(pool, draining=False).loaded is False
     with trio.fail_after(10):
         try:
             await pool.start()
             state = snapshot(pool, draining=False)
             assert state.loaded
-            assert [(r.busy, r.thread_alive) for r in state.replicas] == [(False, True)] * 2
+            assert [(i.slots, i.busy, i.thread_alive) for i in state.instances] == [
+                (3, False, True)
+            ] * 2
             async with pool.run(SynthesisSpec(text="a" * 64), request_id="r1") as (job, chunks):
                 await chunks.receive()
                 while job.last_step_at is None:  # the thread records its first step
                     await trio.sleep(0.001)
-                (busy,) = [r for r in snapshot(pool, draining=True).replicas if r.busy]
-                assert busy.last_progress_at == job.last_step_at
+                (busy,) = [i for i in snapshot(pool, draining=True).instances if i.busy]
+                assert busy.slots_busy == 1
+                assert busy.last_progress_at is not None
         finally:
             with trio.CancelScope(shield=True):
                 await pool.aclose()

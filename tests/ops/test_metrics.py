@@ -46,8 +46,9 @@ def test_seed_metric_names_are_exported() -> None:
         active_connections=lambda: 0,
         queue_length=lambda: 0,
         running_tasks=lambda: 0,
-        replicas_busy=lambda: 0,
-        replicas_total=lambda: 1,
+        slots_busy=lambda: 0,
+        slots=lambda: 16,
+        instances=lambda: 1,
         ready=lambda: True,
     )
     types = {
@@ -60,8 +61,9 @@ def test_seed_metric_names_are_exported() -> None:
         "voxcpm_tts_active_connections",
         "voxcpm_tts_queue_length",
         "voxcpm_tts_running_tasks",
-        "voxcpm_tts_replicas_busy",
-        "voxcpm_tts_replicas_total",
+        "voxcpm_tts_slots_busy",
+        "voxcpm_tts_slots",
+        "voxcpm_tts_instances",
         "voxcpm_tts_ready",
     ):
         assert types[gauge] == "gauge"
@@ -208,7 +210,7 @@ def test_live_gauges_are_read_at_scrape_time() -> None:
 
 def test_unbound_live_gauges_are_absent() -> None:
     """A gauge with no source is left out rather than reported as a made-up 0."""
-    assert "voxcpm_tts_replicas_busy" not in scrape(Metrics())
+    assert "voxcpm_tts_slots_busy" not in scrape(Metrics())
 
 
 def test_a_failing_live_source_drops_only_its_gauge() -> None:
@@ -218,12 +220,25 @@ def test_a_failing_live_source_drops_only_its_gauge() -> None:
     def broken() -> float:
         raise RuntimeError("boom")
 
-    metrics.bind_live_state(replicas_busy=broken, replicas_total=lambda: 2)
+    metrics.bind_live_state(slots_busy=broken, slots=lambda: 2)
     with capture_logs() as logs:
         samples = scrape(metrics)
-    assert "voxcpm_tts_replicas_busy" not in samples
-    assert samples["voxcpm_tts_replicas_total"][frozenset()] == 2
+    assert "voxcpm_tts_slots_busy" not in samples
+    assert samples["voxcpm_tts_slots"][frozenset()] == 2
     assert [entry["event"] for entry in logs] == ["metrics_source_failed"]
+
+
+def test_step_metrics_are_labelled_by_batch_size_bucket() -> None:
+    """Batch size and step time are one distribution per bucket a step ran at."""
+    metrics = Metrics()
+    metrics.step_observed(3, 4, 0.02)
+    metrics.step_observed(4, 4, 0.03)
+    metrics.step_observed(1, 1, 0.01)
+    samples = scrape(metrics)
+    four, one = frozenset({("bucket", "4")}), frozenset({("bucket", "1")})
+    assert samples["voxcpm_tts_batch_size_count"] == {four: 2, one: 1}
+    assert samples["voxcpm_tts_batch_size_sum"] == {four: 7, one: 1}
+    assert samples["voxcpm_tts_step_seconds_count"] == {four: 2, one: 1}
 
 
 def test_build_info_carries_version_and_engine() -> None:

@@ -66,7 +66,7 @@ async def test_metrics_scrape_during_concurrent_requests(tmp_path: Path) -> None
         tmp_path, "--synthetic-rtf", "0.2", "--workers", "2", "--max-batch", "1"
     ) as served:
         assert served.metrics_url is not None
-        text = "Several chunks of speech to keep the replicas busy for a while."
+        text = "Several chunks of speech to keep the slots busy for a while."
         during: dict[str, float] = {}
         async with trio.open_nursery() as nursery:
             for i in range(3):
@@ -76,14 +76,15 @@ async def test_metrics_scrape_during_concurrent_requests(tmp_path: Path) -> None
             assert status == 200
             during = samples(body.decode())
         assert during["voxcpm_tts_active_connections{}"] == 3
-        assert during["voxcpm_tts_replicas_busy{}"] == 2
+        assert during["voxcpm_tts_slots_busy{}"] == 2
+        assert (during["voxcpm_tts_slots{}"], during["voxcpm_tts_instances{}"]) == (2, 2)
         assert during["voxcpm_tts_queue_length{}"] == 1
         _, body = await http_get(served.metrics_url + "/metrics")
         after = samples(body.decode())
         assert after["voxcpm_tts_requests_total{mode=streaming,status=ok}"] == 3
         assert after["voxcpm_tts_audio_seconds_total{}"] > 0
         assert after["voxcpm_tts_first_audio_seconds_count{mode=streaming}"] == 3
-        assert after["voxcpm_tts_replicas_busy{}"] == 0
+        assert after["voxcpm_tts_slots_busy{}"] == 0
 
 
 async def test_metrics_need_the_key_when_keys_are_on(tmp_path: Path) -> None:

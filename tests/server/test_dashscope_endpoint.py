@@ -276,7 +276,7 @@ async def test_cancel_directive_stops_at_once(start_server: Callable[..., Any]) 
         await ws.send_message(finish_task("t1", "cancel"))
         events, _ = await collect_task(ws)
     assert events[-1]["header"]["event"] == "task-finished"
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_a_sentence_is_spoken_while_text_still_arrives(

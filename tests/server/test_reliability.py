@@ -125,7 +125,7 @@ async def test_engine_raising_mid_stream_fails_only_its_request(
     outcomes = {r.request_id: r.outcome for r in ledger.records}
     assert outcomes == {"bad": "GENERATION_FAILED", "good": "ok", "also-good": "ok"}
     assert sum(e.faults["raise"] for e in engines) == 1
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
     assert sum(e.open_generations for e in engines) == 0
 
 
@@ -172,15 +172,15 @@ async def test_hung_replica_is_reported_by_health_and_the_other_keeps_serving(
             verdict = await until_health(health, 503, stall_timeout + 5)
             assert verdict["status"] == "stalled"
             hung = [e.hanging.is_set() for e in engines].index(True)
-            assert [s["replica"] for s in verdict["stalled_replicas"]] == [hung]
+            assert [s["instance"] for s in verdict["stalled_instances"]] == [hung]
             ledger = await speak_all(handle.url, {"meanwhile": {"text": "Still serving."}})
             assert ledger.records[0].outcome == "ok"
             await ws.send_message(json.dumps({"type": "cancel", "request_id": "h"}))
             with trio.fail_after(handle.server.settings.stop_timeout + 5):
                 terminal = json.loads(await _next_text(ws))
             assert terminal["result"] == {"cancelled": True}
-            assert (pool.busy, pool.admitted) == (1, 0)  # still held by the hung thread
-    await wait_for(lambda: pool.busy == 0, 10)
+            assert (pool.slots_busy, pool.admitted) == (1, 0)  # still held by the hung thread
+    await wait_for(lambda: pool.slots_busy == 0, 10)
     await until_health(health, 200, 10)
     assert sum(e.open_generations for e in engines) == 0
 

@@ -238,7 +238,7 @@ async def test_cancel_mid_stream_frees_the_replica(
         assert outcome.terminal["result"] == {"cancelled": True}
         assert outcome.order[-1] == "complete"
         assert "final" not in outcome.order
-        assert pool.busy == 0
+        assert pool.slots_busy == 0
         assert engine.open_generations == 0
         await s.request("next", text="hello")
         await s.until_terminal("next")
@@ -259,7 +259,7 @@ async def test_cancel_of_non_streaming_request(paced: tuple[ServerHandle, Synthe
         await s.until_terminal("n")
     assert s.outcomes["n"].terminal["result"] == {"cancelled": True}
     assert s.outcomes["n"].frames == []
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_disconnect_mid_stream_closes_the_generator(
@@ -270,7 +270,7 @@ async def test_disconnect_mid_stream_closes_the_generator(
     async with session(handle.url) as s:
         await s.request("gone", text=LONG_TEXT)
         await s.until("gone", "frame1")
-    await wait_until(lambda: engine.open_generations == 0 and handle.server.pool.busy == 0)
+    await wait_until(lambda: engine.open_generations == 0 and handle.server.pool.slots_busy == 0)
     outcome = await speak(handle.url, text="I am still here")
     assert outcome.terminal["type"] == "complete"
 
@@ -293,7 +293,7 @@ async def test_nan_audio_is_never_sent(start_server: Callable[..., Any]) -> None
     outcome = await speak(handle.url, text=LONG_TEXT)
     assert outcome.terminal["error"]["code"] == "GENERATION_FAILED"
     assert len([f for f in outcome.frames if f.payload]) == 1
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_malformed_engine_output_is_generation_failed(
@@ -392,7 +392,7 @@ async def test_concurrent_connections_do_not_mix(start_server: Callable[..., Any
             nursery.start_soon(one, seed)
     for seed, audio in results.items():
         assert audio == (await speak(handle.url, text=LONG_TEXT[:80], seed=seed)).audio
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_a_bad_message_does_not_disturb_a_running_request(
@@ -427,8 +427,8 @@ async def test_ready_file_holds_the_url(start_server: Callable[..., Any], tmp_pa
     assert lines[1] == f"http://127.0.0.1:{handle.metrics_port}"
 
 
-async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> None:
-    """Stopping the server joins every replica thread: no thread leaks."""
+async def test_instance_threads_end_with_the_server(nursery: trio.Nursery) -> None:
+    """Stopping the server joins every model instance thread: no thread leaks."""
     from voxtrio._app import run_server
     from voxtrio._config import Settings
 
@@ -442,7 +442,7 @@ async def test_replica_threads_end_with_the_server(nursery: trio.Nursery) -> Non
                     engine_factory=SyntheticEngine,
                 )
             )
-            assert sum(t.name.startswith("voxtrio-replica") for t in threading.enumerate()) == 3
+            assert sum(t.name.startswith("voxtrio-instance") for t in threading.enumerate()) == 3
             scope.cancel()
     await wait_until(lambda: {t.name for t in threading.enumerate()} <= before)
 
@@ -457,7 +457,7 @@ async def test_client_that_stops_reading_is_dropped_and_its_replica_freed(
         # 5000 chars -> 1250 chunks of 15 KB: far more than the socket buffers hold.
         await s.request("flood", text="x" * 5000)
         with trio.fail_after(30):
-            while handle.server.pool.busy or handle.server.connections:
+            while handle.server.pool.slots_busy or handle.server.connections:
                 await trio.sleep(0.05)
     assert engine.open_generations == 0
     assert engine.generations == 1

@@ -139,7 +139,7 @@ async def test_cancel_a_text_stream(start_server: Callable[..., Any]) -> None:
         await s.cancel("t")
         await s.until_terminal("t")
     assert s.outcomes["t"].terminal["result"] == {"cancelled": True}
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_text_faster_than_speech_past_the_buffer_is_rate_limited(
@@ -155,7 +155,7 @@ async def test_text_faster_than_speech_past_the_buffer_is_rate_limited(
     error = s.outcomes["t"].terminal["error"]
     assert (error["code"], error["details"]["scope"]) == ("RATE_LIMITED", "text_stream")
     with trio.fail_after(5):
-        while handle.server.pool.busy:
+        while handle.server.pool.slots_busy:
             await trio.sleep(0.01)
 
 

@@ -1,4 +1,4 @@
-"""`speak`: utterances through a real replica pool into one encoded stream, no socket."""
+"""`speak`: utterances through a real instance pool into one encoded stream, no socket."""
 
 from __future__ import annotations
 
@@ -23,9 +23,10 @@ from voxtrio.speech._errors import (
     Overloaded,
 )
 from voxtrio.speech._output import OutputSpec
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._speak import AudioInfo, SpeechStats, Utterance, speak
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._factory import model_instances
 
 PROGRESS = ProgressIntervals(streaming=0.0, timer=0.05)
 
@@ -60,8 +61,9 @@ class RecordingSink:
 
 
 @asynccontextmanager
-async def started_pool(engine: Any = None, **kwargs: Any) -> AsyncIterator[ReplicaPool]:
-    pool = ReplicaPool(engine or partial(SyntheticEngine, rtf=0.0), workers=1, **kwargs)
+async def started_pool(engine: Any = None, **kwargs: Any) -> AsyncIterator[InstancePool]:
+    factory = engine or partial(SyntheticEngine, rtf=0.0)
+    pool = InstancePool(model_instances(factory, workers=1), **kwargs)
     try:
         with trio.fail_after(10):
             await pool.start()
@@ -80,7 +82,7 @@ def utterances(items: Sequence[Utterance]) -> trio.MemoryReceiveChannel[Utteranc
 
 
 async def run_speak(
-    pool: ReplicaPool, items: Sequence[Utterance], output: OutputSpec | None = None
+    pool: InstancePool, items: Sequence[Utterance], output: OutputSpec | None = None
 ) -> tuple[RecordingSink, SpeechStats]:
     sink = RecordingSink()
     with trio.fail_after(20):
@@ -119,7 +121,7 @@ async def test_utterances_become_one_continuous_stream() -> None:
 
 
 async def test_events_come_in_the_documented_order() -> None:
-    """opened, then per utterance: begins, started (job on a replica), audio, finished."""
+    """opened, then per utterance: begins, started (job on an instance), audio, finished."""
     async with started_pool() as pool:
         sink, _ = await run_speak(pool, [Utterance(0, "a" * 4)])
     names = [event[0] for event in sink.events if event[0] != "progress"]
@@ -168,7 +170,7 @@ async def test_non_finite_audio_raises_non_finite_output() -> None:
 
 async def test_a_pool_that_is_not_started_is_engine_unavailable() -> None:
     """Before the model is loaded: EngineUnavailable."""
-    pool = ReplicaPool(partial(SyntheticEngine, rtf=0.0), workers=1)
+    pool = InstancePool(model_instances(partial(SyntheticEngine, rtf=0.0), workers=1))
     pool.sample_rate = 48000
     with pytest.raises(EngineUnavailable):
         await run_speak(pool, [Utterance(0, "a")])

@@ -124,7 +124,7 @@ async def test_cancel_mid_stream_then_serve_again(voxcpm_server: Callable[..., A
         await s.cancel("long")
         await s.until_terminal("long")
     assert s.outcomes["long"].terminal["result"] == {"cancelled": True}
-    assert handle.server.pool.busy == 0
+    assert handle.server.pool.slots_busy == 0
     assert (await speak(handle.url, text=TEXT, seed=5, max_len=6)).audio == reference.audio
 
 
@@ -136,7 +136,7 @@ async def test_disconnect_mid_stream_frees_the_replica(voxcpm_server: Callable[.
         await s.request("gone", text=TEXT * 5, seed=6)
         await s.until("gone", "frame1")
     with trio.fail_after(30):
-        while handle.server.pool.busy:
+        while handle.server.pool.slots_busy:
             await trio.sleep(0.01)
     assert (await speak(handle.url, text=TEXT, seed=5, max_len=6)).audio == reference.audio
 

@@ -63,7 +63,7 @@ LIVE_GAUGES = (
     "voxcpm_tts_active_connections",
     "voxcpm_tts_running_tasks",
     "voxcpm_tts_queue_length",
-    "voxcpm_tts_replicas_busy",
+    "voxcpm_tts_slots_busy",
 )
 # Idle workers of trio's thread cache: they exit after trio's own IDLE_TIMEOUT (10 s)
 # and are reused meanwhile, so they are allowed to outlive a run. A worker that is
@@ -644,7 +644,7 @@ class LeakCheck:
         pool = self.handle.server.pool
         return {
             "connections": len(self.handle.server.connections),
-            "replicas_busy": pool.busy,
+            "slots_busy": pool.slots_busy,
             "admitted": pool.admitted,
             "waiting": pool.waiting,
             "open_generations": sum(e.open_generations for e in self.engines),
@@ -672,7 +672,7 @@ class LeakCheck:
         state = await self.settle(deadline)
         if any(state.values()):
             leaks["state"] = state
-        replicas = [r.thread for r in self.handle.server.pool.replicas]
+        replicas = [i.thread for i in self.handle.server.pool.instances]
         if not all(t.is_alive() for t in replicas):
             leaks["replica_threads_dead"] = [t.name for t in replicas if not t.is_alive()]
         extra = thread_leaks(self.threads_before, [*replicas, *extra_threads])

@@ -137,7 +137,7 @@ async def test_repeated_hangs_are_each_reported_and_recovered(
                 started = trio.current_time()
                 verdict = await until_health(health, 503, handle.server.settings.stall_timeout + 5)
                 detected.append(round(trio.current_time() - started, 3))
-                assert len(verdict["stalled_replicas"]) == 1
+                assert len(verdict["stalled_instances"]) == 1
                 others = {f"m{n}": {"text": TEXTS[1]} for n in range(4)}
                 ledger = await speak_all(handle.url, others)
                 assert {r.outcome for r in ledger.records} == {"ok"}, round_
@@ -156,7 +156,7 @@ async def test_repeated_hangs_are_each_reported_and_recovered(
 
 
 def _recovered(engine: FaultyEngine, pool: Any) -> bool:
-    return not engine.hanging.is_set() and pool.busy == 0
+    return not engine.hanging.is_set() and pool.slots_busy == 0
 
 
 async def test_faults_on_the_tiny_checkpoint(

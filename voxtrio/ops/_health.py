@@ -2,17 +2,17 @@
 
 /health answers "should this process be restarted?": answering at all shows the
 process and its event loop are alive; it fails (503) when the engine has stopped
-making progress: a replica has had a job whose last step (or its start, before
-the first step) is older than `stall_timeout`, or a loaded replica's thread has
-exited. The systemd watchdog uses the same verdict.
+making progress: a model instance holding generations whose step loop has not
+beaten for `stall_timeout` (a step that never returns), or a loaded instance whose
+thread has exited. The systemd watchdog uses the same verdict.
 
 /ready answers "should the load balancer send new connections here?": the model
-is loaded and warm, the server is not draining, not every replica is stalled, and
+is loaded and warm, the server is not draining, not every instance is stalled, and
 it is not full (every admission slot taken: new work would only queue or be refused
 here, so a balancer should send it elsewhere; open streams are not affected).
 
-Timestamps are `time.perf_counter()` values (what `Job` records); the clock is
-injectable so tests are deterministic.
+Timestamps are `time.perf_counter()` values (what the step loop records); the
+clock is injectable so tests are deterministic.
 """
 
 from __future__ import annotations
@@ -30,39 +30,53 @@ DEFAULT_STALL_TIMEOUT = 60.0
 
 
 @attrs.frozen
-class ReplicaState:
+class InstanceState:
+    """One model instance: its slots, and its step loop's last beat while busy."""
+
     index: int
-    busy: bool
-    # perf_counter of the current job's last step, or of its start before the first
-    # step; None when idle or not yet started on the thread.
+    slots: int = 1
+    slots_busy: int = 0
+    # perf_counter of the step loop's last beat while it holds a generation; None
+    # when idle or not yet started.
     last_progress_at: float | None = None
     thread_alive: bool = True
+
+    @property
+    def busy(self) -> bool:
+        return self.slots_busy > 0
 
 
 @attrs.frozen
 class EngineState:
     loaded: bool
     draining: bool
-    replicas: tuple[ReplicaState, ...] = ()
+    instances: tuple[InstanceState, ...] = ()
     queue_length: int = 0
-    admitted: int = 0  # requests generating or waiting for a replica
+    admitted: int = 0  # requests generating or waiting for a slot
     capacity: int | None = None  # admission slots (--max-concurrent); None: unbounded
 
+    @property
+    def slots_total(self) -> int:
+        return sum(instance.slots for instance in self.instances)
 
-class _JobLike(Protocol):
-    last_step_at: float | None
-    started_at: float | None
+    @property
+    def slots_busy(self) -> int:
+        return sum(instance.slots_busy for instance in self.instances)
 
 
 class _ThreadLike(Protocol):
     def is_alive(self) -> bool: ...
 
 
-class _ReplicaLike(Protocol):
+class _InstanceLike(Protocol):
     @property
     def index(self) -> int: ...
     @property
-    def current(self) -> _JobLike | None: ...
+    def slots(self) -> int: ...
+    @property
+    def slots_busy(self) -> int: ...
+    @property
+    def last_progress_at(self) -> float | None: ...
     @property
     def thread(self) -> _ThreadLike: ...
 
@@ -77,29 +91,25 @@ class _PoolLike(Protocol):
     @property
     def max_admitted(self) -> int: ...
     @property
-    def replicas(self) -> Sequence[_ReplicaLike]: ...
+    def instances(self) -> Sequence[_InstanceLike]: ...
 
 
 def snapshot(pool: _PoolLike, *, draining: bool) -> EngineState:
-    """Read a `ReplicaPool` (from the Trio thread) into an `EngineState`."""
-    replicas = []
-    for replica in pool.replicas:
-        job = replica.current
-        progress = None
-        if job is not None:
-            progress = job.last_step_at if job.last_step_at is not None else job.started_at
-        replicas.append(
-            ReplicaState(
-                index=replica.index,
-                busy=job is not None,
-                last_progress_at=progress,
-                thread_alive=replica.thread.is_alive(),
-            )
+    """Read an `InstancePool` (from the Trio thread) into an `EngineState`."""
+    instances = tuple(
+        InstanceState(
+            index=instance.index,
+            slots=instance.slots,
+            slots_busy=instance.slots_busy,
+            last_progress_at=instance.last_progress_at,
+            thread_alive=instance.thread.is_alive(),
         )
+        for instance in pool.instances
+    )
     return EngineState(
         loaded=pool.ready,
         draining=draining,
-        replicas=tuple(replicas),
+        instances=instances,
         queue_length=pool.waiting,
         admitted=pool.admitted,
         capacity=pool.max_admitted,
@@ -107,21 +117,29 @@ def snapshot(pool: _PoolLike, *, draining: bool) -> EngineState:
 
 
 def stalled(state: EngineState, *, now: float, stall_timeout: float) -> dict[int, float]:
-    """Replica index -> seconds since its current job last made progress, for stalled ones."""
+    """Instance index -> seconds since its step loop last beat, for busy stalled ones."""
     result = {}
-    for replica in state.replicas:
-        if replica.busy and replica.last_progress_at is not None:
-            idle = now - replica.last_progress_at
+    for instance in state.instances:
+        if instance.busy and instance.last_progress_at is not None:
+            idle = now - instance.last_progress_at
             if idle > stall_timeout:
-                result[replica.index] = idle
+                result[instance.index] = idle
     return result
 
 
-def dead_replicas(state: EngineState) -> list[int]:
-    """Loaded replicas whose thread has exited (they will never run a job again)."""
+def exited_instances(state: EngineState) -> list[int]:
+    """Loaded instances whose thread has exited (they will never run a job again)."""
     if not state.loaded:
         return []
-    return [replica.index for replica in state.replicas if not replica.thread_alive]
+    return [instance.index for instance in state.instances if not instance.thread_alive]
+
+
+def _load(state: EngineState) -> dict[str, int]:
+    return {
+        "instances": len(state.instances),
+        "slots_total": state.slots_total,
+        "slots_busy": state.slots_busy,
+    }
 
 
 def health(
@@ -129,20 +147,19 @@ def health(
 ) -> tuple[int, dict[str, Any]]:
     """The /health status code and body."""
     stalls = stalled(state, now=now, stall_timeout=stall_timeout)
-    dead = dead_replicas(state)
-    status = "stalled" if stalls else "replica_exited" if dead else "ok"
+    dead = exited_instances(state)
+    status = "stalled" if stalls else "instance_exited" if dead else "ok"
     body: dict[str, Any] = {
         "status": status,
         "loaded": state.loaded,
         "draining": state.draining,
-        "replicas_total": len(state.replicas),
-        "replicas_busy": sum(replica.busy for replica in state.replicas),
+        **_load(state),
         "stall_timeout_s": stall_timeout,
-        "stalled_replicas": [
-            {"replica": index, "seconds_since_progress": round(idle, 3)}
+        "stalled_instances": [
+            {"instance": index, "seconds_since_progress": round(idle, 3)}
             for index, idle in sorted(stalls.items())
         ],
-        "exited_replicas": dead,
+        "exited_instances": dead,
     }
     return (200 if status == "ok" else 503), body
 
@@ -152,7 +169,7 @@ def readiness(
 ) -> tuple[int, dict[str, Any]]:
     """The /ready status code and body."""
     stalls = stalled(state, now=now, stall_timeout=stall_timeout)
-    all_stalled = bool(state.replicas) and len(stalls) == len(state.replicas)
+    all_stalled = bool(state.instances) and len(stalls) == len(state.instances)
     if state.draining:
         status = "draining"
     elif not state.loaded:
@@ -167,8 +184,7 @@ def readiness(
         "status": status,
         "ready": status == "ready",
         "draining": state.draining,
-        "replicas_total": len(state.replicas),
-        "replicas_busy": sum(replica.busy for replica in state.replicas),
+        **_load(state),
         "queue_length": state.queue_length,
         "admitted": state.admitted,
         "capacity": state.capacity,

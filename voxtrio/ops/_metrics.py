@@ -1,7 +1,7 @@
 """Prometheus metrics, on a registry of their own (several servers share a test process).
 
 Counters and histograms are updated by the server as events happen. Gauges that
-mirror live state (connections, queue, replicas) are read at scrape time from
+mirror live state (connections, queue, slots) are read at scrape time from
 callables the server binds, so they cannot drift from the truth.
 """
 
@@ -61,7 +61,7 @@ FIRST_AUDIO_BUCKETS = (
     5.0,
     10.0,
 )
-# Waiting for a replica: zero when idle, up to the queue timeout (60 s default).
+# Waiting for a slot: zero when idle, up to the queue timeout (60 s default).
 QUEUE_WAIT_BUCKETS = (
     0.001,
     0.005,
@@ -93,19 +93,23 @@ _LIVE_GAUGES = {
     ),
     "queue_length": (
         "voxcpm_tts_queue_length",
-        "Admitted requests waiting for a free replica",
+        "Admitted requests waiting for a free generation slot",
     ),
     "running_tasks": (
         "voxcpm_tts_running_tasks",
-        "Requests generating on a replica",
+        "Admitted requests holding a generation slot",
     ),
-    "replicas_busy": (
-        "voxcpm_tts_replicas_busy",
-        "Model replicas running (or still stopping) a generation",
+    "slots_busy": (
+        "voxcpm_tts_slots_busy",
+        "Generation slots holding a request (generating, or still stopping)",
     ),
-    "replicas_total": (
-        "voxcpm_tts_replicas_total",
-        "Model replicas loaded",
+    "slots": (
+        "voxcpm_tts_slots",
+        "Generation slots loaded: instances x rows each steps at once (--max-batch)",
+    ),
+    "instances": (
+        "voxcpm_tts_instances",
+        "Model instances loaded (--workers), each one step-loop thread",
     ),
     "ready": (
         "voxcpm_tts_ready",
@@ -163,7 +167,7 @@ class Metrics:
         )
         self.queue_wait = Histogram(
             "voxcpm_tts_queue_wait_seconds",
-            "Time an admitted request waited for a free replica",
+            "Time an admitted request waited for a free generation slot",
             buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
@@ -197,15 +201,19 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        # Per bucket: the padded batch size a step ran at (a compiled model has one
+        # graph per bucket), so each bucket's step time is its own distribution.
         self.batch_size = Histogram(
             "voxcpm_tts_batch_size",
-            "Generations advanced by one step of a model instance's step loop",
+            "Rows one step advanced, by the batch-size bucket the step ran at",
+            ["bucket"],
             buckets=BATCH_SIZE_BUCKETS,
             registry=r,
         )
         self.step_seconds = Histogram(
             "voxcpm_tts_step_seconds",
-            "Time one batched step took (every running generation by one chunk)",
+            "Time one step took (each row in it by one chunk), by batch-size bucket",
+            ["bucket"],
             buckets=STEP_SECONDS_BUCKETS,
             registry=r,
         )
@@ -250,8 +258,9 @@ class Metrics:
         active_connections: LiveValue | None = None,
         queue_length: LiveValue | None = None,
         running_tasks: LiveValue | None = None,
-        replicas_busy: LiveValue | None = None,
-        replicas_total: LiveValue | None = None,
+        slots_busy: LiveValue | None = None,
+        slots: LiveValue | None = None,
+        instances: LiveValue | None = None,
         ready: LiveValue | None = None,
     ) -> None:
         """Register the callables read at scrape time (a gauge is absent until bound)."""
@@ -259,16 +268,17 @@ class Metrics:
             "active_connections": active_connections,
             "queue_length": queue_length,
             "running_tasks": running_tasks,
-            "replicas_busy": replicas_busy,
-            "replicas_total": replicas_total,
+            "slots_busy": slots_busy,
+            "slots": slots,
+            "instances": instances,
             "ready": ready,
         }
         self._live.sources.update({key: fn for key, fn in given.items() if fn is not None})
 
-    def step_observed(self, rows: int, seconds: float) -> None:
-        """A step loop's thread: one batched step (prometheus_client is thread-safe)."""
-        self.batch_size.observe(rows)
-        self.step_seconds.observe(seconds)
+    def step_observed(self, rows: int, bucket: int, seconds: float) -> None:
+        """A step loop's thread: one step (prometheus_client is thread-safe)."""
+        self.batch_size.labels(str(bucket)).observe(rows)
+        self.step_seconds.labels(str(bucket)).observe(seconds)
 
     def prefill_observed(self, rows: int, seconds: float) -> None:
         self.prefill_seconds.observe(seconds)

@@ -45,7 +45,7 @@ from voxtrio.server._native_errors import native_error
 from voxtrio.server._writer import ConnectionGone
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._errors import SpeechError
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._speak import speak
 from voxtrio.voices._aliases import ResolvedVoice
 from voxtrio.voices._service import VoiceService
@@ -84,7 +84,7 @@ class DashScopeConnection(WebSocketEndpoint):
         ws: WebSocketConnection,
         *,
         settings: Settings,
-        pool: ReplicaPool,
+        pool: InstancePool,
         metrics: Metrics,
         voices: VoiceService | None = None,
         dsp_available: bool = False,

@@ -41,7 +41,7 @@ from voxtrio.server._websocket import (
 from voxtrio.server.openai._exchange import refuse_unread
 from voxtrio.server.openai._routes import HttpFront, HttpRequestHandle
 from voxtrio.server.openai._speech import SpeechContext
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.server")
@@ -154,7 +154,7 @@ class TtsServer:
     def __init__(
         self,
         settings: Settings,
-        pool: ReplicaPool,
+        pool: InstancePool,
         *,
         keys: KeyStore | None = None,
         metrics: Metrics | None = None,
@@ -212,7 +212,7 @@ class TtsServer:
                 async with trio.open_nursery() as listening:
                     await listening.start(ws_server.run)
                     handle = ServerHandle(self.settings.host, ws_server.port, self)
-                    log.info("listening", url=handle.url, workers=len(self.pool.replicas))
+                    log.info("listening", url=handle.url, workers=len(self.pool.instances))
                     task_status.started(handle)
 
     def http_front(self) -> HttpFront:

@@ -36,7 +36,7 @@ from voxtrio.server._endpoint import WebSocketEndpoint
 from voxtrio.server._request import RequestControl, run_request
 from voxtrio.server._text_input import TextInput
 from voxtrio.server._writer import ConnectionGone
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.connection")
@@ -52,7 +52,7 @@ class Connection(WebSocketEndpoint):
         ws: WebSocketConnection,
         *,
         settings: Settings,
-        pool: ReplicaPool,
+        pool: InstancePool,
         capabilities: Capabilities,
         metrics: Metrics,
         voices: VoiceService | None = None,

@@ -34,7 +34,7 @@ from voxtrio.server._writer import ConnectionGone, FrameWriter
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._errors import SpeechError
 from voxtrio.speech._output import OutputSpec
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._speak import speak
 from voxtrio.voices._service import VoiceService
 
@@ -80,7 +80,7 @@ async def synthesize(
     text_input: TextInput,
     *,
     writer: FrameWriter,
-    pool: ReplicaPool,
+    pool: InstancePool,
     progress: ProgressIntervals,
     accepted_at: float,
     voices: VoiceService | None = None,
@@ -156,7 +156,7 @@ async def run_request(
     text_input: TextInput,
     *,
     writer: FrameWriter,
-    pool: ReplicaPool,
+    pool: InstancePool,
     control: RequestControl,
     progress: ProgressIntervals,
     metrics: Metrics | None = None,

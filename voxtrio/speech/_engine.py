@@ -1,7 +1,7 @@
 """The one small interface between the server and a speech engine.
 
 An engine instance is used by one thread at a time (a VoxCPM model is not safe
-for concurrent use); the replica pool (`_replicas.py`) owns that rule.
+for concurrent use); each model instance's step loop (`batched/_loop.py`) owns it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ at the next chunk boundary even in non-streaming mode."""
 
 
 class Engine(Protocol):
-    """A loaded model. All methods run on the replica's own thread."""
+    """A loaded model. All methods run on its instance's own thread."""
 
     @property
     def sample_rate(self) -> int: ...
@@ -88,4 +88,4 @@ class Engine(Protocol):
 
 
 EngineFactory = Callable[[], Engine]
-"""Builds one engine; called on the replica thread that will own it."""
+"""Builds one engine; called on the instance thread that will own it."""

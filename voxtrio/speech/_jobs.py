@@ -7,7 +7,7 @@ back as each chunk is taken).
 
 Posting goes through one `LoopMailbox` per pool rather than a `run_sync_soon` per
 chunk: trio's entry queue holds a lock across its wake-up syscall, and with
-hundreds of replica threads each taking it per chunk the lock and the GIL convoy
+hundreds of model threads each taking it per chunk the lock and the GIL convoy
 (measured: 38 of 256 threads queued on it, a core and a half of futex traffic).
 The mailbox's lock covers a deque append only, and one loop callback drains
 everything posted since the last one. (`trio.from_thread.run` per chunk, the
@@ -71,20 +71,20 @@ class LoopMailbox:
 
 @attrs.define(eq=False)
 class Job:
-    """One generation on one replica; shared by the request task and the thread."""
+    """One generation on one model instance; shared by the request task and its thread."""
 
     spec: SynthesisSpec
     request_id: str
     send_channel: trio.MemorySendChannel[Any]
     mailbox: LoopMailbox
-    # Runs on the replica thread on each chunk before it is sent (e.g. encoding), so
+    # Runs on the instance's thread on each chunk before it is sent (e.g. encoding), so
     # codec work stays off the event loop; what it returns is what the channel carries.
     transform: Callable[[np.ndarray], Any] | None = None
     # Chunks the thread may hand over before the request task has taken them.
     chunk_buffer: int = 2
     stop_event: threading.Event = attrs.Factory(threading.Event)
     credits: threading.Semaphore = attrs.field(init=False)
-    # A batched step loop's wake-up: set on a credit or a stop (None for a replica).
+    # Its step loop's wake-up: set on a credit or a stop (None until submitted).
     wake: threading.Event | None = None
     done: trio.Event = attrs.Factory(trio.Event)
     # Written by the thread, read by the Trio side; plain attribute stores are atomic.
@@ -99,12 +99,21 @@ class Job:
     def __attrs_post_init__(self) -> None:
         self.credits = threading.Semaphore(self.chunk_buffer)
 
+    # The step loop's side (speech.batched's `Request`): non-blocking, any thread.
+    def stop_requested(self) -> bool:
+        return self.stop_event.is_set()
+
+    def take_credit(self) -> bool:
+        return self.credits.acquire(blocking=False)
+
+    def give_credit(self) -> None:
+        self.credits.release()
+
     def request_stop(self) -> None:
         self.stop_event.set()
-        # Wakes a thread waiting for a credit, so it sees the stop at once.
-        self.credits.release()
+        self.credits.release()  # a stopped row needs no credit to be seen leaving
         if self.wake is not None:
-            self.wake.set()
+            self.wake.set()  # its step loop takes the row out before its next step
 
     def deliver(self, item: Any) -> None:
         """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""

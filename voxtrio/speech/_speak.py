@@ -25,8 +25,8 @@ from voxtrio.speech._engine import SynthesisSpec, TextTooLong
 from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutput, StoppedEarly
 from voxtrio.speech._jobs import Job
 from voxtrio.speech._output import OutputSpec, OutputStream
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._progress import ProgressReporter
-from voxtrio.speech._replicas import ReplicaPool
 
 log = structlog.get_logger("voxtrio.speech")
 
@@ -93,7 +93,7 @@ class SpeechStats:
 async def speak(
     utterances: trio.MemoryReceiveChannel[Utterance],
     *,
-    pool: ReplicaPool,
+    pool: InstancePool,
     base_spec: SynthesisSpec,
     output: OutputSpec,
     sink: SpeechSink,
@@ -122,7 +122,7 @@ async def speak(
 async def _speak_one(
     utterance: Utterance,
     stream: OutputStream,
-    pool: ReplicaPool,
+    pool: InstancePool,
     base_spec: SynthesisSpec,
     sink: SpeechSink,
     request_id: str,
@@ -151,7 +151,7 @@ async def _send(sink: SpeechSink, data: bytes, stream: OutputStream, stats: Spee
 
 
 async def generate_utterance(
-    pool: ReplicaPool,
+    pool: InstancePool,
     spec: SynthesisSpec,
     stream: OutputStream,
     sink: SpeechSink,

@@ -46,7 +46,7 @@ def resolve_device(device: str) -> str:
 
 
 class VoxCPMEngine:
-    """One VoxCPM model instance; used by the one replica thread that built it."""
+    """One VoxCPM model instance; used by the one instance thread that built it."""
 
     def __init__(self, model: Any, *, device: str, warm_normalizer: bool = True) -> None:
         import torch
@@ -73,7 +73,7 @@ class VoxCPMEngine:
         if options.torch_threads and device == "cpu":
             import torch
 
-            # Process-wide: every replica shares the cores with the event loop and codecs.
+            # Process-wide: every instance shares the cores with the event loop and codecs.
             # Oversubscribed OpenMP threads spin against each other and run many times slower.
             torch.set_num_threads(options.torch_threads)
         optimize = device.startswith("cuda") if options.optimize is None else options.optimize
@@ -114,6 +114,12 @@ class VoxCPMEngine:
         room = int(self._tts.config.max_length) - tokens - 1
         cap = min(int(tokens * spec.retry_badcase_ratio_threshold + 10), spec.max_len, room)
         return max(1, cap)
+
+    def badcase_steps(self, spec: SynthesisSpec) -> float:
+        """Chunks at which a non-streaming generation is a bad case that voxcpm retries:
+        audio at least `retry_badcase_ratio_threshold` times the text's token count."""
+        tokens = self._text_tokens(self.target_text(spec))
+        return tokens * spec.retry_badcase_ratio_threshold
 
     def _context_positions(self, text: str, prompt_cache: Any) -> int:
         """Positions of the model's context that voxcpm's prefill fills: the text tokens
@@ -208,7 +214,7 @@ class VoxCPMEngine:
         # stream equals voxcpm's non-streaming output.
         attempts = spec.retry_badcase_max_times if spec.retry_badcase and not spec.streaming else 1
         attempts = max(1, attempts)
-        badcase_steps = self._text_tokens(text) * spec.retry_badcase_ratio_threshold
+        badcase_steps = self.badcase_steps(spec)
         for attempt in range(1, attempts + 1):
             collected: list[np.ndarray] = []
             stream = self._tts.generate_with_prompt_cache_streaming(

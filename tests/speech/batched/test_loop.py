@@ -1,4 +1,5 @@
-"""The step loop: joins, leaves, skipped readers, failures, one terminal outcome each."""
+"""The step loop on its thread: joins, leaves, skipped readers, failures, retries,
+one terminal outcome each (the scheduler's decisions alone: test_scheduler.py)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import pytest
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._jobs import Job
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
-from voxtrio.speech.batched._loop import BatchReplica
+from voxtrio.speech.batched._factory import model_instances
+from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
+from voxtrio.speech.batched._scheduler import BadcaseRule, never_badcase, retry_spec
 from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow
 
 LONG = "a" * 400  # 100 synthetic steps
@@ -37,22 +41,20 @@ class GatedPrefill(BatchedSynthetic):
 
 @asynccontextmanager
 async def loop_pool(
-    model: BatchedSynthetic | None = None, **kwargs: Any
-) -> AsyncIterator[tuple[ReplicaPool, BatchReplica, BatchedSynthetic]]:
+    model: BatchedSynthetic | None = None, badcase: BadcaseRule = never_badcase, **kwargs: Any
+) -> AsyncIterator[tuple[InstancePool, ModelInstance, BatchedSynthetic]]:
     # Paced (3.2 ms a step) so that rows started a few ms apart share steps.
     model = model if model is not None else BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=8)
-    replica = BatchReplica(0, lambda: model, **kwargs)
-    pool = ReplicaPool(
-        lambda: SyntheticEngine(), replicas=[replica], chunk_buffer=2, max_admitted=64
-    )
+    instance = ModelInstance(0, lambda: LoadedModel(model.engine, model, badcase), **kwargs)
+    pool = InstancePool([instance], chunk_buffer=2, max_admitted=64)
     try:
         with trio.fail_after(10):
             await pool.start()
-        yield pool, replica, model
+        yield pool, instance, model
     finally:
         with trio.CancelScope(shield=True):
             await pool.aclose()
-        assert not replica.thread.is_alive()
+        assert not instance.thread.is_alive()
         assert model.rows_open == 0
 
 
@@ -60,7 +62,7 @@ def expected_audio(spec: SynthesisSpec) -> np.ndarray:
     return np.concatenate(list(SyntheticEngine().generate(spec, lambda step: None)))
 
 
-async def _collect(pool: ReplicaPool, spec: SynthesisSpec, rid: str, out: dict[str, Any]) -> None:
+async def _collect(pool: InstancePool, spec: SynthesisSpec, rid: str, out: dict[str, Any]) -> None:
     async with pool.run(spec, request_id=rid) as (job, chunks):
         received = [chunk async for chunk in chunks]
         await job.done.wait()
@@ -69,7 +71,7 @@ async def _collect(pool: ReplicaPool, spec: SynthesisSpec, rid: str, out: dict[s
 
 async def test_rows_joining_at_different_steps_each_get_their_own_audio() -> None:
     """Jobs that join a running batch late get exactly their own chunks, in order."""
-    async with loop_pool() as (pool, replica, _):
+    async with loop_pool() as (pool, instance, _):
         out: dict[str, Any] = {}
         specs = [SynthesisSpec(text="a" * (20 + 12 * i), seed=i) for i in range(6)]
         with trio.fail_after(10):
@@ -81,22 +83,22 @@ async def test_rows_joining_at_different_steps_each_get_their_own_audio() -> Non
             job, audio = out[f"r{i}"]
             np.testing.assert_array_equal(audio, expected_audio(spec))
             assert not job.stopped
-        assert replica.stats.rows_stepped > replica.stats.steps  # some steps carried >1 row
-        assert pool.busy == 0
+        assert instance.stats.rows_stepped > instance.stats.steps  # some steps carried >1 row
+        assert pool.slots_busy == 0
 
 
 async def test_a_reader_that_takes_nothing_is_skipped_and_does_not_stall_the_batch() -> None:
     """A row without credit stops advancing while another row runs to its end."""
-    async with loop_pool() as (pool, replica, _):
+    async with loop_pool() as (pool, instance, _):
         with trio.fail_after(10):
             async with pool.run(SynthesisSpec(text=LONG), request_id="slow") as (slow, _chunks):
                 out: dict[str, Any] = {}
                 await _collect(pool, SynthesisSpec(text=LONG, seed=3), "fast", out)
                 assert out["fast"][1].size == expected_audio(SynthesisSpec(text=LONG)).size
                 assert slow.steps == 2  # its two credits, then skipped
-                assert replica.stats.skipped > 0
+                assert instance.stats.skipped > 0
         assert slow.stopped
-        assert pool.busy == 0
+        assert pool.slots_busy == 0
 
 
 async def test_a_reader_stalled_past_the_credit_timeout_is_stopped_and_frees_its_slot() -> None:
@@ -121,12 +123,12 @@ async def test_a_request_cancelled_during_its_prefill_leaves_no_row_behind() -> 
                 await job.done.wait()
         assert job.stopped
         assert model.rows_open == 0
-        assert pool.busy == 0
+        assert pool.slots_busy == 0
 
 
 async def test_the_last_row_leaving_mid_batch_frees_its_slot_within_a_step() -> None:
     """Leaving early (the request task exits) frees the slot and stops the row."""
-    async with loop_pool() as (pool, replica, model):
+    async with loop_pool() as (pool, instance, model):
         with trio.fail_after(10):
             for round_ in range(3):
                 async with pool.run(SynthesisSpec(text=LONG), request_id=f"r{round_}") as (
@@ -137,8 +139,8 @@ async def test_the_last_row_leaving_mid_batch_frees_its_slot_within_a_step() -> 
                 assert job.done.is_set()
                 assert job.stopped
                 assert model.rows_open == 0
-        assert pool.busy == 0
-        assert replica.jobs_run == 3
+        assert pool.slots_busy == 0
+        assert instance.jobs_run == 3
 
 
 async def test_a_failing_prefill_fails_only_its_own_request() -> None:
@@ -175,12 +177,12 @@ async def test_a_failing_step_ends_every_row_in_it_with_one_error_each() -> None
         assert len(jobs) == 3
         for job in jobs:
             assert isinstance(job.result.error, RuntimeError)  # type: ignore[union-attr]
-        assert pool.busy == 0
+        assert pool.slots_busy == 0
 
 
 async def test_shutdown_with_rows_running_stops_each_once_and_ends_the_thread() -> None:
     """Closing the pool mid-batch stops every row (one outcome each), then the thread exits."""
-    async with loop_pool() as (pool, replica, _):
+    async with loop_pool() as (pool, instance, _):
         jobs: list[Job] = []
         with trio.fail_after(10):
             async with trio.open_nursery() as nursery:
@@ -194,9 +196,9 @@ async def test_shutdown_with_rows_running_stops_each_once_and_ends_the_thread() 
                     nursery.start_soon(hold, f"r{i}")
                 while len(jobs) < 3 or any(job.steps < 2 for job in jobs):
                     await trio.sleep(0.001)
-                replica.shutdown()
+                instance.shutdown()
         assert all(job.stopped for job in jobs)
-        assert not replica.thread.is_alive()
+        assert not instance.thread.is_alive()
 
 
 async def test_more_requests_than_slots_wait_for_a_free_row() -> None:
@@ -226,7 +228,7 @@ async def test_health_sees_the_loop_beat_while_every_row_waits_for_its_reader() 
                 await trio.sleep(0.3)  # skipped ever since, for want of a credit
                 state = snapshot(pool, draining=False)
                 now = time.perf_counter()
-                assert state.replicas[0].busy
+                assert state.instances[0].busy
                 assert stalled(state, now=now, stall_timeout=0.2) == {}
                 assert job.steps == 2
 
@@ -234,7 +236,7 @@ async def test_health_sees_the_loop_beat_while_every_row_waits_for_its_reader() 
 async def test_a_burst_of_cheap_joins_is_admitted_within_a_step_or_two() -> None:
     """Prefill groups follow each other while the budget lasts: 20 joins need no 10 steps."""
     model = BatchedSynthetic(SyntheticEngine(rtf=0.3), max_batch=32)  # 48 ms a step
-    async with loop_pool(model, prefill_group=2) as (pool, replica, _):
+    async with loop_pool(model, prefill_group=2) as (pool, instance, _):
         jobs: list[Job] = []
 
         async def hold(rid: str) -> None:
@@ -248,5 +250,50 @@ async def test_a_burst_of_cheap_joins_is_admitted_within_a_step_or_two() -> None
                     nursery.start_soon(hold, f"r{i}")
                 while len(jobs) < 20 or any(job.steps < 1 for job in jobs):
                     await trio.sleep(0.005)
-                assert replica.stats.steps <= 3
+                assert instance.stats.steps <= 3
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_bad_case_non_streaming_request_is_generated_again_and_the_last_kept() -> None:
+    """Audio past the bad-case bound is redone re-seeded; the client gets the last attempt."""
+    model = BatchedSynthetic(SyntheticEngine(), max_batch=4)
+    spec = SynthesisSpec(text="a" * 40, streaming=False, seed=3, retry_badcase_max_times=3)
+    async with loop_pool(model, badcase=lambda s: 5.0) as (pool, _, _):
+        with trio.fail_after(10):
+            out: dict[str, Any] = {}
+            await _collect(pool, spec, "n", out)
+    job, audio = out["n"]
+    assert model.engine.generations == 3
+    assert job.steps == 30  # ten chunks, three times
+    np.testing.assert_array_equal(audio, expected_audio(retry_spec(spec, 3)))
+    assert not np.array_equal(audio, expected_audio(spec))
+
+
+class UnbatchedSynthetic(SyntheticEngine):
+    """No batched form: runs through `SerialBatch`, one generation at a time."""
+
+
+@pytest.mark.parametrize("engine", [SyntheticEngine, UnbatchedSynthetic])
+async def test_a_non_streaming_generation_stops_midway(engine: type[SyntheticEngine]) -> None:
+    """Cancelling a non-streaming request stops it at the next chunk, not at its end."""
+    made: list[SyntheticEngine] = []
+
+    def factory() -> SyntheticEngine:
+        made.append(engine(rtf=0.05))  # 8 ms a chunk: 100 chunks would take 0.8 s
+        return made[-1]
+
+    pool = InstancePool(model_instances(factory, workers=1, max_batch=4))
+    spec = SynthesisSpec(text=LONG, streaming=False)
+    try:
+        with trio.fail_after(10):
+            await pool.start()
+            async with pool.run(spec, request_id="n") as (job, _chunks):
+                while job.steps < 2:
+                    await trio.sleep(0.001)
+            assert job.stopped
+            assert job.steps < 50
+            assert made[0].open_generations == 0
+            assert pool.slots_busy == 0
+    finally:
+        with trio.CancelScope(shield=True):
+            await pool.aclose()

@@ -8,7 +8,7 @@ from typing import Any
 import trio
 
 from voxtrio.speech._synthetic import SyntheticEngine
-from voxtrio.speech.batched._loop import BatchReplica
+from voxtrio.speech.batched._loop import ModelInstance
 
 from ...support import speak
 
@@ -30,19 +30,19 @@ async def test_concurrent_requests_share_the_steps_of_one_instance(
                 nursery.start_soon(one, i)
     assert all(o.terminal["type"] == "complete" for o in outcomes.values())
     assert outcomes[0].audio == alone
-    (replica,) = handle.server.pool.replicas
-    assert isinstance(replica, BatchReplica)
-    assert replica.stats.rows_stepped >= 2 * replica.stats.steps  # rows shared the steps
-    assert handle.server.pool.busy == 0
+    (instance,) = handle.server.pool.instances
+    assert isinstance(instance, ModelInstance)
+    assert instance.stats.rows_stepped >= 2 * instance.stats.steps  # rows shared the steps
+    assert handle.server.pool.slots_busy == 0
 
 
 async def test_batch_size_and_step_time_reach_the_metrics(
     start_server: Callable[..., Any],
 ) -> None:
-    """/metrics carries the batch-size and step-time histograms of the step loop."""
+    """/metrics carries the step loop's batch-size and step-time histograms, per bucket."""
     handle = await start_server(lambda: SyntheticEngine(rtf=0.0), workers=1, max_batch=4)
     await speak(handle.url, text="a" * 40)
     body, _ = handle.server.metrics.render()
     text = body.decode()
-    assert "voxcpm_tts_batch_size_count 10.0" in text  # ten steps of one row
-    assert "voxcpm_tts_step_seconds_count 10.0" in text
+    assert 'voxcpm_tts_batch_size_count{bucket="1"} 10.0' in text  # ten steps of one row
+    assert 'voxcpm_tts_step_seconds_count{bucket="1"} 10.0' in text

@@ -38,7 +38,7 @@ from voxtrio.server.openai._request import (
 from voxtrio.server.openai._voices import resolve_voice
 from voxtrio.speech._errors import SpeechError
 from voxtrio.speech._output import OutputSpec
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._speak import AudioInfo, Utterance, speak
 from voxtrio.voices._service import VoiceService
 
@@ -110,7 +110,7 @@ class HttpSpeechSink:
 @attrs.frozen(kw_only=True)
 class SpeechContext:
     settings: Settings
-    pool: ReplicaPool
+    pool: InstancePool
     metrics: Metrics
     voices: VoiceService | None
 

@@ -1,11 +1,13 @@
-"""Batched models from the engines `--engine` loads, and the step-loop replicas."""
+"""Batched models from the engines `--engine` loads, and the model instances."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._synthetic import SyntheticEngine
 from voxtrio.speech.batched._interface import BatchModel
-from voxtrio.speech.batched._loop import BatchReplica
+from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
 
 # `--max-batch 0` (auto): rows per instance by where the model runs.
 AUTO_MAX_BATCH = {"synthetic": 256, "cpu": 16, "cuda": 64}
@@ -14,11 +16,13 @@ AUTO_MAX_BATCH = {"synthetic": 256, "cpu": 16, "cuda": 64}
 def auto_max_batch(engine: Engine) -> int:
     if isinstance(engine, SyntheticEngine):
         return AUTO_MAX_BATCH["synthetic"]
-    device = str(getattr(engine, "device", "cpu"))
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine
+
+    device = engine.device if isinstance(engine, VoxCPMEngine) else "cpu"
     return AUTO_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel:
+def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel[Any]:
     """The batched form of a loaded engine (same weights, same voices); else one row."""
     rows = max_batch or auto_max_batch(engine)
     if type(engine) is SyntheticEngine:
@@ -36,20 +40,39 @@ def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel:
     return SerialBatch(engine)
 
 
-def batch_replicas(
+def load_model(factory: EngineFactory, max_batch: int = 0) -> LoadedModel:
+    """Load an engine and its batched form; VoxCPM keeps voxcpm's bad-case retry."""
+    engine = factory()
+    from voxtrio.speech._voxcpm_engine import VoxCPMEngine
+
+    if isinstance(engine, VoxCPMEngine):
+        return LoadedModel(engine, batch_model_for(engine, max_batch), engine.badcase_steps)
+    return LoadedModel(engine, batch_model_for(engine, max_batch))
+
+
+def model_instances(
     factory: EngineFactory,
     *,
     workers: int,
     max_batch: int = 0,
     prefill_group: int = 2,
+    prefill_budget: float = 0.025,
+    join_steps: bool = True,
     credit_timeout: float = 30.0,
-) -> list[BatchReplica]:
+) -> list[ModelInstance]:
     """`workers` model instances, each loaded on its own step-loop thread."""
 
-    def load() -> BatchModel:
-        return batch_model_for(factory(), max_batch)
+    def load() -> LoadedModel:
+        return load_model(factory, max_batch)
 
     return [
-        BatchReplica(i, load, prefill_group=prefill_group, credit_timeout=credit_timeout)
+        ModelInstance(
+            i,
+            load,
+            prefill_group=prefill_group,
+            prefill_budget=prefill_budget,
+            join_steps=join_steps,
+            credit_timeout=credit_timeout,
+        )
         for i in range(workers)
     ]

@@ -1,16 +1,10 @@
-"""One model instance, one thread, a step loop that advances every running row.
+"""One model instance: a thread that loads it, then joins its scheduler and its model.
 
-The loop owns its `BatchModel` and runs `Job`s from the same pool API as the
-one-generation `Replica` (credits, stop flag, mailbox hand-over, per-chunk
-transform on this thread). Scheduling happens only between steps:
-
-- joins: jobs waiting in the inbox are prefilled `prefill_group` at a time, groups
-  following each other between two steps only while `prefill_budget` lasts, so a
-  running stream waits at most the budget plus one group's prefill;
-- leaves: a finished, failed or stopped row is released before the next step;
-- backpressure: a row whose client holds `chunk_buffer` untaken chunks (no credit)
-  is left out of the step (its position does not move) and stopped once it has had
-  no credit for `credit_timeout`; it never holds up the other rows.
+The thread's loop is `plan = scheduler.schedule()` -> `model.prefill` or `model.step`
+-> `scheduler.prefilled` / `scheduler.postprocess`; everything it decides is in
+`_scheduler.py`. This module does the rest: the inbox from the Trio side, the
+per-chunk transform and hand-over through the job's mailbox, releasing a row's slot
+before its job is reported done, and the heartbeat /health reads.
 """
 
 from __future__ import annotations
@@ -18,8 +12,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
+from typing import Any
 
 import attrs
 import numpy as np
@@ -29,77 +24,74 @@ import trio
 
 from voxtrio.speech._engine import Engine
 from voxtrio.speech._jobs import Job
-from voxtrio.speech.batched._interface import BatchModel, RowHandle
+from voxtrio.speech.batched._interface import BatchModel
+from voxtrio.speech.batched._scheduler import BadcaseRule, Plan, Scheduler, Waiting, never_badcase
 from voxtrio.speech.batched._stats import LoopStats
 
 log = structlog.get_logger("voxtrio.batched")
 
-BatchModelFactory = Callable[[], BatchModel]
-
-# How long an idle loop sleeps before re-checking (shutdown also wakes it).
+# How long a loop with nothing to do sleeps before looking again (every join, credit
+# and stop wakes it at once); shorter while rows wait for credit, for their timeout.
 _IDLE_TICK_S = 1.0
+_STARVED_TICK_S = 0.05
+
+
+@attrs.frozen
+class LoadedModel:
+    """What an instance's thread loads: the engine, its batched form, its retry rule."""
+
+    engine: Engine
+    model: BatchModel[Any]
+    badcase_steps: BadcaseRule = never_badcase
+
+
+ModelLoader = Callable[[], LoadedModel]
+"""Builds one instance's model; called on the thread that will own it."""
+
+JobDone = Callable[["ModelInstance", Job], None]
 
 
 class _Shutdown:
     pass
 
 
-@attrs.define(eq=False)
-class _Row:
-    job: Job
-    handle: RowHandle
-    collected: list[np.ndarray] = attrs.Factory(list)  # non-streaming jobs
-    starved_since: float | None = None  # no credit since then
-
-
-@attrs.frozen
-class LoopProgress:
-    """What /health reads as the replica's "current job": the loop's heartbeat."""
-
-    started_at: float | None
-    last_step_at: float | None
-
-
-class BatchReplica:
-    """A `Replica` with `capacity` slots: one model instance and its step loop."""
+class ModelInstance:
+    """One model instance and its step loop: `slots` generations at once."""
 
     def __init__(
         self,
         index: int,
-        factory: BatchModelFactory,
+        load: ModelLoader,
         *,
         prefill_group: int = 2,
         prefill_budget: float = 0.025,
+        join_steps: bool = True,
         credit_timeout: float = 30.0,
     ) -> None:
         self.index = index
-        self._factory = factory
+        self.join_steps = join_steps
+        self._load = load
         self.prefill_group = prefill_group
         self.prefill_budget = prefill_budget
         self.credit_timeout = credit_timeout
-        self.model: BatchModel | None = None
-        self.capacity = 0  # known once loaded
+        self.engine: Engine | None = None
+        self.model: BatchModel[Any] | None = None
+        self.slots = 0  # known once loaded
         self.stats = LoopStats()
         self.jobs_run = 0
+        self.slots_busy = 0  # jobs submitted and not yet reported done (Trio side)
+        self._heartbeat: float | None = None
         self._inbox: queue.SimpleQueue[Job | _Shutdown] = queue.SimpleQueue()
         self._wake = threading.Event()
-        self._rows: dict[Job, _Row] = {}
-        self._jobs_in: int = 0  # submitted, not yet finished (Trio side)
-        self._heartbeat: float | None = None
         self._thread = threading.Thread(
-            target=self._main, name=f"voxtrio-replica-{index}", daemon=True
+            target=self._main, name=f"voxtrio-instance-{index}", daemon=True
         )
         self._loaded: trio.Event | None = None
         self._load_error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
-        self._on_job_done: Callable[[BatchReplica, Job], None] | None = None
+        self._on_job_done: JobDone | None = None
 
     # -- Trio side ------------------------------------------------------------
-
-    @property
-    def engine(self) -> Engine | None:
-        """The engine under the model (sample rate, max_steps, voices), once loaded."""
-        return getattr(self.model, "engine", None)
 
     @property
     def thread(self) -> threading.Thread:
@@ -110,15 +102,11 @@ class BatchReplica:
         return self._load_error
 
     @property
-    def current(self) -> LoopProgress | None:
-        """None when idle; else the loop's last heartbeat (it beats even when all skip)."""
-        if self._jobs_in == 0:
-            return None
-        return LoopProgress(started_at=self._heartbeat, last_step_at=self._heartbeat)
+    def last_progress_at(self) -> float | None:
+        """While busy, the loop's last beat (it beats even when every row is skipped)."""
+        return self._heartbeat if self.slots_busy else None
 
-    def start(
-        self, token: trio.lowlevel.TrioToken, on_job_done: Callable[[BatchReplica, Job], None]
-    ) -> trio.Event:
+    def start(self, token: trio.lowlevel.TrioToken, on_job_done: JobDone) -> trio.Event:
         self._token = token
         self._on_job_done = on_job_done
         self._loaded = trio.Event()
@@ -126,8 +114,8 @@ class BatchReplica:
         return self._loaded
 
     def submit(self, job: Job) -> None:
-        # The pool gives a replica at most `capacity` jobs at once, so this is bounded.
-        self._jobs_in += 1
+        # The pool gives an instance at most `slots` jobs at once, so this is bounded.
+        self.slots_busy += 1
         job.wake = self._wake
         self._inbox.put(job)
         self._wake.set()
@@ -136,45 +124,61 @@ class BatchReplica:
         self._inbox.put(_Shutdown())
         self._wake.set()
 
-    # -- the loop's own thread --------------------------------------------------
+    # -- the instance's own thread ---------------------------------------------
 
     def _main(self) -> None:
         assert self._token is not None
         assert self._loaded is not None
         try:
-            model = self._factory()
-            model.warm_up()
+            loaded = self._load()
+            loaded.model.warm_up()
         except BaseException as exc:
             self._load_error = exc
             self._token.run_sync_soon(self._loaded.set)
             return
-        self.model = model
-        self.capacity = model.max_batch
+        model = loaded.model
+        self.engine, self.model, self.slots = loaded.engine, model, model.max_batch
+        scheduler: Scheduler[Job, Any] = Scheduler(
+            model.max_batch,
+            prefill_group=self.prefill_group,
+            prefill_budget=self.prefill_budget,
+            join_steps=self.join_steps,
+            credit_timeout=self.credit_timeout,
+            badcase_steps=loaded.badcase_steps,
+            bucket_for=model.bucket_for,
+        )
         self._token.run_sync_soon(self._loaded.set)
-        joining: list[Job] = []
         try:
-            while True:
-                self._heartbeat = time.perf_counter()
-                self._wake.clear()
-                if self._take_inbox(joining):
-                    return
-                self._admit(model, joining)
-                self._drop_stopped(model)
-                ready = self._with_credit(model)
-                if ready:
-                    self._step(model, ready)
-                elif not joining:
-                    # Nothing to do until a join, a credit or a stop (each sets wake).
-                    self._wake.wait(_IDLE_TICK_S if not self._rows else 0.05)
+            self._run(model, scheduler)
         finally:
-            for job in joining:
-                self._finish(job, outcome.Value(None), stopped=True)
-            for row in list(self._rows.values()):
-                self._leave(model, row, outcome.Value(None), stopped=True)
+            waiting, running = scheduler.drain()
+            for entry in waiting:
+                self._finish(entry.request, outcome.Value(None), stopped=True)
+            for row in running:
+                self._end(model, row.request, row.handle, outcome.Value(None), stopped=True)
             model.close()
-            log.info("step_loop_finished", replica=self.index, **self.stats.summary())
+            log.info("step_loop_finished", instance=self.index, **self.stats.summary())
 
-    def _take_inbox(self, joining: list[Job]) -> bool:
+    def _run(self, model: BatchModel[Any], scheduler: Scheduler[Job, Any]) -> None:
+        while True:
+            self._heartbeat = time.perf_counter()
+            self._wake.clear()
+            if self._take_inbox(scheduler):
+                return
+            plan = scheduler.schedule(time.perf_counter())
+            for leaving in plan.leaving:
+                if leaving.reason == "reader_timeout":
+                    log.warning("row_reader_timeout", request_id=leaving.request.request_id)
+                self._end(model, leaving.request, leaving.handle, outcome.Value(None), stopped=True)
+            if plan.prefill:
+                self._prefill(model, scheduler, plan.prefill)
+            elif plan.step:
+                self._step(model, scheduler, plan)
+            else:
+                self._wake.wait(_IDLE_TICK_S if scheduler.empty else _STARVED_TICK_S)
+            self.stats.skipped = scheduler.skipped
+
+    def _take_inbox(self, scheduler: Scheduler[Job, Any]) -> bool:
         while True:
             try:
                 item = self._inbox.get_nowait()
@@ -183,109 +187,78 @@ class BatchReplica:
             if isinstance(item, _Shutdown):
                 return True
             item.started_at = time.perf_counter()
-            joining.append(item)
+            scheduler.add(item)
 
-    def _admit(self, model: BatchModel, joining: list[Job]) -> None:
-        """Prefill waiting jobs in small groups until `prefill_budget` is spent.
-
-        The stall running rows see between two steps is at most the budget plus one
-        group's prefill; cheap prefills (the synthetic model) admit everyone at once.
-        """
-        began = time.perf_counter()
-        while joining and time.perf_counter() - began < self.prefill_budget:
-            group: list[Job] = []
-            while joining and len(group) < self.prefill_group:
-                job = joining.pop(0)
-                if job.stop_event.is_set():
-                    self._finish(job, outcome.Value(None), stopped=True)
-                else:
-                    group.append(job)
-            if group:
-                self._admit_group(model, group)
-
-    def _admit_group(self, model: BatchModel, group: list[Job]) -> None:
+    def _prefill(
+        self, model: BatchModel[Any], scheduler: Scheduler[Job, Any], group: Sequence[Waiting[Job]]
+    ) -> None:
         began = time.perf_counter()
         try:
-            handles = model.prefill([job.spec for job in group])
+            handles = model.prefill([waiting.spec for waiting in group])
         except Exception as exc:
             if len(group) == 1:
-                self._finish(group[0], outcome.Error(exc), stopped=False)
+                self._finish(group[0].request, outcome.Error(exc), stopped=False)
             else:
                 # One bad request must not fail its group: find it by prefilling alone.
-                for job in group:
-                    self._admit_group(model, [job])
+                for waiting in group:
+                    self._prefill(model, scheduler, [waiting])
             return
-        self.stats.prefilled(len(group), time.perf_counter() - began, running=len(self._rows))
-        for job, handle in zip(group, handles, strict=True):
-            self._rows[job] = _Row(job, handle)
+        seconds = time.perf_counter() - began
+        self.stats.prefilled(len(group), seconds, running=len(scheduler.running))
+        scheduler.prefilled(group, handles, seconds)
 
-    def _drop_stopped(self, model: BatchModel) -> None:
-        for row in list(self._rows.values()):
-            if row.job.stop_event.is_set():
-                self._leave(model, row, outcome.Value(None), stopped=True)
-
-    def _with_credit(self, model: BatchModel) -> list[_Row]:
-        """Rows whose client can take a chunk now; the others are skipped this step."""
-        now = time.perf_counter()
-        ready = []
-        for row in list(self._rows.values()):
-            if not row.job.spec.streaming or row.job.credits.acquire(blocking=False):
-                row.starved_since = None
-                ready.append(row)
-            elif row.starved_since is None:
-                row.starved_since = now
-            elif now - row.starved_since > self.credit_timeout:
-                log.warning("row_reader_timeout", request_id=row.job.request_id)
-                self._leave(model, row, outcome.Value(None), stopped=True)
-        if len(ready) < len(self._rows):
-            self.stats.skipped += len(self._rows) - len(ready)
-        return ready
-
-    def _step(self, model: BatchModel, rows: list[_Row]) -> None:
+    def _step(
+        self, model: BatchModel[Any], scheduler: Scheduler[Job, Any], plan: Plan[Job, Any]
+    ) -> None:
         began = time.perf_counter()
         try:
-            results = model.step([row.handle for row in rows])
+            results = model.step([row.handle for row in plan.step])
         except Exception as exc:
-            for row in rows:
-                self._leave(model, row, outcome.Error(exc), stopped=False)
+            for row in scheduler.step_failed(plan):
+                self._end(model, row.request, row.handle, outcome.Error(exc), stopped=False)
             return
         now = time.perf_counter()
-        self.stats.stepped(len(rows), now - began)
-        for row, result in zip(rows, results, strict=True):
-            job = row.job
+        rows = len(plan.step)
+        self.stats.stepped(rows, model.bucket_for(rows), now - began, full=plan.full)
+        for row in plan.step:
+            job = row.request
             job.steps += 1
             job.last_step_at = now
             if job.expected_steps is None:
                 job.expected_steps = model.max_steps(job.spec)
-            try:
-                self._deliver(row, result.audio, result.finished)
-            except Exception as exc:
-                self._leave(model, row, outcome.Error(exc), stopped=False)
-                continue
-            if result.finished:
-                self._leave(model, row, outcome.Value(None), stopped=False)
+        for out in scheduler.postprocess(plan, results, now - began):
+            job = out.row.request
+            if out.audio is not None:
+                try:
+                    self._deliver(job, out.audio)
+                except Exception as exc:
+                    scheduler.remove(out.row)
+                    self._end(model, job, out.row.handle, outcome.Error(exc), stopped=False)
+                    continue
+            if out.end == "finished":
+                self._end(model, job, out.row.handle, outcome.Value(None), stopped=False)
+            elif out.end == "retry":
+                log.info("badcase_retry", request_id=job.request_id, steps=out.row.steps)
+                model.release(out.row.handle)
+                job.expected_steps = (job.expected_steps or 0) + model.max_steps(job.spec)
 
     @staticmethod
-    def _deliver(row: _Row, audio: np.ndarray, finished: bool) -> None:
-        job = row.job
-        if not job.spec.streaming:
-            if audio.size:
-                row.collected.append(audio)
-            if not finished:
-                return
-            audio = np.concatenate(row.collected) if row.collected else audio
-        elif not audio.size:
-            job.credits.release()  # nothing handed over: the credit goes back
-            return
+    def _deliver(job: Job, audio: np.ndarray) -> None:
         item = audio if job.transform is None else job.transform(audio)
         job.mailbox.post(job.deliver, item)
 
-    def _leave(
-        self, model: BatchModel, row: _Row, result: outcome.Outcome[None], *, stopped: bool
+    def _end(
+        self,
+        model: BatchModel[Any],
+        job: Job,
+        handle: Any,
+        result: outcome.Outcome[None],
+        *,
+        stopped: bool,
     ) -> None:
-        self._rows.pop(row.job, None)
-        model.release(row.handle)  # the slot is free before the job is reported done
-        self._finish(row.job, result, stopped=stopped)
+        if handle is not None:
+            model.release(handle)  # the slot is free before the job is reported done
+        self._finish(job, result, stopped=stopped)
 
     def _finish(self, job: Job, result: outcome.Outcome[None], *, stopped: bool) -> None:
         job.finished_at = time.perf_counter()
@@ -298,7 +271,7 @@ class BatchReplica:
         job.result = result
         job.stopped = stopped
         job.send_channel.close()
-        self._jobs_in -= 1
+        self.slots_busy -= 1
         job.done.set()
         assert self._on_job_done is not None
         self._on_job_done(self, job)

@@ -16,7 +16,7 @@ import numpy as np
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._synthetic import SyntheticEngine
-from voxtrio.speech.batched._interface import StepResult
+from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 
 
 @attrs.define(eq=False)
@@ -40,6 +40,9 @@ class BatchedSynthetic:
     @property
     def sample_rate(self) -> int:
         return self.engine.sample_rate
+
+    def bucket_for(self, rows: int) -> int:
+        return power_of_two_bucket(rows, self.max_batch)  # no padding: only the metrics' label
 
     def max_steps(self, spec: SynthesisSpec) -> int:
         return self.engine.max_steps(spec)

@@ -18,7 +18,7 @@ import torch
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech.batched._cfm import draw_noise, solve_grouped
-from voxtrio.speech.batched._interface import StepResult
+from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 from voxtrio.speech.batched._lm import SlotKVCache
 from voxtrio.speech.batched._prefill import model_inputs, run_prefill
 from voxtrio.speech.batched._vae import StreamingDecoder, decode_windows
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 @attrs.define(eq=False)
 class VoxCPMRow:
-    """One generation's place in the batch (a `RowHandle`)."""
+    """One generation's place in the batch (the model's row type)."""
 
     slot: int
     spec: SynthesisSpec
@@ -82,6 +82,9 @@ class BatchedVoxCPM:
     @property
     def free_slots(self) -> int:
         return len(self._free)
+
+    def bucket_for(self, rows: int) -> int:
+        return power_of_two_bucket(rows, self._max_batch)  # no padding: only the metrics' label
 
     def max_steps(self, spec: SynthesisSpec) -> int:
         return self._engine.max_steps(spec)

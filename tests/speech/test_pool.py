@@ -1,4 +1,4 @@
-"""The replica pool: chunk hand-over, backpressure by credits, stopping, slots."""
+"""The instance pool: chunk hand-over, backpressure by credits, stopping, slots."""
 
 from __future__ import annotations
 
@@ -14,16 +14,20 @@ import trio
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._jobs import LoopMailbox
-from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._factory import model_instances
 
 LONG = "a" * 400  # 100 synthetic steps
 
 
 @asynccontextmanager
-async def started_pool(**kwargs: object) -> AsyncIterator[ReplicaPool]:
-    kwargs.setdefault("workers", 1)
-    pool = ReplicaPool(partial(SyntheticEngine, rtf=0.0), **kwargs)  # type: ignore[arg-type]
+async def started_pool(
+    *, workers: int = 1, max_batch: int = 1, chunk_buffer: int = 2
+) -> AsyncIterator[InstancePool]:
+    engine = partial(SyntheticEngine, rtf=0.0)
+    instances = model_instances(engine, workers=workers, max_batch=max_batch)
+    pool = InstancePool(instances, chunk_buffer=chunk_buffer)
     try:
         with trio.fail_after(10):
             await pool.start()
@@ -49,43 +53,45 @@ async def test_every_chunk_arrives_in_order_then_the_stream_ends() -> None:
     assert not job.stopped
 
 
-async def test_a_request_that_takes_nothing_holds_its_generator_to_the_buffer() -> None:
-    """Backpressure: untaken chunks stop the generator after `chunk_buffer` (+1 in hand)."""
+async def test_a_request_that_takes_nothing_holds_its_row_to_the_buffer() -> None:
+    """Backpressure: after `chunk_buffer` untaken chunks its row takes no more steps."""
     async with started_pool(chunk_buffer=3) as pool:
         with trio.fail_after(10):
             async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, chunks):
+                while job.steps < 3:
+                    await trio.sleep(0.001)
+                await trio.sleep(0.2)  # the loop would run all 100 steps in this time
+                assert job.steps == 3  # 3 handed over, then skipped for want of a credit
+                await chunks.receive()
                 while job.steps < 4:
                     await trio.sleep(0.001)
-                await trio.sleep(0.2)  # the thread would run all 100 steps in this time
-                assert job.steps == 4  # 3 handed over, the 4th waiting for a credit
-                await chunks.receive()
-                while job.steps < 5:
-                    await trio.sleep(0.001)
                 await trio.sleep(0.1)
-                assert job.steps == 5  # one credit back: exactly one more step
+                assert job.steps == 4  # one credit back: exactly one more step
 
 
-async def test_leaving_early_stops_a_thread_waiting_for_a_credit_at_once() -> None:
-    """A stop wakes a thread blocked on backpressure without waiting out its recheck."""
+async def test_leaving_early_stops_a_row_waiting_for_a_credit_at_once() -> None:
+    """A stop wakes a loop whose only row waits for a credit; the row leaves at once."""
     async with started_pool(chunk_buffer=1) as pool:
         with trio.fail_after(10):
             async with pool.run(SynthesisSpec(text=LONG), request_id="r") as (job, _chunks):
-                while job.steps < 2:
+                while job.steps < 1:
                     await trio.sleep(0.001)
-            stopped_at = time.perf_counter()
+                await trio.sleep(0.1)  # skipped ever since, for want of a credit
+                stopped_at = time.perf_counter()
             assert job.done.is_set()
     assert job.stopped
+    assert job.steps == 1
     assert job.finished_at is not None
     assert job.finished_at - stopped_at < 0.5
 
 
-async def test_a_stopped_job_gives_its_replica_back() -> None:
-    """After a job is stopped the next one gets the replica and runs to the end."""
+async def test_a_stopped_job_gives_its_slot_back() -> None:
+    """After a job is stopped the next one gets the slot and runs to the end."""
     async with started_pool(chunk_buffer=1) as pool:
         with trio.fail_after(10):
             async with pool.run(SynthesisSpec(text=LONG), request_id="a") as (first, chunks):
                 await chunks.receive()
-            assert pool.busy == 0
+            assert pool.slots_busy == 0
             assert pool.limiter.available_tokens == 1
             async with pool.run(SynthesisSpec(text="a" * 8), request_id="b") as (second, rest):
                 assert len([chunk async for chunk in rest]) == 2
@@ -107,7 +113,7 @@ async def test_chunks_for_a_request_that_is_gone_are_dropped_without_harm() -> N
 @pytest.mark.parametrize("chunk_buffer", [1, 2, 8])
 async def test_many_jobs_in_turn_leave_no_credits_or_slots_behind(chunk_buffer: int) -> None:
     """Jobs read fully, read partly and not at all all leave the pool as they found it."""
-    async with started_pool(chunk_buffer=chunk_buffer, workers=2) as pool:
+    async with started_pool(chunk_buffer=chunk_buffer, workers=2, max_batch=2) as pool:
         with trio.fail_after(20):
             for i in range(12):
                 async with pool.run(SynthesisSpec(text="a" * 40), request_id=f"r{i}") as (
@@ -120,8 +126,8 @@ async def test_many_jobs_in_turn_leave_no_credits_or_slots_behind(chunk_buffer: 
                         await chunks.receive()
                     # else: leave without reading anything
                 assert job.done.is_set()
-            assert pool.busy == 0
-            assert pool.limiter.available_tokens == 2
+            assert pool.slots_busy == 0
+            assert pool.limiter.available_tokens == 4
 
 
 async def test_mailbox_runs_posts_from_many_threads_in_each_threads_order() -> None:
