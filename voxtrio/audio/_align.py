@@ -34,9 +34,9 @@ _DECODER_OPTIONS: dict[str, Any] = {
     "lm": None,
     "bestpath": False,
     "loglevel": "FATAL",
-    "beam": 1e-80,
-    "pbeam": 1e-80,
-    "wbeam": 1e-60,
+    "beam": 1e-150,
+    "pbeam": 1e-150,
+    "wbeam": 1e-120,
 }
 
 
