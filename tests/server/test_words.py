@@ -15,17 +15,25 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import dashscope
 import httpx
 import pytest
 import trio
+from dashscope.audio import tts_v2
 from trio_websocket import open_websocket_url
 
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
 from voxtrio.tools._tiny_model import expected_chunks
 
-from ..support import speak
-from .test_dashscope_endpoint import collect_task, continue_task, finish_task, run_task
+from ..support import session, speak
+from .test_dashscope_endpoint import (
+    Collect,
+    collect_task,
+    continue_task,
+    finish_task,
+    run_task,
+)
 
 CHUNK_SECONDS = 7680 / 48000
 TEXT = "Hello there. How are you today?"
@@ -165,3 +173,57 @@ async def test_openai_sse_carries_word_events_before_each_sentence_ends(
     times = [t for i in positions for w in events[i]["words"] for t in (w["start"], w["end"])]
     assert_non_decreasing(times)
     assert times[-1] <= seconds + 0.01
+
+
+async def test_text_stream_words_follow_the_sentences_as_they_are_cut(
+    tiny_server: ServerHandle,
+) -> None:
+    """text_stream_start's word_timestamps: a `words` per sentence cut from the deltas."""
+    async with session(tiny_server.url) as s:
+        await s.send(
+            {
+                "type": "text_stream_start",
+                "request_id": "ts",
+                "params": {"word_timestamps": True, "max_len": 2},
+            }
+        )
+        for delta in ("Hello the", "re. How are", " you?"):
+            await s.send({"type": "text_delta", "request_id": "ts", "text": delta})
+        await s.send({"type": "text_stream_end", "request_id": "ts"})
+        await s.until_terminal("ts")
+        outcome = s.outcomes["ts"]
+    words = [m for m in outcome.messages if m["type"] == "words"]
+    assert [[w["text"] for w in m["words"]] for m in words] == [
+        ["Hello", "there."],
+        ["How", "are", "you?"],
+    ]
+
+
+async def test_dashscope_sdk_hands_the_words_to_its_callback(
+    tiny_server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The official SDK, word_timestamp_enabled via additional_params: words in on_event."""
+    monkeypatch.setattr(dashscope, "api_key", "sk-anything")
+    callback = Collect()
+    synth = tts_v2.SpeechSynthesizer(
+        model="cosyvoice-v2",
+        voice="default",
+        format=tts_v2.AudioFormat.PCM_48000HZ_MONO_16BIT,
+        url=tiny_server.url.replace("/tts", "/api-ws/v1/inference"),
+        callback=callback,
+        additional_params={"word_timestamp_enabled": True},
+    )
+
+    def run() -> None:
+        synth.streaming_call("Hello there.")
+        synth.streaming_complete()
+
+    with trio.fail_after(120):
+        await trio.to_thread.run_sync(run)
+    assert callback.errors == []
+    ends = [
+        e["payload"]["output"]["sentence"]
+        for e in callback.events
+        if e["payload"]["output"].get("type") == "sentence-end"
+    ]
+    assert [[w["text"] for w in s["words"]] for s in ends] == [["Hello", "there."]]
