@@ -46,6 +46,15 @@ ENGLISH = [
     "The weather tomorrow will be cloudy with a chance of light rain.",
     "My flight leaves at seven fifteen, so I need to leave the house by five.",
 ]
+# Names and brands outside the dictionary: the aligner times them from the gap.
+ENGLISH_NAMES = [
+    "Please call Zorbaxx and ask her to bring these things.",
+    "The Voxtrio server answers in about forty milliseconds.",
+    "Tell Quenbryl that the meeting moved to Tuesday.",
+    "We shipped Plonkify yesterday, and it works.",
+    "Your driver Mbeko will arrive in five minutes.",
+    "Open the Fizzlr app and tap the green button.",
+]
 GERMAN = [
     "Der schnelle braune Fuchs springt über den faulen Hund.",
     "Bitte rufen Sie mich morgen früh noch einmal an, wenn Sie Zeit haben.",
@@ -190,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     aligner.tokens(["warm", "42"])  # load the model and inflect outside the timings
     rows = [measure(espeak, aligner, ENGLISH, "en-us", wpm) for wpm in args.rates]
     rows.append(measure(espeak, aligner, ENGLISH, "en", 175))  # British English
+    rows.append(measure(espeak, aligner, ENGLISH_NAMES, "en-us", 175))
     rows.append(measure(espeak, aligner, GERMAN, "de", 175))
     for row in rows:
         print(json.dumps(row))
