@@ -63,7 +63,7 @@ def test_a_word_outside_the_dictionary_gets_the_gap_between_its_neighbours(
     aligner: SphinxAligner, tmp_path: Path
 ) -> None:
     """A name the dictionary lacks spans the audio between the words around it."""
-    words = "Please call Zorbaxx and ask her".split()
+    words = ["Please", "call", "Zorbaxx", "and", "ask", "her"]
     audio, rate, reference = espeak_words(words, tmp_path, gap=0.05)
     times = aligner.align(words, audio, rate)
     assert times is not None
