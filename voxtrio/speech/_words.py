@@ -26,7 +26,9 @@ from voxtrio.speech._output import OutputSpec
 
 log = structlog.get_logger("voxtrio.words")
 
-ALIGN_WAIT_SECONDS = 0.5  # deadline to get the aligner; past it the sentence is estimated
+# To get the aligner; past it the sentence is estimated. The sentence's last audio
+# piece waits meanwhile, so this bounds the pause a busy aligner can add.
+ALIGN_WAIT_SECONDS = 0.25
 
 
 @attrs.frozen
