@@ -67,3 +67,13 @@ async def test_a_busy_aligner_is_not_waited_for_past_the_deadline(
         assert words.estimated
         assert trio.current_time() - started == pytest.approx(ALIGN_WAIT_SECONDS)
         release.set()
+
+
+async def test_times_never_go_back_across_sentences() -> None:
+    """A sentence whose offset falls before the last word's end starts at that end."""
+    timer = WordTimer(aligner=None)
+    words = await timer.time_sentence(
+        1, "one two", AUDIO, RATE, offset=0.0, scale=1.0, not_before=0.5
+    )
+    assert all(w.start >= 0.5 for w in words.words)
+    assert all(w.end >= w.start for w in words.words)

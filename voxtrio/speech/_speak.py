@@ -168,7 +168,10 @@ async def _speak_one(
                 pool.sample_rate,
                 offset=starts_at,
                 scale=timer.scale,
+                not_before=timer.last_end,
             )
+            if words.words:
+                timer.last_end = words.words[-1].end
             await sink.words(utterance, words)
         await _send(sink, held + tail, stream, stats)
     await _send(sink, await stream.silence(utterance.silence_after_ms), stream, stats)
@@ -176,10 +179,11 @@ async def _speak_one(
     await sink.utterance_finished(utterance, stream.samples_in - before)
 
 
-@attrs.frozen
+@attrs.define
 class _WordTiming:
     timer: WordTimer
     scale: float  # playback_scale(output)
+    last_end: float = 0.0  # the request's last word end so far
 
 
 def _capturing(

@@ -65,9 +65,11 @@ class WordTimer:
         *,
         offset: float,
         scale: float,
+        not_before: float = 0.0,
     ) -> SentenceWords:
         """Time `text`'s words in `audio` (model rate); `offset`: seconds of request audio
-        before the sentence; `scale`: `playback_scale` of the output."""
+        before the sentence; `scale`: `playback_scale` of the output; `not_before`: the
+        previous sentence's last word end (times never go back across sentences)."""
         words = split_words(text)
         texts = [w.text for w in words]
         times: list[tuple[float, float]] | None = None
@@ -79,7 +81,7 @@ class WordTimer:
         duration = len(audio) / sample_rate
         return SentenceWords(
             index,
-            _timed(words, times, duration, offset=offset, scale=scale),
+            _timed(words, times, duration, offset=offset, scale=scale, not_before=not_before),
             estimated,
         )
 
@@ -111,6 +113,7 @@ def _timed(
     *,
     offset: float,
     scale: float,
+    not_before: float,
 ) -> list[TimedWord]:
     """Sentence-local model seconds -> request seconds the client hears, non-decreasing."""
     out: list[TimedWord] = []
@@ -119,15 +122,9 @@ def _timed(
         start = min(max(start, floor), duration)
         end = min(max(end, start), duration)
         floor = end
-        out.append(
-            TimedWord(
-                word.text,
-                word.begin,
-                word.end,
-                round(offset + start * scale, 3),
-                round(offset + end * scale, 3),
-            )
-        )
+        at = max(round(offset + start * scale, 3), not_before)
+        until = max(round(offset + end * scale, 3), at)
+        out.append(TimedWord(word.text, word.begin, word.end, at, until))
     return out
 
 
