@@ -62,6 +62,7 @@ class TaskParams:
     seed: int | None
     bit_rate: int | None  # bits/s for AudioEncoder(bit_rate=); None = codec default
     enable_ssml: bool
+    word_timestamps: bool = False  # word_timestamp_enabled: sentence-end carries words
 
     @property
     def needs_dsp(self) -> bool:
@@ -110,6 +111,10 @@ def validate_parameters(
             f"{raw.pitch} is not supported: changing pitch needs the optional Rubber Band "
             "extra (pip install voxtrio[dsp], GPL-2.0), not installed here; send 1.0"
         )
+    if not isinstance(raw.word_timestamp_enabled, bool | None):
+        errors["word_timestamp_enabled"] = (
+            f"must be true or false, got {str(raw.word_timestamp_enabled)[:32]!r}"
+        )
     bit_rate = _bit_rate(raw, fmt, rate, errors)
     if errors:
         summary = "; ".join(f"parameters.{k}: {v}" for k, v in sorted(errors.items()))
@@ -126,6 +131,7 @@ def validate_parameters(
         seed=raw.seed,
         bit_rate=bit_rate,
         enable_ssml=raw.enable_ssml or raw.text_type == "SSML",
+        word_timestamps=raw.word_timestamp_enabled is True,
     )
     ignored = {
         name: getattr(raw, name)
