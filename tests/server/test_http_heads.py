@@ -93,7 +93,8 @@ async def test_a_client_that_stops_reading_is_let_go_without_an_error(
                 while not any(entry["event"] == "http_client_gone" for entry in logs):
                     await trio.sleep(0.05)
             await trio.sleep(0.2)
-    assert [e for e in logs if e["log_level"] in ("error", "critical", "warning")] == []
+    # Only error lines count: the engine may warn about the generation it was stopping.
+    assert [e for e in logs if e["log_level"] in ("error", "critical")] == []
     gone = next(entry for entry in logs if entry["event"] == "http_client_gone")
     assert gone["log_level"] == "info"
     assert "did not read" in gone["reason"]
