@@ -58,9 +58,14 @@ def test_pipecat_snippet_speaks_24khz_audio_into_a_16khz_pipeline(
     assert tts._settings.voice == "marin"
 
     async def speak() -> tuple[list[TTSAudioRawFrame], list[str]]:
-        async with pipeline(tts, sample_rate=16000) as harness:
-            frames = await harness.turn(TEXT.split(" "))
-            return frames, harness.error_texts()
+        try:
+            async with pipeline(tts, sample_rate=16000) as harness:
+                frames = await harness.turn(TEXT.split(" "))
+                return frames, harness.error_texts()
+        finally:
+            # Pipecat 1.14 never closes its AsyncOpenAI client; the kept-alive pooled
+            # socket would otherwise be left to the garbage collector (a ResourceWarning).
+            await tts._client.close()
 
     frames, errors = asyncio.run(speak())
     assert errors == []
