@@ -235,3 +235,16 @@ async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> N
     for key in ("websocket_first_audio_ms_median", "http_first_byte_ms_median"):
         assert isinstance(figures[key], float)
         assert 0 < figures[key] < 5000
+
+
+async def test_openai_ttfb_keepalive_mode_reuses_one_connection(synthetic_server: Any) -> None:
+    """bench.openai_ttfb --keepalive times requests on one connection and on new ones."""
+    from bench.openai_ttfb import measure_keepalive
+
+    figures = await measure_keepalive(synthetic_server.url, 2)
+    assert figures["runs"] == 2
+    for key in ("one_connection_first_audio_ms", "new_connections_first_audio_ms"):
+        values = figures[key]
+        assert isinstance(values, list)
+        assert len(values) == 2
+        assert all(0 < value < 5000 for value in values)
