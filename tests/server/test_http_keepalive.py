@@ -164,3 +164,37 @@ async def test_a_stream_running_at_drain_finishes_then_the_connection_closes(
         reply = parse(received + rest)
         assert reply.status == 200
         assert len(reply.body) == 6 * 7680 // 2 * 2
+
+
+async def test_a_later_request_on_the_connection_has_the_same_deadline(
+    start_server: Callable[..., Any],
+) -> None:
+    """A second request that stops sending its body gets 408, like a first one would."""
+    server: ServerHandle = await start_server(handshake_timeout=0.5)
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        assert (await exchange(stream, MODELS)).status == 200
+        unfinished = post("/v1/audio/speech", SPEECH)[:-5]
+        started = trio.current_time()
+        reply = await exchange(stream, unfinished, limit_s=5.0)
+        assert reply.status == 408
+        assert trio.current_time() - started < 3.0
+        assert reply.header("connection") == "close"
+
+
+async def test_an_idle_connection_is_evicted_for_a_newcomer(
+    start_server: Callable[..., Any],
+) -> None:
+    """Idle kept-alive connections are pending: past the pool's bound the oldest makes room."""
+    server: ServerHandle = await start_server(max_connections=2)
+    first = await trio.open_tcp_stream("127.0.0.1", server.port)
+    second = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with first, second:
+        assert (await exchange(first, MODELS)).status == 200
+        assert (await exchange(second, MODELS)).status == 200
+        await trio.sleep(1.2)  # past the pending pool's grace for young readers
+        newcomer = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with newcomer:
+            assert await closed_within(first, 3.0)
+            assert (await exchange(newcomer, MODELS)).status == 200
+        assert (await exchange(second, MODELS)).status == 200
