@@ -198,3 +198,18 @@ async def test_an_idle_connection_is_evicted_for_a_newcomer(
             assert await closed_within(first, 3.0)
             assert (await exchange(newcomer, MODELS)).status == 200
         assert (await exchange(second, MODELS)).status == 200
+
+
+async def test_an_http_1_0_client_gets_its_response_then_a_close(
+    synthetic_server: ServerHandle,
+) -> None:
+    """HTTP/1.0 has no keep-alive by default: the streamed answer is whole, then closed."""
+    stream = await trio.open_tcp_stream("127.0.0.1", synthetic_server.port)
+    async with stream:
+        data = post("/v1/audio/speech", SPEECH).replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        await stream.send_all(data)
+        raw = await read_all(stream, 5.0)  # ends when the server closes
+    reply = parse(raw)
+    assert reply.status == 200
+    assert reply.header("connection") == "close"
+    assert len(reply.body) == 3 * 7680 // 2 * 2
