@@ -213,3 +213,23 @@ async def test_an_http_1_0_client_gets_its_response_then_a_close(
     assert reply.status == 200
     assert reply.header("connection") == "close"
     assert len(reply.body) == 3 * 7680 // 2 * 2
+
+
+async def test_a_hang_up_during_a_later_request_frees_its_replica(
+    start_server: Callable[..., Any],
+) -> None:
+    """On a reused connection, a client leaving mid-stream still stops its generation."""
+    server: ServerHandle = await start_server(
+        lambda: SyntheticEngine(rtf=1.0), max_concurrent=1, workers=1
+    )
+    pool = server.server.pool
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    long_text = json.dumps({"input": "A long text. " * 40, "response_format": "pcm"}).encode()
+    async with stream:
+        assert (await exchange(stream, MODELS)).status == 200
+        await stream.send_all(post("/v1/audio/speech", long_text))
+        assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200 ")
+        assert pool.admitted == 1
+    with trio.fail_after(5):  # 40 sentences at real-time pace would take ~60 s
+        while pool.admitted:
+            await trio.sleep(0.01)
