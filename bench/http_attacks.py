@@ -113,7 +113,9 @@ class Target:
         self.auth = (f"Authorization: Bearer {KEY}".encode(),) if keyed else ()
 
     async def legit(self) -> str:
-        status, _ = await exchange(self.port, speech_request(self.host, *self.auth))
+        # Connection: close, since `exchange` reads until the server closes (keep-alive).
+        request = speech_request(self.host, *self.auth, b"Connection: close")
+        status, _ = await exchange(self.port, request)
         return status
 
 

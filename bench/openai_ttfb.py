@@ -8,6 +8,14 @@ time. HTTP: from sending `POST /v1/audio/speech` (pcm) on a fresh TCP connection
 the first body byte, then it hangs up. WebSocket: from opening a fresh connection and
 sending `tts_request` (pcm16, 24 kHz) to the first audio frame, then it cancels.
 Both include connecting (the WebSocket path its upgrade handshake too).
+
+    python -m bench.openai_ttfb --keepalive [--model DIR] [--runs 20]
+
+HTTP keep-alive: `runs` sequential requests on one persistent connection vs the same
+number each on a new connection, alternating the two series request by request.
+Every response is read to its end (a kept-alive connection can only be reused
+then); first audio is timed from sending the request (for a new connection: from
+opening it) to the first body byte.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import h11
 import trio
 from trio_websocket import open_websocket_url
 
@@ -78,6 +87,79 @@ async def http_ttfb(host: str, port: int) -> float:
     raise AssertionError("unreachable")
 
 
+class KeptAlive:
+    """An HTTP/1.1 client connection that sends requests one after another (h11)."""
+
+    def __init__(self, stream: trio.SocketStream, authority: str) -> None:
+        self.stream = stream
+        self.authority = authority  # the Host header (a keyless server checks it)
+        self.conn = h11.Connection(h11.CLIENT)
+
+    async def speak(self, started: float) -> tuple[float, bool]:
+        """POST one speech request, read its whole response; (first audio s, reusable)."""
+        body = json.dumps(
+            {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": "pcm"}
+        ).encode()
+        head = [("host", self.authority), ("content-type", "application/json")]
+        head.append(("content-length", str(len(body))))
+        out = self.conn.send(h11.Request(method="POST", target="/v1/audio/speech", headers=head))
+        out = (out or b"") + (self.conn.send(h11.Data(data=body)) or b"")
+        await self.stream.send_all(out + (self.conn.send(h11.EndOfMessage()) or b""))
+        first: float | None = None
+        while True:
+            event = self.conn.next_event()
+            if event is h11.NEED_DATA:
+                self.conn.receive_data(await self.stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                assert event.status_code == 200, event
+            elif isinstance(event, h11.Data) and first is None:
+                first = time.perf_counter() - started
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            elif isinstance(event, h11.ConnectionClosed):
+                raise AssertionError("closed before the response ended")
+        assert first is not None
+        reusable = self.conn.our_state is h11.DONE and self.conn.their_state is h11.DONE
+        if reusable:
+            self.conn.start_next_cycle()
+        return first, reusable
+
+
+async def measure_keepalive(url: str, runs: int) -> dict[str, object]:
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    reused, fresh = [], []
+    authority = f"{host}:{port}"
+    persistent = KeptAlive(await trio.open_tcp_stream(host, port), authority)
+    await persistent.speak(time.perf_counter())  # warm the path (and the connection)
+    for _ in range(runs):
+        first, reusable = await persistent.speak(time.perf_counter())
+        assert reusable, "the server closed a kept-alive connection"
+        reused.append(first)
+        await trio.sleep(PAUSE_S)
+        started = time.perf_counter()
+        stream = await trio.open_tcp_stream(host, port)
+        async with stream:
+            first, _ = await KeptAlive(stream, authority).speak(started)
+        fresh.append(first)
+        await trio.sleep(PAUSE_S)
+    await persistent.stream.aclose()
+
+    def ms(values: list[float], q: float) -> float:
+        return round(sorted(values)[max(0, int(len(values) * q) - 1)] * 1000, 2)
+
+    return {
+        "runs": runs,
+        "text": TEXT,
+        "one_connection_first_audio_ms_median": round(statistics.median(reused) * 1000, 2),
+        "new_connections_first_audio_ms_median": round(statistics.median(fresh) * 1000, 2),
+        "one_connection_first_audio_ms_p90": ms(reused, 0.9),
+        "new_connections_first_audio_ms_p90": ms(fresh, 0.9),
+        "one_connection_first_audio_ms": [round(v * 1000, 2) for v in reused],
+        "new_connections_first_audio_ms": [round(v * 1000, 2) for v in fresh],
+    }
+
+
 async def measure(url: str, runs: int) -> dict[str, object]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -110,6 +192,11 @@ def main() -> int:
     parser.add_argument("--engine", choices=("voxcpm", "synthetic"), default="voxcpm")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument(
+        "--keepalive",
+        action="store_true",
+        help="HTTP on one kept-alive connection vs a new connection per request",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -130,7 +217,7 @@ def main() -> int:
                     raise SystemExit("voxtrio serve did not start")
                 time.sleep(0.1)
             url = ready.read_text().split()[0]
-            figures = trio.run(measure, url, args.runs)
+            figures = trio.run(measure_keepalive if args.keepalive else measure, url, args.runs)
         finally:
             server.terminate()
             server.wait(timeout=60)
@@ -139,7 +226,9 @@ def main() -> int:
     figures["command"] = "python -m bench.openai_ttfb " + " ".join(sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"openai-ttfb-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    name = "http-keepalive" if args.keepalive else "openai-ttfb"
+    figures["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    path = out / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")

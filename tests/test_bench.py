@@ -253,3 +253,16 @@ def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
     assert row["aligner"]["boundaries"] == row["estimate"]["boundaries"] > 20
     assert row["aligner"]["mean_ms"] < row["estimate"]["mean_ms"]
     assert row["aligner"]["mean_ms"] < 60
+
+
+async def test_openai_ttfb_keepalive_mode_reuses_one_connection(synthetic_server: Any) -> None:
+    """bench.openai_ttfb --keepalive times requests on one connection and on new ones."""
+    from bench.openai_ttfb import measure_keepalive
+
+    figures = await measure_keepalive(synthetic_server.url, 2)
+    assert figures["runs"] == 2
+    for key in ("one_connection_first_audio_ms", "new_connections_first_audio_ms"):
+        values = figures[key]
+        assert isinstance(values, list)
+        assert len(values) == 2
+        assert all(0 < value < 5000 for value in values)

@@ -62,6 +62,16 @@ class Settings:
     max_stream_buffer_chars: int = 20_000
     chunk_buffer: int = 2
     queue_timeout: float = 30.0
+    # HTTP's wait for a replica: well under the clients' own read timeouts (LiveKit's
+    # 30 s, often less behind proxies) so a saturated server answers 429 + Retry-After
+    # before the client gives up on its own.
+    http_queue_timeout: float = 10.0
+    # Idle wait for the next request on a kept-alive HTTP connection. Long enough to
+    # span an agent's turn gap (the user speaks for some seconds between replies),
+    # short enough that pooled sockets do not pile up; idle connections hold no
+    # request capacity and are evicted first under a burst.
+    http_keepalive_timeout: float = 15.0
+    http_keepalive_requests: int = 1000  # requests on one HTTP connection at most
     stop_timeout: float = 10.0
     load_timeout: float = 900.0
     handshake_timeout: float = 10.0
@@ -286,6 +296,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("chunk_buffer", "TTS_CHUNK_BUFFER", _positive_int, "chunks buffered per request"),
     Option(
         "queue_timeout", "TTS_QUEUE_TIMEOUT", _positive_float, "wait for a free generation slot, s"
+    ),
+    Option(
+        "http_queue_timeout",
+        "TTS_HTTP_QUEUE_TIMEOUT",
+        _positive_float,
+        "wait for a replica on the HTTP API before 429 + Retry-After, s (at most queue-timeout)",
+    ),
+    Option(
+        "http_keepalive_timeout",
+        "TTS_HTTP_KEEPALIVE_TIMEOUT",
+        _positive_float,
+        "close a kept-alive HTTP connection idle between requests this long, s",
+    ),
+    Option(
+        "http_keepalive_requests",
+        "TTS_HTTP_KEEPALIVE_REQUESTS",
+        _positive_int,
+        "requests on one HTTP connection at most (then Connection: close)",
     ),
     Option(
         "stop_timeout", "TTS_STOP_TIMEOUT", _positive_float, "wait for a cancelled generation, s"

@@ -73,13 +73,48 @@ async def read_all(stream: trio.SocketStream, limit_s: float = 5.0) -> bytes:
 async def request(
     port: int, data: bytes, *, half_close: bool = False, limit_s: float = 5.0
 ) -> Reply:
-    """Send `data` on a fresh connection and read the answer until the server closes."""
+    """Send `data` on a fresh connection; read the answer until it is whole or the server closes.
+
+    (A kept-alive connection stays open after a whole response.)
+    """
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
         await stream.send_all(data)
         if half_close:
             await stream.send_eof()
-        return parse(await read_all(stream, limit_s))
+        return parse(await read_response(stream, limit_s, head_only=data.startswith(b"HEAD ")))
+
+
+async def read_response(
+    stream: trio.SocketStream, limit_s: float = 5.0, *, head_only: bool = False
+) -> bytes:
+    """Bytes until one final response is complete, or until the server closes."""
+    received = bytearray()
+    with trio.fail_after(limit_s):
+        while not is_complete(bytes(received), head_only=head_only):
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not data:
+                break
+            received += data
+    return bytes(received)
+
+
+def is_complete(raw: bytes, *, head_only: bool = False) -> bool:
+    """Whether `raw` holds a whole final response (by Content-Length or the last chunk)."""
+    while raw.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in raw:
+        raw = raw.split(b"\r\n\r\n", 1)[1]
+    if b"\r\n\r\n" not in raw or raw.startswith(b"HTTP/1.1 1"):
+        return False
+    reply = parse(raw)
+    if head_only:
+        return True
+    if (reply.header("transfer-encoding") or "").lower() == "chunked":
+        return raw.endswith(b"\r\n0\r\n\r\n")
+    length = reply.header("content-length")
+    return length is not None and len(raw.partition(b"\r\n\r\n")[2]) >= int(length)
 
 
 def post(

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.server.http_raw import LOCAL, parse, post, read_all, request
+from tests.server.http_raw import LOCAL, parse, post, read_all, read_response, request
 from voxtrio._app import run_server
 from voxtrio._config import Settings
 from voxtrio.ops._auth import KeyStore
@@ -74,7 +74,7 @@ async def test_100_continue_only_follows_a_valid_key(keyed: Callable[..., Any]) 
             interim = await stream.receive_some(4096)
         assert interim.startswith(b"HTTP/1.1 100 ")
         await stream.send_all(SPEECH)
-        assert parse(await read_all(stream)).status == 200
+        assert parse(await read_response(stream)).status == 200
 
 
 async def test_a_json_body_declared_over_the_json_limit_is_413_at_once(

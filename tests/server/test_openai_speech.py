@@ -57,13 +57,15 @@ async def test_sdk_streams_every_format_to_the_expected_length(
     """The SDK's streaming response decodes to the text's length at OpenAI's rate."""
 
     def fetch() -> tuple[bytes, str]:
-        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
-        with client.audio.speech.with_streaming_response.create(
-            model="tts-1",
-            voice="alloy",
-            input=TEXT,
-            response_format=fmt,  # type: ignore[arg-type]
-        ) as response:
+        with (
+            openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused") as client,
+            client.audio.speech.with_streaming_response.create(
+                model="tts-1",
+                voice="alloy",
+                input=TEXT,
+                response_format=fmt,  # type: ignore[arg-type]
+            ) as response,
+        ):
             return b"".join(response.iter_bytes()), response.headers["content-type"]
 
     data, content_type = await run_sync(fetch)
@@ -80,14 +82,16 @@ async def test_sse_stream_carries_base64_deltas_and_a_done_event(
     """stream_format=sse sends speech.audio.delta events, then one speech.audio.done."""
 
     def fetch() -> list[dict[str, Any]]:
-        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
-        with client.audio.speech.with_streaming_response.create(
-            model="gpt-4o-mini-tts",
-            voice="coral",
-            input=TEXT,
-            response_format="pcm",
-            stream_format="sse",
-        ) as response:
+        with (
+            openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused") as client,
+            client.audio.speech.with_streaming_response.create(
+                model="gpt-4o-mini-tts",
+                voice="coral",
+                input=TEXT,
+                response_format="pcm",
+                stream_format="sse",
+            ) as response,
+        ):
             assert response.headers["content-type"].startswith("text/event-stream")
             return [
                 json.loads(line[len("data: ") :])
@@ -126,8 +130,8 @@ async def test_sdk_raises_bad_request_for_an_unknown_voice(synthetic_server: Ser
     """A voice that is neither OpenAI's nor in the library is a 400 the SDK raises."""
 
     def create() -> None:
-        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
-        client.audio.speech.create(model="tts-1", voice="nobody-here", input=TEXT)
+        with openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused") as client:
+            client.audio.speech.create(model="tts-1", voice="nobody-here", input=TEXT)
 
     with pytest.raises(openai.BadRequestError, match="nobody-here"):
         await run_sync(create)
@@ -152,8 +156,8 @@ async def test_missing_key_is_401_and_the_right_key_works(nursery: trio.Nursery)
     )
 
     def create(key: str) -> bytes:
-        client = openai.OpenAI(base_url=base_url(server), api_key=key, max_retries=0)
-        return client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.").content
+        with openai.OpenAI(base_url=base_url(server), api_key=key, max_retries=0) as client:
+            return client.audio.speech.create(model="tts-1", voice="alloy", input="Hi.").content
 
     with pytest.raises(openai.AuthenticationError):
         await run_sync(lambda: create("sk-wrong-0123456789abcdef"))
@@ -181,10 +185,10 @@ async def test_models_and_voices_are_listed(synthetic_server: ServerHandle) -> N
     """GET /v1/models lists the model ids the SDK may send; /v1/audio/voices OpenAI's names."""
 
     def fetch() -> tuple[list[str], list[str]]:
-        client = openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused")
-        models = [m.id for m in client.models.list()]
-        voices = httpx.get(f"{base_url(synthetic_server)}/audio/voices").json()["voices"]
-        return models, voices
+        with openai.OpenAI(base_url=base_url(synthetic_server), api_key="unused") as client:
+            models = [m.id for m in client.models.list()]
+            voices = httpx.get(f"{base_url(synthetic_server)}/audio/voices").json()["voices"]
+            return models, voices
 
     models, voices = await run_sync(fetch)
     assert {"tts-1", "voxtrio"} <= set(models)

@@ -241,13 +241,13 @@ class TtsServer:
         self.draining = True
         self._listener_scope.cancel()
         log.info("draining", connections=len(self.connections), drain_timeout=drain_timeout)
-        for connection in self.connections:
-            connection.begin_drain()
         http_requests = list(self.http.requests) if self.http is not None else []
         ending: list[Endpoint | HttpRequestHandle] = [
             *self.connections,
             *http_requests,
         ]
+        for item in ending:  # an idle keep-alive HTTP connection closes now
+            item.begin_drain()
         with trio.move_on_after(drain_timeout):
             for item in ending:
                 await item.idle.wait()

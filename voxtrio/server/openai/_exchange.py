@@ -1,20 +1,25 @@
-"""One HTTP/1.1 request and its response on the shared port, over h11.
+"""HTTP/1.1 requests and their responses on the shared port, over h11.
 
-One request per connection (`Connection: close`), as on the side port. The head
-is read first (`read_head`) so the caller can decide on it alone (route, key,
-origin, media type, declared size) before a byte of the body is read or
-`100 Continue` is sent; the body is then read piece by piece against the
-route's limit (`read_body`), each piece handed on as it comes. A response is
-either whole (`respond`) or streamed with chunked transfer (`start` + `send` +
-`end`), each write under the write deadline; a HEAD request gets the head of the
-GET response and no body. A peer that stops reading or goes away raises
-`ConnectionGone`, the same error the WebSocket writer raises.
+A connection serves requests one after another (keep-alive): after a response
+the exchange starts h11's next cycle (`next_cycle`) when both sides finished
+their message cleanly and the front allows another (`keep_alive`); otherwise
+the response says `Connection: close`. The head is read first (`read_head`) so
+the caller can decide on it alone (route, key, origin, media type, declared
+size) before a byte of the body is read or `100 Continue` is sent; the body is
+then read piece by piece against the route's limit (`read_body`), each piece
+handed on as it comes. A response is either whole (`respond`) or streamed with
+chunked transfer (`start` + `send` + `end`), each write under the write
+deadline; a HEAD request gets the head of the GET response and no body. Every
+response carries the request's `x-request-id`. A peer that stops reading or
+goes away raises `ConnectionGone`, the same error the WebSocket writer raises.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 import h11
@@ -27,6 +32,23 @@ from voxtrio.server._writer import ConnectionGone
 _RECEIVE_SIZE = 16384
 MAX_HEAD_BYTES = 16384
 Headers = list[tuple[str, str]]
+# What a client-sent x-request-id may be: bounded, and safe in a header and a log line.
+_CLIENT_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9_.:/+=-]{1,128}")
+# Bytes a pipelined next request may leave waiting while a response streams.
+MAX_PIPELINED_BYTES: Final = 64 * 1024
+
+
+def new_request_id() -> str:
+    """A server-made request id, shaped like OpenAI's (`req_` + 32 hex digits)."""
+    return f"req_{secrets.token_hex(16)}"
+
+
+def client_request_id(request: HttpRequest) -> str | None:
+    """The client's own `x-request-id` when it is sane (length, characters), else None."""
+    value = request.header("x-request-id")
+    if value is None or _CLIENT_REQUEST_ID.fullmatch(value) is None:
+        return None
+    return value
 
 
 class BadRequest(Exception):
@@ -46,6 +68,48 @@ class HttpExchange:
         self.started = False
         self.head_only = False  # a HEAD request: the response goes without its body
         self.cors_origin: str | None = None  # an allowed foreign page's origin, echoed back
+        self.request_id = new_request_id()
+        # Whether this response may leave the connection open for another request:
+        # the front sets it once a request is admitted (not draining, under the cap).
+        self.keep_alive = False
+
+    def next_cycle(self) -> bool:
+        """Ready the connection for its next request; False when it must close instead."""
+        reusable = (
+            self.keep_alive
+            and self.conn.our_state is h11.DONE
+            and self.conn.their_state is h11.DONE
+        )
+        if not reusable:
+            return False
+        self.conn.start_next_cycle()
+        self.started = self.head_only = self.keep_alive = False
+        self.cors_origin = None
+        self.request_id = new_request_id()
+        return True
+
+    @property
+    def has_buffered_request(self) -> bool:
+        """Bytes of a next (pipelined) request already received and waiting in h11."""
+        return bool(self.conn.trailing_data[0])
+
+    async def wait_for_request(self) -> bool:
+        """Wait for the first bytes of the next request; False when the peer closed."""
+        if self.has_buffered_request:
+            return True
+        if self.conn.trailing_data[1]:
+            return False  # the client already sent its EOF
+        try:
+            data = await self.stream.receive_some(_RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return False
+        self.conn.receive_data(bytes(data))
+        return bool(data)
+
+    def buffer_pipelined(self, data: bytes) -> bool:
+        """Keep bytes that arrived during a response for the next cycle; False past the cap."""
+        self.conn.receive_data(data)
+        return len(self.conn.trailing_data[0]) <= MAX_PIPELINED_BYTES
 
     async def read_head(self) -> HttpRequest | None:
         """The request's head (None: the peer closed first); raises BadRequest."""
@@ -120,8 +184,8 @@ class HttpExchange:
         """A whole response with its Content-Length (for HEAD: the head alone)."""
         if not self.can_respond:
             return
-        framing = [("content-length", str(len(body))), ("connection", "close")]
-        head = [*headers, *self._cors(), *framing]
+        framing = [("content-length", str(len(body))), *self._connection()]
+        head = [*headers, *self._common(), *framing]
         data = self._send(
             h11.Response(status_code=status, headers=head, reason=reason_phrase(status))
         )
@@ -136,7 +200,8 @@ class HttpExchange:
 
     async def start(self, status: int, headers: Headers) -> None:
         """Send the head of a streamed (chunked) response."""
-        head = [*headers, *self._cors(), ("transfer-encoding", "chunked"), ("connection", "close")]
+        framing = [("transfer-encoding", "chunked"), *self._connection()]
+        head = [*headers, *self._common(), *framing]
         self.started = True
         await self._write(
             self._send(h11.Response(status_code=status, headers=head, reason=reason_phrase(status)))
@@ -149,10 +214,23 @@ class HttpExchange:
     async def end(self) -> None:
         await self._write(self._send(h11.EndOfMessage()))
 
-    def _cors(self) -> Headers:
-        if self.cors_origin is None:
+    def _common(self) -> Headers:
+        """What every response carries: its request id, and CORS for an allowed page."""
+        common = [("x-request-id", self.request_id)]
+        if self.cors_origin is not None:
+            common += [("access-control-allow-origin", self.cors_origin), ("vary", "origin")]
+        return common
+
+    def _connection(self) -> Headers:
+        """`Connection: close` unless the connection will serve another request.
+
+        It can only when the request was read to its end (a refused request's body
+        is never read) and the front allows another; h11 itself adds `close` when
+        the client asked for it or speaks HTTP/1.0.
+        """
+        if self.keep_alive and self.conn.their_state is h11.DONE:
             return []
-        return [("access-control-allow-origin", self.cors_origin), ("vary", "origin")]
+        return [("connection", "close")]
 
     def _send(self, event: h11.Event) -> bytes:
         return self.conn.send(event) or b""
@@ -206,6 +284,7 @@ async def refuse_unread(
     head = (
         f"HTTP/1.1 {status} {reason_phrase(status).decode()}\r\n"
         "content-type: application/json\r\n"
+        f"x-request-id: {new_request_id()}\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     try:

@@ -7,7 +7,6 @@ applies the reading policy and then runs the route with the admitted `Call`.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Final, Literal, Protocol
@@ -84,7 +83,7 @@ async def _upload(front: RouteHost, call: Call) -> None:
     voices = front.context.voices
     assert voices is not None  # checked on the head
     try:
-        request_id = f"upload-{secrets.token_hex(6)}"
+        request_id = call.exchange.request_id
         registered = await register_uploaded_voice(call.fields, call.audio, voices, request_id)
     except ProtocolError as exc:
         status, payload, headers = http_error(exc)

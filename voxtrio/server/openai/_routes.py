@@ -13,6 +13,16 @@ only. Every route goes through one body-reading policy (`_admit`):
 3. the body is read piece by piece against its route's limit (small for JSON,
    the prompt-size cap for the voice upload only) and charged to the server's
    budget for unfinished messages; a form is parsed as it arrives.
+
+A connection is kept for further requests (HTTP/1.1 keep-alive, as the OpenAI
+SDK's and the frameworks' pools expect) up to `http_keepalive_requests`. Between
+two requests it is idle: pending again (evictable, not counted against
+`max_connections`, so it holds no capacity of active requests) under the idle
+deadline `http_keepalive_timeout`; once the next request's first bytes arrive,
+that request gets the same deadline and policy as a first one. While the server
+drains, an idle connection is closed at once and a running response says
+`Connection: close`. Every request has an id (`x-request-id`: the client's when
+sane, else a new one), on its response and bound into its log lines.
 """
 
 from __future__ import annotations
@@ -34,7 +44,7 @@ from voxtrio.server._pending import PendingRequests
 from voxtrio.server._websocket import PartialMessageBudget
 from voxtrio.server._writer import ConnectionGone
 from voxtrio.server.openai._errors import error_body, http_error
-from voxtrio.server.openai._exchange import BadRequest, HttpExchange
+from voxtrio.server.openai._exchange import BadRequest, HttpExchange, client_request_id
 from voxtrio.server.openai._form import FormReader, form_boundary
 from voxtrio.server.openai._handlers import ROUTES, WEB_FILES, BodyKind, Call, Route, method_of
 from voxtrio.server.openai._speech import SpeechContext
@@ -50,13 +60,19 @@ _FORM_OVERHEAD: Final = 64 * 1024
 
 @attrs.define(eq=False)
 class HttpRequestHandle:
-    """A running HTTP request, as the server's drain sees a connection."""
+    """An HTTP connection, as the server's drain sees it (`idle`: it has ended)."""
 
+    exchange: HttpExchange
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     idle: trio.Event = attrs.Factory(trio.Event)
+    # Set while the connection waits between two requests: cancelled on drain.
+    between_requests: trio.CancelScope | None = None
 
     def begin_drain(self) -> None:
-        pass  # one request per connection: nothing new can start on it
+        """No new request on this connection: a waiting one closes, a running one ends it."""
+        self.exchange.keep_alive = False
+        if self.between_requests is not None:
+            self.between_requests.cancel()
 
     async def shut_down(self) -> None:
         self.scope.cancel()
@@ -78,11 +94,11 @@ class HttpFront:
 
     async def handle(self, stream: trio.abc.Stream) -> None:
         exchange = HttpExchange(stream, write_timeout=self.context.settings.write_timeout)
-        handle = HttpRequestHandle()
+        handle = HttpRequestHandle(exchange)
         self.requests.add(handle)
         try:
             with handle.scope:
-                await self._serve(exchange)
+                await self._serve_connection(handle)
             await exchange.linger()
         except Exception as exc:  # the boundary; a gone peer is sorted out in _failed
             await self._failed(exchange, exc)
@@ -103,13 +119,48 @@ class HttpFront:
             log.info("http_client_gone", reason=str(_first(gone)))
             return
         log.error("http_request_failed", exc_info=rest)
+        exchange.keep_alive = False
         if gone is None and exchange.can_respond:
             with trio.move_on_after(1.0), contextlib.suppress(ConnectionGone):
                 await exchange.respond_json(
                     500, error_body("internal server error", "server_error", "internal_error")
                 )
 
-    async def _serve(self, exchange: HttpExchange) -> None:
+    async def _serve_connection(self, handle: HttpRequestHandle) -> None:
+        """Requests one after another until one ends the connection."""
+        exchange = handle.exchange
+        settings = self.context.settings
+        served = 0
+        while True:
+            with structlog.contextvars.bound_contextvars(request_id=exchange.request_id):
+                served += 1
+                await self._serve(exchange, last=served >= settings.http_keepalive_requests)
+            if not exchange.next_cycle():
+                return
+            if not await self._wait_between_requests(handle):
+                return
+
+    async def _wait_between_requests(self, handle: HttpRequestHandle) -> bool:
+        """Idle until the next request begins; False to close (timeout, eviction, drain)."""
+        if handle.exchange.has_buffered_request:
+            return True  # pipelined: it is already here
+        arrived = False
+        with self.pending.reading() as reading:
+            with trio.move_on_after(self.context.settings.http_keepalive_timeout) as idle:
+                handle.between_requests = idle
+                try:
+                    if self.is_draining():
+                        return False
+                    arrived = await handle.exchange.wait_for_request()
+                finally:
+                    handle.between_requests = None
+        if reading.cancelled_caught or idle.cancelled_caught or not arrived:
+            log.debug("http_keepalive_closed", evicted=reading.cancelled_caught)
+            return False
+        return True
+
+    async def _serve(self, exchange: HttpExchange, *, last: bool) -> None:
+        """One request on the connection (`last`: the connection's cap is reached)."""
         settings = self.context.settings
         call: Call | None = None
         charged = [0]
@@ -129,6 +180,7 @@ class HttpFront:
             if self._full():
                 await self._overloaded(exchange)
                 return
+            exchange.keep_alive = not last and not self.is_draining()
             self.active += 1
             try:
                 await ROUTES[call.request.path][method_of(call.request)].run(self, call)
@@ -143,6 +195,8 @@ class HttpFront:
             request = await exchange.read_head()
             if request is None:
                 return None
+            exchange.request_id = client_request_id(request) or exchange.request_id
+            structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
             log.info("http_request", method=request.method, path=request.path[:200])
             route = await self._check_head(exchange, request)
             if route is None:

@@ -5,13 +5,17 @@ admission (429 past the limit), same encoder, same metrics. The response head
 leaves once the job is on a replica (so admission errors still get their status);
 every encoded piece then leaves as one HTTP chunk, or one SSE `speech.audio.delta`
 event. A client that goes away cancels the request, which frees its replica.
+
+The wait for a replica is bounded by `http_queue_timeout` (shorter than the
+native protocol's `queue_timeout`): an HTTP client cannot be told it is queued,
+so it must get its 429 + Retry-After before its own read timeout fires.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import secrets
+import math
 import time
 from collections.abc import Callable
 
@@ -36,7 +40,7 @@ from voxtrio.server.openai._request import (
     parse_speech_request,
 )
 from voxtrio.server.openai._voices import resolve_voice
-from voxtrio.speech._errors import SpeechError
+from voxtrio.speech._errors import QueueTimeout, SpeechError
 from voxtrio.speech._output import OutputSpec
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._speak import AudioInfo, Utterance, speak
@@ -57,6 +61,9 @@ class HttpSpeechSink:
     output: OutputFormat
     sse: bool
     first_audio_at: float | None = None
+    queue_wait_s: float = math.inf  # the HTTP route's bound on a wait for a replica
+    # Armed while the request waits for a replica before its response began.
+    queue_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
     def opened(self, audio: AudioInfo) -> None:
         pass
@@ -65,9 +72,11 @@ class HttpSpeechSink:
         pass
 
     async def waiting(self, utterance: Utterance) -> None:
-        pass
+        if not self.exchange.started:  # later utterances cannot change the status any more
+            self.queue_scope.deadline = trio.current_time() + self.queue_wait_s
 
     async def utterance_started(self, utterance: Utterance) -> None:
+        self.queue_scope.deadline = math.inf
         await self._start()
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:
@@ -163,17 +172,21 @@ async def synthesize_speech(
     output = OutputSpec(
         format=sink.output.codec, sample_rate=sink.output.sample_rate, rate=request.speed
     )
+    sink.queue_wait_s = min(settings.http_queue_timeout, settings.queue_timeout)
     try:
-        stats = await speak(
-            TextInput.single(request.input).receive,
-            pool=context.pool,
-            base_spec=base_spec,
-            output=output,
-            sink=sink,
-            request_id=request_id,
-            progress=ProgressIntervals(timer=3600.0, streaming=3600.0),
-            word_timestamps=sink.sse,
-        )
+        with sink.queue_scope:
+            stats = await speak(
+                TextInput.single(request.input).receive,
+                pool=context.pool,
+                base_spec=base_spec,
+                output=output,
+                sink=sink,
+                request_id=request_id,
+                progress=ProgressIntervals(timer=3600.0, streaming=3600.0),
+                word_timestamps=sink.sse,
+            )
+        if sink.queue_scope.cancelled_caught:
+            raise QueueTimeout(sink.queue_wait_s)
     except SpeechError as exc:
         raise native_error(exc, request_id) from exc
     await sink.finish(len(request.input))
@@ -209,7 +222,7 @@ async def run_speech(
     exchange: HttpExchange, body: bytes, context: SpeechContext, is_draining: Callable[[], bool]
 ) -> None:
     """Answer one `/v1/audio/speech` request whose body has been read."""
-    request_id = f"openai-{secrets.token_hex(6)}"
+    request_id = exchange.request_id
     started, accepted_at = time.perf_counter(), trio.current_time()
     sink: HttpSpeechSink | None = None
     outcome, audio_s = "disconnected", 0.0
@@ -221,7 +234,7 @@ async def run_speech(
             sink = HttpSpeechSink(exchange, output_for(request), request.stream_format == "sse")
             failure: ProtocolError | None = None
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_cancel_on_disconnect, exchange.stream, nursery.cancel_scope)
+                nursery.start_soon(_cancel_on_disconnect, exchange, nursery.cancel_scope)
                 try:
                     audio_s = await synthesize_speech(request, sink, context, request_id)
                     outcome = "ok"
@@ -243,18 +256,22 @@ async def run_speech(
                 record(context.metrics, outcome, started, sink, accepted_at, audio_s)
 
 
-async def _cancel_on_disconnect(stream: trio.abc.Stream, scope: trio.CancelScope) -> None:
+async def _cancel_on_disconnect(exchange: HttpExchange, scope: trio.CancelScope) -> None:
     """The client reset the connection: stop generating for it now.
 
     A clean EOF is not a disconnect: a client may shut down its sending side once
     its request is out (half-close) and still read the whole response. A client
-    that closed entirely is found by the next write (ConnectionGone).
+    that closed entirely is found by the next write (ConnectionGone). Bytes of a
+    next (pipelined) request are kept for the next cycle, up to a cap; past it,
+    this stops reading and the client waits (TCP backpressure).
     """
     try:
-        while await stream.receive_some(4096):
-            pass  # a pipelined request is not served (one per connection); ignore it
+        while data := await exchange.stream.receive_some(4096):
+            if not exchange.buffer_pipelined(bytes(data)):
+                return
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         log.info("http_client_disconnected")
         scope.cancel()
         return
+    exchange.buffer_pipelined(b"")  # EOF: h11 then closes after this response
     log.debug("http_client_half_closed")

@@ -13,13 +13,18 @@ from typing import Final
 from voxtrio.protocol._errors import ErrorCode, ProtocolError
 from voxtrio.voices._service import VoiceService
 
+# The union of the openai SDK's speech `voice` literal (2.x) and Pipecat 1.14's
+# `OpenAITTSService` VALID_VOICES: a framework refuses locally any name not in its
+# list, and a name in its list that this server refused would leave an agent silent.
 OPENAI_VOICES: Final = (
     "alloy",
     "ash",
     "ballad",
+    "cedar",
     "coral",
     "echo",
     "fable",
+    "marin",
     "nova",
     "onyx",
     "sage",
