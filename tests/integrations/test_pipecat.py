@@ -1,0 +1,120 @@
+"""The Pipecat service in a real Pipecat 1.14 pipeline against `voxtrio serve` (tiny checkpoint)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from tests.integrations.conftest import require
+from tests.served import ServedProcess
+
+require("pipecat", "pipecat")
+
+from pipecat.frames.frames import (  # noqa: E402
+    ErrorFrame,
+    InterruptionFrame,
+    TTSAudioRawFrame,
+    TTSStartedFrame,
+    TTSStoppedFrame,
+)
+
+from tests.integrations.pipecat_harness import pipeline  # noqa: E402
+from voxtrio.integrations.pipecat import VoxtrioTTSService  # noqa: E402
+
+TOKENS = ["Hel", "lo", " the", "re.", " How", " are", " you?"]
+# Sentences capped at 12 steps (about 2 s of audio): the tiny model never stops itself.
+SHORT = {"max_len": 12, "seed": 7}
+
+
+def service(url: str, **options: object) -> VoxtrioTTSService:
+    params = options.pop("params", SHORT)
+    return VoxtrioTTSService(url=url, word_timestamps=False, params=params, **options)  # type: ignore[arg-type]
+
+
+def test_a_turn_streamed_token_by_token_is_spoken_at_the_pipeline_rate(
+    tiny_served: ServedProcess,
+) -> None:
+    """LLM tokens in, audio out at the pipeline's 16 kHz, between TTSStarted and TTSStopped."""
+
+    async def scenario() -> list[TTSAudioRawFrame]:
+        async with pipeline(service(tiny_served.url), sample_rate=16000) as run:
+            audio = await run.turn(TOKENS)
+            assert run.out.of(TTSStartedFrame)
+            assert not run.error_texts()
+            return audio
+
+    audio = asyncio.run(scenario())
+    assert len(audio) >= 2
+    assert {frame.sample_rate for frame in audio} == {16000}
+    seconds = sum(len(frame.audio) for frame in audio) / 2 / 16000
+    assert 2 * 0.16 <= seconds <= 2 * 12 * 0.16 + 0.01  # two sentences, each capped
+
+
+def test_an_interruption_stops_the_audio_within_a_chunk_and_frees_the_slot(
+    tiny_served: ServedProcess,
+) -> None:
+    """Barge-in mid-utterance: at most one more chunk, the request cancelled, nothing busy."""
+    cancelled_before = tiny_served.cancelled()
+
+    async def scenario() -> tuple[int, list[TTSAudioRawFrame]]:
+        tts = service(tiny_served.url, params={"seed": 7})
+        async with pipeline(tts) as run:
+            await run.say(["A long answer that goes on. ", "And on, for a good while."])
+            await run.out.wait_for(TTSAudioRawFrame, 2)
+            await run.worker.queue_frame(InterruptionFrame())
+            await run.out.wait_for(InterruptionFrame)
+            interrupted_at = len(run.out.frames)
+            await asyncio.sleep(1.0)
+            late = run.out.frames[interrupted_at:]
+            after = [f for _, f in late if isinstance(f, TTSAudioRawFrame)]
+            await asyncio.to_thread(tiny_served.wait_idle)
+            # The same connection takes the next turn.
+            second = await run.turn(TOKENS[:4])
+            assert tts.connection.connections_opened == 1
+            return len(after), second
+
+    frames_after, second = asyncio.run(scenario())
+    assert frames_after <= 1
+    samples = tiny_served.wait_idle()
+    assert samples["voxcpm_tts_replicas_busy"] == 0
+    assert tiny_served.cancelled() == cancelled_before + 1
+    assert len(second) >= 1
+
+
+def test_a_second_turn_reuses_the_connection(tiny_served: ServedProcess) -> None:
+    """Two turns, one WebSocket: each turn is its own text stream on it."""
+
+    async def scenario() -> tuple[int, int, int]:
+        tts = service(tiny_served.url)
+        async with pipeline(tts) as run:
+            first = await run.turn(TOKENS)
+            second = await run.turn(["Good", "bye."])
+            return len(first), len(second), tts.connection.connections_opened
+
+    first, second, connections = asyncio.run(scenario())
+    assert first >= 2
+    assert second >= 1
+    assert connections == 1
+
+
+def test_the_server_restarting_mid_conversation_is_survived(restartable: ServedProcess) -> None:
+    """The server dies mid-turn: an error frame, then the next turn reconnects and speaks."""
+
+    async def scenario() -> tuple[list[str], int, int]:
+        tts = service(restartable.url, params={"seed": 7})
+        async with pipeline(tts) as run:
+            await run.say(["A long answer that goes on and on."])
+            await run.out.wait_for(TTSAudioRawFrame, 1)
+            await asyncio.to_thread(restartable.kill)
+            await run.errors.wait_for(ErrorFrame)
+            await run.out.wait_for(TTSStoppedFrame, 1)
+            await asyncio.to_thread(restartable.start)
+            started = time.monotonic()
+            audio = await run.turn(TOKENS[:4])
+            assert time.monotonic() - started < 30
+            return run.error_texts(), len(audio), tts.connection.connections_opened
+
+    errors, frames, connections = asyncio.run(scenario())
+    assert any("connection" in error for error in errors)
+    assert frames >= 1
+    assert connections == 2
