@@ -231,8 +231,8 @@ def test_harmless_extras_are_accepted_and_reported_for_the_log() -> None:
         )
     )[0]
     assert isinstance(start, StartTask)
+    assert start.params.word_timestamps  # used now, so not among the ignored
     assert start.ignored == {
-        "word_timestamp_enabled": True,
         "language_hints": ["zh"],
         "instruction": "speak softly",
     }

@@ -18,7 +18,8 @@ from voxtrio.speech._synthetic import SyntheticEngine
 
 from ..support import handshake_status, session, speak
 
-LONG_TEXT = "A sentence long enough to take many chunks. " * 6  # 270 chars -> 68 chunks
+# One sentence (a single text is spoken sentence by sentence): 270 chars -> 68 chunks.
+LONG_TEXT = "A sentence long enough to take many chunks, " * 6
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -1,4 +1,4 @@
-"""Text the model cannot take is refused before any audio, on both endpoints (issue 15 #9).
+"""Text the model cannot take is refused before any audio (issue 15 #9), or cut (issue 21 #2).
 
 The tiny checkpoint has VoxCPM2's 8192-token context; a copy with a 96-token context
 shows the cap on steps and the DashScope endpoint, whose sentences are short.
@@ -91,20 +91,17 @@ def test_steps_stop_where_the_context_ends(small_context_dir: Path) -> None:
     assert len(chunks) == engine.max_steps(spec) == room < expected_chunks(small_context_dir, text)
 
 
-async def test_native_request_too_long_for_the_model_is_invalid_params(
+async def test_native_text_too_long_for_the_model_in_one_piece_is_spoken_in_pieces(
     start_server: Callable[..., Any], tiny_model_dir: Path
 ) -> None:
-    """Over the wire: INVALID_PARAMS on params.text as the terminal message, no audio."""
+    """5000 characters with no break (7500 tokens in one piece) are cut and all spoken."""
     options = VoxCPMOptions(model=str(tiny_model_dir), device="cpu", warm_normalizer=False)
     handle: ServerHandle = await start_server(partial(VoxCPMEngine.load, options), engine="voxcpm")
     outcome = await speak(handle.url, text=MARKS, max_len=2)
-    error = outcome.terminal["error"]
-    assert error["code"] == "INVALID_PARAMS"
-    assert "at most 4096" in error["details"]["params.text"]
-    assert outcome.audio == b""
-    assert (await speak(handle.url, text="Still serving.", max_len=2)).terminal["type"] == (
-        "complete"
-    )
+    result = outcome.terminal["result"]
+    assert result["sentences"] == 17  # 300 characters at a time, never mid-character
+    assert result["chunks"] == 17 * 2
+    assert len(outcome.audio) == 17 * 2 * 7680 * 2
 
 
 async def test_dashscope_sentence_too_long_for_the_model_is_invalid_parameter(

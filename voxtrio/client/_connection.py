@@ -47,7 +47,7 @@ from voxtrio.client._incoming import (
 from voxtrio.client._request import Item, RequestState
 from voxtrio.protocol._errors import ErrorCode
 from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
-from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
+from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult, Words
 
 log = logging.getLogger("voxtrio.client")
 
@@ -200,6 +200,9 @@ class ClientConnection:
             case Progress(request_id=rid):
                 if request := self._lookup(rid, "progress"):
                     request.progress = message
+            case Words(request_id=rid):
+                if request := self._lookup(rid, "words"):
+                    request.words.append(message)
             case Complete(request_id=rid, result=result):
                 if request := self._lookup(rid, "complete", terminal=True):
                     if isinstance(result, SynthesisResult):

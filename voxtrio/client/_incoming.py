@@ -18,6 +18,7 @@ from voxtrio.protocol._messages import (
     Pong,
     Progress,
     ServerMessage,
+    Words,
 )
 
 T = TypeVar("T")
@@ -49,6 +50,7 @@ _SERVER_MESSAGE_TYPES: Final[dict[str, type[Any]]] = {
     "complete": Complete,
     "error": Error,
     "pong": Pong,
+    "words": Words,
 }
 
 

@@ -12,7 +12,7 @@ from voxtrio.client._incoming import StreamingChunkMetadata, WholeAudioMetadata
 from voxtrio.client._results import AudioChunk
 from voxtrio.protocol._formats import AudioFormat
 from voxtrio.protocol._frames import FrameType
-from voxtrio.protocol._messages import Complete, Error, Mode, Progress, SynthesisResult
+from voxtrio.protocol._messages import Complete, Error, Mode, Progress, SynthesisResult, Words
 
 Item = AudioChunk | Complete | Error
 
@@ -28,6 +28,9 @@ class RequestState:
     receive: trio.MemoryReceiveChannel[Item]
     last_activity: float
     progress: Progress | None = None
+    # Word times (params.word_timestamps), one message per sentence, in order; bounded
+    # by the request's text (at most one per sentence).
+    words: list[Words] = attrs.Factory(list)
     cancel_sent: bool = False
     terminal_received: bool = False
     # What the reader has checked so far.

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from voxtrio.protocol._json import dump_json
+from voxtrio.protocol._words import TimedWord
 
 
 def _header(task_id: str, event: str, **extra: Any) -> dict[str, Any]:
@@ -24,13 +26,14 @@ def result_generated(
     begin_time: int | None = None,
     end_time: int | None = None,
     characters: int | None = None,
+    words: Sequence[TimedWord] = (),
 ) -> dict[str, Any]:
     """A result-generated event: sentence-begin, sentence-synthesis or sentence-end.
 
     `text` goes out twice: as `output.original_text` (DashScope's current docs) and as
     `sentence.text` (older CosyVoice events), so clients of either kind find it.
     """
-    sentence: dict[str, Any] = {"index": index, "words": []}
+    sentence: dict[str, Any] = {"index": index, "words": [dashscope_word(w) for w in words]}
     if text is not None:
         sentence["text"] = text
     if begin_time is not None:
@@ -44,6 +47,17 @@ def result_generated(
     if characters is not None:
         payload["usage"] = {"characters": characters}
     return {"header": _header(task_id, "result-generated"), "payload": payload}
+
+
+def dashscope_word(word: TimedWord) -> dict[str, Any]:
+    """One `sentence.words` entry: character offsets in the sentence, ms on the task's audio."""
+    return {
+        "text": word.text,
+        "begin_index": word.begin_index,
+        "end_index": word.end_index,
+        "begin_time": round(word.start * 1000),
+        "end_time": round(word.end * 1000),
+    }
 
 
 def task_finished(task_id: str, characters: int) -> dict[str, Any]:

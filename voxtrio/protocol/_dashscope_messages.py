@@ -34,7 +34,6 @@ TEXT_TYPES: Final = ("PlainText", "SSML")  # "SSML" turns SSML on, as enable_ssm
 # with the value that means "nothing asked". StartTask.ignored reports every one that
 # came with another value, so the I/O layer logs it: none is dropped silently.
 IGNORED_PARAMETERS: Final[dict[str, Any]] = {
-    "word_timestamp_enabled": False,  # sentence timestamps are sent; words stay []
     "language_hints": None,  # the model detects the language from the text
     "instruction": None,  # CosyVoice instruct models only
     "type": 0,  # the SDK's synthesis_type, always 0

@@ -58,6 +58,7 @@ class TaskParams:
     seed: int | None
     bit_rate: int | None  # bits/s for AudioEncoder(bit_rate=); None = codec default
     enable_ssml: bool
+    word_timestamps: bool = False  # word_timestamp_enabled: sentence-end carries words
 
     @property
     def needs_dsp(self) -> bool:
@@ -104,6 +105,10 @@ def validate_parameters(
                     f"{value} is not supported: this server cannot change {name} at good "
                     "quality while streaming; send 1.0"
                 )
+    if not isinstance(raw.word_timestamp_enabled, bool | None):
+        errors["word_timestamp_enabled"] = (
+            f"must be true or false, got {str(raw.word_timestamp_enabled)[:32]!r}"
+        )
     bit_rate = _bit_rate(raw, fmt, rate, errors)
     if errors:
         summary = "; ".join(f"parameters.{k}: {v}" for k, v in sorted(errors.items()))
@@ -120,6 +125,7 @@ def validate_parameters(
         seed=raw.seed,
         bit_rate=bit_rate,
         enable_ssml=raw.enable_ssml or raw.text_type == "SSML",
+        word_timestamps=raw.word_timestamp_enabled is True,
     )
     ignored = {
         name: getattr(raw, name)

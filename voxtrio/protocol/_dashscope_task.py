@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import enum
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
@@ -49,6 +50,7 @@ from voxtrio.protocol._ssml import (
     looks_like_ssml,
     parse_ssml,
 )
+from voxtrio.protocol._words import TimedWord
 
 
 class TaskState(enum.Enum):
@@ -153,12 +155,19 @@ class DashScopeTask:
         """The sentence-synthesis event that must precede every binary audio frame."""
         return _send(result_generated(task_id, "sentence-synthesis", index))
 
-    def sentence_audio_done(self, index: int, samples: int, sample_rate: int) -> list[TaskAction]:
+    def sentence_audio_done(
+        self,
+        index: int,
+        samples: int,
+        sample_rate: int,
+        words: Sequence[TimedWord] = (),
+    ) -> list[TaskAction]:
         """Sentence `index` is fully sent: `samples` at `sample_rate`, its silences included.
 
         Returns its sentence-end event (begin/end time of the speech in ms on the task's
-        audio timeline, the running character count). A report for a task that is no
-        longer running (it was cancelled meanwhile) returns nothing.
+        audio timeline, the running character count, and `words` when the task asked for
+        word timestamps). A report for a task that is no longer running (it was cancelled
+        meanwhile) returns nothing.
         """
         if samples < 0 or sample_rate <= 0:
             raise ValueError(f"bad audio length: {samples} samples at {sample_rate} Hz")
@@ -189,6 +198,7 @@ class DashScopeTask:
                     begin_time=round(begin),
                     end_time=round(end),
                     characters=head.characters,
+                    words=words,
                 )
             )
         ]

@@ -66,6 +66,8 @@ class SynthesisOptions:
     voice_description: str | None = attrs.field(
         default=None, metadata=field_length(1, MAX_VOICE_DESCRIPTION_CHARS)
     )
+    # A `words` message per sentence (docs/PROTOCOL.md "Word timestamps").
+    word_timestamps: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -156,6 +158,26 @@ class Progress:
 
 
 @attrs.frozen
+class WordTime:
+    """One word: its text as sent, start and end in seconds of the request's audio."""
+
+    text: str
+    start: float
+    end: float
+
+
+@attrs.frozen
+class Words:
+    """A sentence's word times, sent before the sentence's last audio frame."""
+
+    request_id: str
+    sentence: int
+    words: list[WordTime]
+    estimated: bool
+    type: Literal["words"] = "words"
+
+
+@attrs.frozen
 class Timings:
     queue_ms: float
     first_audio_ms: float | None
@@ -212,7 +234,7 @@ class Pong:
     type: Literal["pong"] = "pong"
 
 
-ServerMessage = Progress | Complete | Error | Pong | VoiceServerMessage
+ServerMessage = Progress | Words | Complete | Error | Pong | VoiceServerMessage
 
 
 def parse_client_message(text: str) -> ClientMessage:

@@ -230,6 +230,7 @@ class DashScopeConnection(WebSocketEndpoint):
                     request_id=task.task_id,
                     progress=self.settings.progress_intervals,
                     stats=task.stats,
+                    word_timestamps=task.params.word_timestamps,
                 )
                 await self.perform(self.protocol.finished())
         except ConnectionGone as exc:

@@ -31,6 +31,7 @@ from voxtrio.speech._errors import (
     SpeechError,
 )
 from voxtrio.speech._speak import AudioInfo, SpeechStats, Utterance
+from voxtrio.speech._words import SentenceWords
 
 # Sentences queued ahead of synthesis for one task; past it the task fails (Throttling).
 MAX_QUEUED_SENTENCES = 256
@@ -104,6 +105,8 @@ class TaskSink:
         # The sentence audio belongs to; the encoder's tail goes out under the last one.
         self.index = 0
         self.input_rate = input_rate
+        # The current sentence's word times, for its sentence-end (word_timestamp_enabled).
+        self.sentence_words: SentenceWords | None = None
 
     def opened(self, audio: AudioInfo) -> None:
         pass
@@ -132,9 +135,14 @@ class TaskSink:
         if self.task.first_audio_at is None:
             self.task.first_audio_at = time.perf_counter()
 
+    async def words(self, utterance: Utterance, words: SentenceWords) -> None:
+        self.sentence_words = words
+
     async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
+        words, self.sentence_words = self.sentence_words, None
+        timed = words.words if words is not None and words.index == utterance.index else ()
         await self.perform(
-            self.protocol.sentence_audio_done(utterance.index, samples_in, self.input_rate)
+            self.protocol.sentence_audio_done(utterance.index, samples_in, self.input_rate, timed)
         )
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None:

@@ -6,10 +6,18 @@ import attrs
 import trio
 
 from voxtrio.protocol._frames import FrameType, encode_frame
-from voxtrio.protocol._messages import Progress, ProgressState, ServerMessage, dump_message
+from voxtrio.protocol._messages import (
+    Progress,
+    ProgressState,
+    ServerMessage,
+    Words,
+    WordTime,
+    dump_message,
+)
 from voxtrio.server._text_input import TextInput
 from voxtrio.server._writer import FrameWriter
 from voxtrio.speech._speak import AudioInfo, Utterance
+from voxtrio.speech._words import SentenceWords
 
 
 @attrs.define
@@ -57,6 +65,10 @@ class NativeSink:
         if not self._queued_reported:
             self._queued_reported = True
             await self.report("queued", 0.0, "waiting for a model replica")
+
+    async def words(self, utterance: Utterance, words: SentenceWords) -> None:
+        timed = [WordTime(w.text, w.start, w.end) for w in words.words]
+        await self.send(Words(self.request_id, words.index, timed, words.estimated))
 
     async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
         self.text_input.spoken(utterance)

@@ -121,6 +121,7 @@ async def synthesize(
             sink=sink,
             request_id=request.request_id,
             progress=progress,
+            word_timestamps=options.word_timestamps,
         )
     except SpeechError as exc:
         raise native_error(exc, request.request_id) from exc

@@ -5,8 +5,12 @@ from __future__ import annotations
 import attrs
 import trio
 
-from voxtrio.protocol._sentences import SentenceSplitter, is_speakable
+from voxtrio.protocol._sentences import SentenceSplitter, is_speakable, split_sentences
 from voxtrio.speech._speak import Utterance
+
+# The longest piece spoken as one generation: a few hundred tokens, far under any
+# VoxCPM context (2048 text tokens on 1.x, 4096 on 2), and short enough not to drift.
+SENTENCE_MAX_CHARS = 300
 
 
 @attrs.define(eq=False)
@@ -27,16 +31,23 @@ class TextInput:
 
     @classmethod
     def single(cls, text: str) -> TextInput:
-        send, receive = trio.open_memory_channel[Utterance](1)
+        """One whole text, cut as a text stream would be: every sentence is its own
+        generation (no drift over a long text, no token limit on the whole), and a
+        text with no break at all is cut at clauses, words, or at worst every
+        `SENTENCE_MAX_CHARS`, so every text the protocol accepts can be spoken."""
+        sentences = split_sentences(text, max_chars=SENTENCE_MAX_CHARS)
+        send, receive = trio.open_memory_channel[Utterance](max(1, len(sentences)))
         text_input = cls(send, receive)
-        text_input._queue(text)
+        for sentence in sentences:
+            text_input._queue(sentence)
         send.close()
         return text_input
 
     @classmethod
     def streamed(cls, *, max_pending: int = 256, max_buffered_chars: int = 20_000) -> TextInput:
         send, receive = trio.open_memory_channel[Utterance](max_pending)
-        return cls(send, receive, SentenceSplitter(), max_buffered_chars)
+        splitter = SentenceSplitter(max_chars=SENTENCE_MAX_CHARS)
+        return cls(send, receive, splitter, max_buffered_chars)
 
     def feed(self, text: str) -> None:
         """Take a delta; queue the sentences it completes. Raises OverflowError if full."""

@@ -12,10 +12,12 @@ What happened goes to a `SpeechSink`; failures are `SpeechError`s.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Protocol
 
 import attrs
+import numpy as np
 import structlog
 import trio
 
@@ -24,9 +26,10 @@ from voxtrio.audio._codecs import EncoderFormat, NonFiniteAudio
 from voxtrio.speech._engine import SynthesisSpec, TextTooLong
 from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutput, StoppedEarly
 from voxtrio.speech._jobs import Job
-from voxtrio.speech._output import OutputSpec, OutputStream
+from voxtrio.speech._output import EncodedAudio, OutputSpec, OutputStream
 from voxtrio.speech._progress import ProgressReporter
 from voxtrio.speech._replicas import ReplicaPool
+from voxtrio.speech._words import SentenceWords, WordTimer, playback_scale, shared_word_timer
 
 log = structlog.get_logger("voxtrio.speech")
 
@@ -71,6 +74,9 @@ class SpeechSink(Protocol):
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None: ...
 
+    async def words(self, utterance: Utterance, words: SentenceWords) -> None:
+        """The sentence's word times (only when asked for): before its last audio piece."""
+
 
 @attrs.define
 class SpeechStats:
@@ -100,19 +106,28 @@ async def speak(
     request_id: str,
     progress: ProgressIntervals,
     stats: SpeechStats | None = None,
+    word_timestamps: bool = False,
 ) -> SpeechStats:
     """Speak every utterance in order, then finish the stream; return what it took.
+
+    Every utterance uses `base_spec`'s seed, so one seed replays the whole request
+    (and the default voice stays as alike across sentences as the model allows).
+    With `word_timestamps`, `sink.words` gets each sentence's word times before that
+    sentence's last audio piece (which waits for them: one chunk per sentence).
 
     Raises `InvalidOutput` (before any event) when `output` cannot be produced, and
     the pool's and the generation's `SpeechError`s.
     """
     stats = stats if stats is not None else SpeechStats()
     stream = OutputStream(output, input_rate=pool.sample_rate)
+    timer = _WordTiming(shared_word_timer(), playback_scale(output)) if word_timestamps else None
     try:
         stats.format, stats.sample_rate = stream.format, stream.sample_rate
         sink.opened(AudioInfo(stream.format, stream.sample_rate))
         async for utterance in utterances:
-            await _speak_one(utterance, stream, pool, base_spec, sink, request_id, progress, stats)
+            await _speak_one(
+                utterance, stream, pool, base_spec, sink, request_id, progress, stats, timer
+            )
         await _send(sink, await stream.finish(), stream, stats)
         return stats
     finally:
@@ -128,6 +143,7 @@ async def _speak_one(
     request_id: str,
     progress: ProgressIntervals,
     stats: SpeechStats,
+    timer: _WordTiming | None = None,
 ) -> None:
     await sink.utterance_begins(utterance)
     # Timed in input samples: the resampler holds a few ms back across utterances.
@@ -137,11 +153,45 @@ async def _speak_one(
     await _send(sink, await stream.silence(utterance.silence_before_ms), stream, stats)
     if utterance.text:
         spec = attrs.evolve(base_spec, text=utterance.text)
-        await generate_utterance(pool, spec, stream, sink, utterance, stats, request_id, progress)
-        await _send(sink, await stream.end_utterance(), stream, stats)
+        starts_at = stream.samples_in / stream.input_rate  # the client's time axis
+        capture: list[np.ndarray] | None = None if timer is None else []
+        held = await generate_utterance(
+            pool, spec, stream, sink, utterance, stats, request_id, progress, capture
+        )
+        tail = await stream.end_utterance()
+        if timer is not None and capture is not None:
+            audio = np.concatenate(capture) if capture else np.zeros(0, np.float32)
+            words = await timer.timer.time_sentence(
+                utterance.index,
+                utterance.text,
+                audio,
+                pool.sample_rate,
+                offset=starts_at,
+                scale=timer.scale,
+            )
+            await sink.words(utterance, words)
+        await _send(sink, held + tail, stream, stats)
     await _send(sink, await stream.silence(utterance.silence_after_ms), stream, stats)
     stats.utterances += 1
     await sink.utterance_finished(utterance, stream.samples_in - before)
+
+
+@attrs.frozen
+class _WordTiming:
+    timer: WordTimer
+    scale: float  # playback_scale(output)
+
+
+def _capturing(
+    transform: Callable[[np.ndarray], EncodedAudio], into: list[np.ndarray]
+) -> Callable[[np.ndarray], EncodedAudio]:
+    """`transform`, keeping a copy of each model chunk (for the word aligner)."""
+
+    def run(chunk: np.ndarray) -> EncodedAudio:
+        into.append(np.array(chunk, np.float32, copy=True).reshape(-1))
+        return transform(chunk)
+
+    return run
 
 
 async def _send(sink: SpeechSink, data: bytes, stream: OutputStream, stats: SpeechStats) -> None:
@@ -159,16 +209,23 @@ async def generate_utterance(
     stats: SpeechStats,
     request_id: str,
     progress: ProgressIntervals,
-) -> None:
+    capture: list[np.ndarray] | None = None,
+) -> bytes:
     """One generation on a free replica; its encoded audio goes to `sink.audio`.
 
     Progress (see `ProgressIntervals`): a streaming generation reports it after an
     audio piece, so it needs no timer task; a non-streaming one from a timer.
+
+    With `capture` (word timestamps), the model's audio is copied into it and the
+    last encoded piece is held back and returned, for the caller to send after the
+    sentence's word times; otherwise everything is sent and b"" returned.
     """
+    transform = stream.transform if capture is None else _capturing(stream.transform, capture)
+    held = b""
     async with pool.run(
         spec,
         request_id=request_id,
-        transform=stream.transform,
+        transform=transform,
         on_wait=partial(sink.waiting, utterance),
     ) as (job, pieces):
         if stats.first_job_at is None:
@@ -185,7 +242,12 @@ async def generate_utterance(
                 async for piece in pieces:
                     stats.chunks += 1
                     stats.samples_out += piece.samples
-                    if piece.data:
+                    if piece.data and capture is not None:
+                        held, data = piece.data, held
+                        if data:
+                            await sink.audio(data)
+                            await reporter.report_if_due()
+                    elif piece.data:
                         await sink.audio(piece.data)
                         await reporter.report_if_due()
             except Exception as exc:
@@ -198,6 +260,7 @@ async def generate_utterance(
         await job.done.wait()
     stats.compute_seconds += (job.finished_at or time.perf_counter()) - (job.started_at or 0.0)
     _raise_if_failed(job)
+    return held
 
 
 def _raise_if_failed(job: Job) -> None:

@@ -32,9 +32,13 @@ from voxtrio.speech._errors import SpeechError
 from voxtrio.speech._output import OutputSpec
 from voxtrio.speech._replicas import ReplicaPool
 from voxtrio.speech._speak import AudioInfo, Utterance, speak
+from voxtrio.speech._words import SentenceWords
 from voxtrio.voices._service import VoiceService
 
 log = structlog.get_logger("voxtrio.openai")
+
+# Word times on the SSE stream: voxtrio's addition, named outside OpenAI's `speech.*`.
+WORDS_EVENT = "voxtrio.speech.words"
 
 
 @attrs.define
@@ -63,6 +67,19 @@ class HttpSpeechSink:
 
     async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
         pass
+
+    async def words(self, utterance: Utterance, words: SentenceWords) -> None:
+        """voxtrio's own SSE event (plain OpenAI clients skip types they do not know)."""
+        await self._start()
+        timed = [{"text": w.text, "start": w.start, "end": w.end} for w in words.words]
+        await self._event(
+            {
+                "type": WORDS_EVENT,
+                "sentence": words.index,
+                "words": timed,
+                "estimated": words.estimated,
+            }
+        )
 
     async def audio(self, data: bytes) -> None:
         await self._start()
@@ -145,6 +162,7 @@ async def synthesize_speech(
             sink=sink,
             request_id=request_id,
             progress=ProgressIntervals(timer=3600.0, streaming=3600.0),
+            word_timestamps=sink.sse,
         )
     except SpeechError as exc:
         raise native_error(exc, request_id) from exc

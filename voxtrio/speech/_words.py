@@ -1,0 +1,130 @@
+"""Word times of each spoken sentence, for every API's word timestamps.
+
+Sentence boundaries are exact: each sentence is one generation, and its place in the
+request's audio is the encoder's own count of what came before. Inside a sentence
+the words are aligned with pocketsphinx where it covers the text (English), else
+estimated from the audio (`voxtrio.audio._word_estimate`), marked `estimated`. Both
+run on a worker thread, never on the event loop; the aligner is one decoder behind a
+limiter of one, and a sentence that cannot get it within `ALIGN_WAIT_SECONDS` is
+estimated instead, so a burst of requests costs at most the estimate's 1 ms per
+second of audio each, never a queue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+import numpy as np
+import structlog
+import trio
+
+from voxtrio.audio._align import SphinxAligner, available
+from voxtrio.audio._word_estimate import estimate_word_times
+from voxtrio.protocol._words import TimedWord, Word, split_words
+from voxtrio.speech._output import OutputSpec
+
+log = structlog.get_logger("voxtrio.words")
+
+ALIGN_WAIT_SECONDS = 0.5  # deadline to get the aligner; past it the sentence is estimated
+
+
+@attrs.frozen
+class SentenceWords:
+    """One sentence's words, timed in seconds of the client's audio from the request start."""
+
+    index: int
+    words: list[TimedWord]
+    estimated: bool
+
+
+def playback_scale(output: OutputSpec) -> float:
+    """Seconds the client hears per second the model made.
+
+    The ONE place a tempo change reaches word times: DashScope's `rate` today; a
+    `speed` option multiplies in here too (rate 2.0 or speed 2.0: times halve).
+    """
+    return 1.0 / output.rate
+
+
+@attrs.define(eq=False)
+class WordTimer:
+    """Times sentences' words; one per process (the aligner's model is loaded once)."""
+
+    aligner: SphinxAligner | None
+    limiter: trio.CapacityLimiter = attrs.field(factory=lambda: trio.CapacityLimiter(1))
+
+    async def time_sentence(
+        self,
+        index: int,
+        text: str,
+        audio: np.ndarray,
+        sample_rate: int,
+        *,
+        offset: float,
+        scale: float,
+    ) -> SentenceWords:
+        """Time `text`'s words in `audio` (model rate); `offset`: seconds of request audio
+        before the sentence; `scale`: `playback_scale` of the output."""
+        words = split_words(text)
+        texts = [w.text for w in words]
+        times: list[tuple[float, float]] | None = None
+        if self.aligner is not None and words:
+            with trio.move_on_after(ALIGN_WAIT_SECONDS):
+                await self.limiter.acquire()
+                try:
+                    times = await trio.to_thread.run_sync(
+                        self.aligner.align, texts, audio, sample_rate
+                    )
+                finally:
+                    self.limiter.release()
+        estimated = times is None
+        if times is None:
+            times = await trio.to_thread.run_sync(estimate_word_times, texts, audio, sample_rate)
+        duration = len(audio) / sample_rate
+        return SentenceWords(
+            index,
+            _timed(words, times, duration, offset=offset, scale=scale),
+            estimated,
+        )
+
+
+def _timed(
+    words: Sequence[Word],
+    times: Sequence[tuple[float, float]],
+    duration: float,
+    *,
+    offset: float,
+    scale: float,
+) -> list[TimedWord]:
+    """Sentence-local model seconds -> request seconds the client hears, non-decreasing."""
+    out: list[TimedWord] = []
+    floor = 0.0
+    for word, (start, end) in zip(words, times, strict=True):
+        start = min(max(start, floor), duration)
+        end = min(max(end, start), duration)
+        floor = end
+        out.append(
+            TimedWord(
+                word.text,
+                word.begin,
+                word.end,
+                round(offset + start * scale, 3),
+                round(offset + end * scale, 3),
+            )
+        )
+    return out
+
+
+_shared: WordTimer | None = None
+
+
+def shared_word_timer() -> WordTimer:
+    """The process's word timer (built on first use: word timestamps cost nothing unasked)."""
+    global _shared
+    if _shared is None:
+        aligner = SphinxAligner() if available() else None
+        if aligner is None:
+            log.warning("word_aligner_unavailable", reason="pocketsphinx cannot be imported")
+        _shared = WordTimer(aligner)
+    return _shared
