@@ -13,6 +13,7 @@ require("livekit.agents", "livekit")
 
 from livekit.agents import APIConnectionError, APIStatusError  # noqa: E402
 from livekit.agents.tts import SynthesizedAudio  # noqa: E402
+from livekit.agents.types import USERDATA_TIMED_TRANSCRIPT, TimedString  # noqa: E402
 
 from voxtrio.integrations import livekit as voxtrio_livekit  # noqa: E402
 
@@ -22,7 +23,7 @@ SHORT = {"max_len": 12, "seed": 7}
 
 def plugin(url: str, **options: object) -> voxtrio_livekit.TTS:
     options.setdefault("params", SHORT)
-    return voxtrio_livekit.TTS(url=url, word_timestamps=False, **options)  # type: ignore[arg-type]
+    return voxtrio_livekit.TTS(url=url, **options)  # type: ignore[arg-type]
 
 
 async def stream_turn(tts: voxtrio_livekit.TTS, tokens: list[str]) -> list[SynthesizedAudio]:
@@ -65,6 +66,30 @@ def test_tokens_pushed_one_by_one_come_back_as_one_streamed_segment(
 def tts_capabilities_streaming() -> bool:
     caps = voxtrio_livekit.TTS(word_timestamps=True).capabilities
     return caps.streaming and caps.aligned_transcript
+
+
+def test_aligned_transcripts_carry_monotonic_word_times(tiny_served: ServedProcess) -> None:
+    """Word timings arrive as TimedStrings on the frames, in order, times never going back."""
+
+    async def scenario() -> list[TimedString]:
+        tts = plugin(tiny_served.url)
+        try:
+            events = await stream_turn(tts, TOKENS)
+        finally:
+            await tts.aclose()
+        return [
+            word
+            for event in events
+            for word in event.frame.userdata.get(USERDATA_TIMED_TRANSCRIPT, [])
+        ]
+
+    words = asyncio.run(scenario())
+    assert [str(word).strip() for word in words] == ["Hello", "there.", "How", "are", "you?"]
+    starts = [word.start_time for word in words]
+    ends = [word.end_time for word in words]
+    assert starts == sorted(starts)
+    assert all(start <= end for start, end in zip(starts, ends, strict=True))
+    assert all(ends[i] <= starts[i + 1] + 1e-6 for i in range(len(words) - 1))
 
 
 def test_synthesize_speaks_one_text(tiny_served: ServedProcess) -> None:

@@ -16,6 +16,7 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSAudioRawFrame,
     TTSStartedFrame,
     TTSStoppedFrame,
+    TTSTextFrame,
 )
 
 from tests.integrations.pipecat_harness import pipeline  # noqa: E402
@@ -28,7 +29,7 @@ SHORT = {"max_len": 12, "seed": 7}
 
 def service(url: str, **options: object) -> VoxtrioTTSService:
     params = options.pop("params", SHORT)
-    return VoxtrioTTSService(url=url, word_timestamps=False, params=params, **options)  # type: ignore[arg-type]
+    return VoxtrioTTSService(url=url, params=params, **options)  # type: ignore[arg-type]
 
 
 def test_a_turn_streamed_token_by_token_is_spoken_at_the_pipeline_rate(
@@ -48,6 +49,25 @@ def test_a_turn_streamed_token_by_token_is_spoken_at_the_pipeline_rate(
     assert {frame.sample_rate for frame in audio} == {16000}
     seconds = sum(len(frame.audio) for frame in audio) / 2 / 16000
     assert 2 * 0.16 <= seconds <= 2 * 12 * 0.16 + 0.01  # two sentences, each capped
+
+
+def test_word_timings_become_text_frames_in_step_with_the_audio(
+    tiny_served: ServedProcess,
+) -> None:
+    """The server's word timings reach add_word_timestamps: one TTSTextFrame per word, in order."""
+
+    async def scenario() -> list[TTSTextFrame]:
+        async with pipeline(service(tiny_served.url)) as run:
+            await run.turn(TOKENS)
+            words = run.out.of(TTSTextFrame)
+            return [frame for frame in words if isinstance(frame, TTSTextFrame)]
+
+    words = asyncio.run(scenario())
+    assert [frame.text for frame in words] == ["Hello", "there.", "How", "are", "you?"]
+    stamps = [frame.pts for frame in words]
+    assert all(isinstance(pts, int) for pts in stamps)
+    assert stamps == sorted(stamps)
+    assert stamps[-1] > stamps[0]
 
 
 def test_an_interruption_stops_the_audio_within_a_chunk_and_frees_the_slot(

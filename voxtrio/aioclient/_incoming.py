@@ -1,13 +1,13 @@
 """What the server sends, decoded and checked with the protocol's strict converter.
 
-Adds the `words` message (word timings, docs/PROTOCOL.md) to the protocol's own server
-messages; audio frames become AudioChunk after their metadata has been checked.
+The protocol's server messages (word timings included: `Words`, one per sentence),
+and audio frames, which become AudioChunk after their metadata has been checked.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Final, Literal, TypeVar
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -15,30 +15,18 @@ from voxtrio.aioclient._errors import ProtocolViolation
 from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ProtocolError
 from voxtrio.protocol._formats import AudioFormat
-from voxtrio.protocol._messages import CancelledResult, Complete, Error, Pong, Progress
+from voxtrio.protocol._messages import (
+    CancelledResult,
+    Complete,
+    Error,
+    Pong,
+    Progress,
+    Words,
+    WordTime,
+)
 from voxtrio.protocol._voice_messages import VoiceDeleted, VoiceRegistered, Voices
 
 T = TypeVar("T")
-
-
-@attrs.frozen
-class Word:
-    """One word as the client sent it, with seconds from the start of its request's audio."""
-
-    text: str
-    start: float
-    end: float
-
-
-@attrs.frozen
-class WordTimings:
-    """The words of one sentence (`sentence` counts from 0), sent before its last audio."""
-
-    request_id: str
-    sentence: int
-    words: tuple[Word, ...]
-    estimated: bool = False
-    type: Literal["words"] = "words"
 
 
 @attrs.frozen
@@ -72,15 +60,17 @@ class AudioChunk:
         return len(self.pcm) / 2 / self.sample_rate if self.format == "pcm16" else None
 
 
-ServerReply = (
-    Progress | Complete | Error | Pong | WordTimings | Voices | VoiceRegistered | VoiceDeleted
-)
+# The names this client exports: a sentence's word timings, and one word of them.
+WordTimings = Words
+Word = WordTime
+
+ServerReply = Progress | Complete | Error | Pong | Words | Voices | VoiceRegistered | VoiceDeleted
 _TYPES: Final[dict[str, type[Any]]] = {
     "progress": Progress,
     "complete": Complete,
     "error": Error,
     "pong": Pong,
-    "words": WordTimings,
+    "words": Words,
     "voices": Voices,
     "voice_registered": VoiceRegistered,
     "voice_deleted": VoiceDeleted,
@@ -112,6 +102,6 @@ def parse_server_text(text: str) -> ServerReply:
     match message:
         case Complete(result=CancelledResult()) if payload["result"].get("cancelled") is not True:
             raise ProtocolViolation("the server sent a complete message with an empty result")
-        case WordTimings(words=words) if any(w.end < w.start for w in words):
+        case Words(words=words) if any(w.end < w.start for w in words):
             raise ProtocolViolation("the server sent a word that ends before it starts")
     return message
