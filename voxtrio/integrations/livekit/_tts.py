@@ -195,6 +195,8 @@ class SynthesizeStream(tts.SynthesizeStream):
             finally:
                 sender.cancel()
                 stream.close_nowait()  # cancels it when we were interrupted
+                # Its failure, if any, is the receiver's too (or the cancellation).
+                await asyncio.gather(sender, return_exceptions=True)
         output_emitter.end_segment()
 
     async def _send(self, stream: Any) -> None:
