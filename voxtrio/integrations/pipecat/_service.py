@@ -170,10 +170,11 @@ class VoxtrioTTSService(TTSService):
     async def _drop(self, context_id: str) -> None:
         stream = self._streams.pop(context_id, None)
         reader = self._readers.pop(context_id, None)
+        if stream is not None:
+            # The cancel goes out first; the wait for the server's end runs in the background.
+            stream.close_nowait()
         if reader is not None and reader is not asyncio.current_task():
             await self.cancel_task(reader)
-        if stream is not None:
-            stream.close_nowait()  # cancel + wait for the server's end, in the background
 
     async def _read(self, context_id: str, stream: TextStream) -> None:
         """Hand the request's audio and word timings to Pipecat's audio context."""
