@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integrations.conftest import require
 from tests.served import ServedProcess
+
+require("pipecat", "pipecat")
+require("livekit.agents", "livekit")
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "INTEGRATIONS.md"
 
@@ -26,25 +30,17 @@ def example(name: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("name", "module", "extra", "wav", "rate"),
-    [
-        ("pipecat", "pipecat", "pipecat", "bot.wav", 16000),
-        ("livekit", "livekit.agents", "livekit", "agent.wav", 24000),
-    ],
+    ("name", "wav", "rate"),
+    [("pipecat", "bot.wav", 16000), ("livekit", "agent.wav", 24000)],
 )
 def test_the_documented_agent_runs_and_speaks(
     tiny_served: ServedProcess,
     tmp_path: Path,
     name: str,
-    module: str,
-    extra: str,
     wav: str,
     rate: int,
 ) -> None:
     """Copy, paste, run: the program speaks its reply into a WAV file at the framework's rate."""
-    from tests.integrations.conftest import require
-
-    require(module, extra)
     script = tmp_path / f"{name}_agent.py"
     script.write_text(example(name))
     subprocess.run(
