@@ -111,5 +111,35 @@ class ServedProcess:
             time.sleep(0.05)
 
 
-def tiny_flags(model_dir: Path) -> tuple[str, ...]:
-    return ("--model", str(model_dir), "--device", "cpu")
+def tiny_flags(model_dir: Path, voices_dir: Path) -> tuple[str, ...]:
+    """The tiny checkpoint on CPU, voice uploads allowed (loopback only, as in the tests)."""
+    return (
+        "--model",
+        str(model_dir),
+        "--device",
+        "cpu",
+        "--allow-voice-upload",
+        "--voices-dir",
+        str(voices_dir),
+    )
+
+
+def prompt_wav(seconds: float = 2.0, rate: int = 16000) -> bytes:
+    """A voiced-sounding prompt (a 140 Hz tone with harmonics, a syllable rhythm) as WAV."""
+    import io
+    import math
+    import wave
+
+    frames = bytearray()
+    for i in range(int(seconds * rate)):
+        t = i / rate
+        envelope = 0.5 + 0.5 * math.sin(2 * math.pi * 4 * t)
+        tone = sum(math.sin(2 * math.pi * 140 * k * t) / k for k in (1, 2, 3, 5))
+        frames += int(6000 * envelope * tone).to_bytes(2, "little", signed=True)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(bytes(frames))
+    return buffer.getvalue()

@@ -33,7 +33,8 @@ def tiny_served(
     tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServedProcess]:
     """One tiny-checkpoint server for the suite (CPU, 48 kHz model; clients ask other rates)."""
-    served = ServedProcess(tmp_path_factory.mktemp("tiny-served"), *tiny_flags(tiny_model_dir))
+    workdir = tmp_path_factory.mktemp("tiny-served")
+    served = ServedProcess(workdir, *tiny_flags(tiny_model_dir, workdir / "voices"))
     served.start()
     try:
         yield served
@@ -44,7 +45,7 @@ def tiny_served(
 @pytest.fixture
 def restartable(tiny_model_dir: Path, tmp_path: Path) -> Iterator[ServedProcess]:
     """A server of the test's own, to kill and start again on the same port."""
-    served = ServedProcess(tmp_path, *tiny_flags(tiny_model_dir))
+    served = ServedProcess(tmp_path, *tiny_flags(tiny_model_dir, tmp_path / "voices"))
     served.start()
     try:
         yield served

@@ -44,7 +44,7 @@ from voxtrio.aioclient._incoming import AudioChunk, Word, WordTimings
 from voxtrio.aioclient._streams import SynthesisStream, TextStream
 from voxtrio.protocol._errors import ErrorCode
 from voxtrio.protocol._messages import SynthesisResult
-from voxtrio.protocol._voice_messages import VoiceSummary
+from voxtrio.protocol._voice_messages import VoiceRegistered, VoiceSummary
 
 __all__ = [
     "DEFAULT_URL",
@@ -59,6 +59,7 @@ __all__ = [
     "SynthesisResult",
     "SynthesisStream",
     "TextStream",
+    "VoiceRegistered",
     "VoiceSummary",
     "VoxtrioClientError",
     "Word",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -13,11 +14,11 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from voxtrio.aioclient._connection import AsyncConnection
-from voxtrio.aioclient._errors import ConnectError
+from voxtrio.aioclient._errors import ConnectError, ProtocolViolation
 from voxtrio.aioclient._incoming import AudioChunk
 from voxtrio.aioclient._streams import SynthesisStream, TextStream
 from voxtrio.protocol._messages import Mode, SynthesisOptions, SynthesisResult
-from voxtrio.protocol._voice_messages import Voices, VoiceSummary
+from voxtrio.protocol._voice_messages import VoiceRegistered, Voices, VoiceSummary
 
 DEFAULT_URL: Final = "ws://127.0.0.1:8765/tts"
 # 128 MiB: a non-streaming request's audio is one message (websockets' default is 1 MiB).
@@ -99,8 +100,41 @@ class AsyncVoxtrioClient:
         message = {"type": "voice_list", "request_id": uuid.uuid4().hex}
         reply = await self._connection.request_reply(message, reply_timeout)
         if not isinstance(reply, Voices):
-            raise ConnectError(f"voice_list was answered with {reply!r:.100}")
+            raise ProtocolViolation(f"voice_list was answered with {reply!r:.100}")
         return list(reply.voices)
+
+    async def register_voice(
+        self,
+        voice_id: str,
+        audio: bytes,
+        *,
+        prompt_text: str | None = None,
+        mode: str | None = None,
+        persist: bool = False,
+        replace: bool = False,
+        reply_timeout: float = 60.0,
+    ) -> VoiceRegistered:
+        """Register a voice from prompt audio (WAV, FLAC, MP3 or Ogg bytes); docs/PROTOCOL.md §15.
+
+        The server must allow uploads (`--allow-voice-upload`); then speak with it by id
+        (`voice_id=`). A refusal raises SynthesisError (FORBIDDEN, INVALID_PARAMS).
+        """
+        message: dict[str, Any] = {
+            "type": "voice_register",
+            "request_id": uuid.uuid4().hex,
+            "voice_id": voice_id,
+            "audio": base64.b64encode(audio).decode("ascii"),
+            "persist": persist,
+            "replace": replace,
+        }
+        if prompt_text is not None:
+            message["prompt_text"] = prompt_text
+        if mode is not None:
+            message["mode"] = mode
+        reply = await self._connection.request_reply(message, reply_timeout)
+        if not isinstance(reply, VoiceRegistered):
+            raise ProtocolViolation(f"voice_register was answered with {reply!r:.100}")
+        return reply
 
     async def ping(self, *, ping_timeout: float = 10.0) -> float:
         """Round trip of a protocol `ping`, in seconds."""
