@@ -43,6 +43,7 @@ def test_tokens_pushed_one_by_one_come_back_as_one_streamed_segment(
 
     async def scenario() -> tuple[list[SynthesizedAudio], int]:
         tts = plugin(tiny_served.url)
+        tts.prewarm()  # opens the connection the turns then share
         try:
             events = await stream_turn(tts, TOKENS)
             second = await stream_turn(tts, ["Good", "bye."])

@@ -124,7 +124,11 @@ class TTS(tts.TTS):
 
     def prewarm(self) -> None:
         """Open the connection now, so the first turn does not wait for the handshake."""
-        task = asyncio.get_running_loop().create_task(self._prewarm())
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no event loop yet: the first turn connects
+        task = loop.create_task(self._prewarm())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

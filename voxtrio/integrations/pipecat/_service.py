@@ -12,6 +12,7 @@ to the audio.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -86,6 +87,9 @@ class VoxtrioTTSService(TTSService):
         self._connection = SharedConnection(url, api_key=api_key, **dict(connect_options or {}))
         self._streams: dict[str, TextStream] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
+        # Turns whose request failed: the rest of their text is dropped, not retried
+        # token by token against a server that is down.
+        self._failed: deque[str] = deque(maxlen=64)
 
     def can_generate_metrics(self) -> bool:
         return True
@@ -122,7 +126,7 @@ class VoxtrioTTSService(TTSService):
 
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Send one piece of the turn's text; its audio arrives on the reader task."""
-        if not text:
+        if not text or context_id in self._failed:
             yield None
             return
         try:
@@ -132,6 +136,7 @@ class VoxtrioTTSService(TTSService):
             await stream.send_text(text)
             await self.start_tts_usage_metrics(text)
         except (VoxtrioClientError, RuntimeError) as exc:
+            self._failed.append(context_id)
             await self._drop(context_id)
             yield ErrorFrame(error=f"voxtrio: {exc}")
             yield TTSStoppedFrame(context_id=context_id)
@@ -192,9 +197,11 @@ class VoxtrioTTSService(TTSService):
                     words = [(word.text, word.start) for word in event.words]
                     await self.add_word_timestamps(words, context_id)
         except SynthesisError as exc:
+            self._failed.append(context_id)
             await self.push_error(error_msg=f"voxtrio: {exc}", exception=exc)
         except VoxtrioClientError as exc:
             # The connection is gone: this turn is lost, the next one reconnects.
+            self._failed.append(context_id)
             await self.push_error(error_msg=f"voxtrio: {exc}", exception=exc)
         finally:
             if self._readers.get(context_id) is asyncio.current_task():
