@@ -42,12 +42,27 @@ def tiny_served(
         served.stop()
 
 
-@pytest.fixture
-def restartable(tiny_model_dir: Path, tmp_path: Path) -> Iterator[ServedProcess]:
-    """A server of the test's own, to kill and start again on the same port."""
-    served = ServedProcess(tmp_path, *tiny_flags(tiny_model_dir, tmp_path / "voices"))
+@pytest.fixture(scope="session")
+def restartable_server(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServedProcess]:
+    """A second server, for the tests that kill it and start it again on the same port.
+
+    Each such test leaves it running again, so they share one (a start costs seconds).
+    """
+    workdir = tmp_path_factory.mktemp("restartable")
+    served = ServedProcess(workdir, *tiny_flags(tiny_model_dir, workdir / "voices"))
     served.start()
     try:
         yield served
     finally:
         served.stop()
+
+
+@pytest.fixture
+def restartable(restartable_server: ServedProcess) -> ServedProcess:
+    """The second server, running (started again if a failed test left it down)."""
+    process = restartable_server.process
+    if process is None or process.poll() is not None:
+        restartable_server.start()
+    return restartable_server
