@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -235,3 +237,19 @@ async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> N
     for key in ("websocket_first_audio_ms_median", "http_first_byte_ms_median"):
         assert isinstance(figures[key], float)
         assert 0 < figures[key] < 5000
+
+
+@pytest.mark.skipif(
+    shutil.which("espeak-ng") is None and os.environ.get("CI") != "true",
+    reason="espeak-ng is not installed (.ci/run installs it)",
+)
+def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
+    """bench.word_alignment: espeak-ng's word events against the aligner and the estimate."""
+    from bench.word_alignment import ENGLISH, Espeak, measure
+    from voxtrio.audio._align import SphinxAligner
+
+    row = measure(Espeak(), SphinxAligner(), ENGLISH[:2], "en-us", 175)
+    assert row["aligner_covered"] == 1.0
+    assert row["aligner"]["boundaries"] == row["estimate"]["boundaries"] > 20
+    assert row["aligner"]["mean_ms"] < row["estimate"]["mean_ms"]
+    assert row["aligner"]["mean_ms"] < 60

@@ -58,13 +58,31 @@ def test_aligned_english_words_are_within_tens_of_ms(
     assert max(errors) < 0.15
 
 
+@needs_espeak
+def test_a_word_outside_the_dictionary_gets_the_gap_between_its_neighbours(
+    aligner: SphinxAligner, tmp_path: Path
+) -> None:
+    """A name the dictionary lacks spans the audio between the words around it."""
+    words = ["Please", "call", "Zorbaxx", "and", "ask", "her"]
+    audio, rate, reference = espeak_words(words, tmp_path, gap=0.05)
+    times = aligner.align(words, audio, rate)
+    assert times is not None
+    start, end = times[2]
+    assert start == pytest.approx(reference[2][0], abs=0.08)
+    assert end == pytest.approx(reference[2][1], abs=0.08)
+    known = np.array([t for i, t in enumerate(times) if i != 2])
+    expected = np.array([t for i, t in enumerate(reference) if i != 2])
+    assert np.abs(known - expected).mean() < 0.04
+
+
 def test_numbers_are_spelled_out_and_unknown_words_are_not_covered(
     aligner: SphinxAligner,
 ) -> None:
     """Digits become dictionary words; a word outside the dictionary or English is None."""
     assert aligner.tokens(["42", "cats,"]) == [["forty", "two"], ["cats"]]
     assert aligner.tokens(["well-known"]) == [["well", "known"]]
-    assert aligner.tokens(["zqxjvv"]) is None
+    assert aligner.tokens(["hello", "Zorbaxx", "world"]) == [["hello"], [], ["world"]]
+    assert aligner.tokens(["zqxjvv"]) is None  # mostly unknown: nothing to align on
     assert aligner.tokens(["café"]) is None
     assert aligner.tokens(["你好"]) is None
 

@@ -1,4 +1,4 @@
-"""The word-time estimate: syllable-weighted over the speech, never inside a pause."""
+"""The word-time estimate: character-weighted over the speech, never inside a pause."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from voxtrio.audio._word_estimate import estimate_word_times, speech_mask, syllables
+from voxtrio.audio._word_estimate import estimate_word_times, speech_mask, word_weight
 
 RATE = 16000
 
@@ -22,12 +22,12 @@ def bursts(*spans: tuple[float, float], total: float) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    ("word", "count"),
-    [("cat", 1), ("banana", 3), ("rhythm", 1), ("beautiful", 3), ("1999", 4), ("好。", 1)],
+    ("word", "weight"),
+    [("cat", 3), ("banana,", 6), ("“Ja”", 2), ("1999", 12), ("好。", 3), ("—", 1)],
 )
-def test_syllables_count_vowel_groups_digits_and_cjk(word: str, count: float) -> None:
-    """Vowel groups (y included), one per digit, one per Han character; at least one."""
-    assert syllables(word) == count
+def test_weight_counts_letters_digits_and_cjk(word: str, weight: float) -> None:
+    """Letters 1, digits and Han characters 3, punctuation nothing; at least 1."""
+    assert word_weight(word) == weight
 
 
 def test_words_split_at_a_pause_start_and_end_on_its_edges() -> None:
@@ -38,10 +38,10 @@ def test_words_split_at_a_pause_start_and_end_on_its_edges() -> None:
     assert b == pytest.approx((1.0, 1.5), abs=0.02)
 
 
-def test_weights_follow_syllables_within_continuous_speech() -> None:
-    """One syllable then three over one second of speech: a quarter and three quarters."""
+def test_weights_share_out_continuous_speech() -> None:
+    """Three letters then nine over one second of speech: a quarter and three quarters."""
     audio = bursts((0.0, 1.0), total=1.0)
-    (a, b) = estimate_word_times(["cat", "banana"], audio, RATE)
+    (a, b) = estimate_word_times(["cat", "wonderful"], audio, RATE)
     assert a[1] == pytest.approx(0.25, abs=0.02)
     assert b == pytest.approx((0.25, 1.0), abs=0.02)
 

@@ -544,3 +544,15 @@ async def test_plain_display_prints_a_few_lines_at_most(autojump_clock: trio.abc
     lines = out.getvalue().splitlines()
     assert 3 <= len(lines) <= PLAIN_LINES
     assert all(line.startswith("voxtrio say: ") for line in lines)
+
+
+async def test_word_times_are_on_the_stream(synthetic_server: ServerHandle) -> None:
+    """word_timestamps=True: one Words per sentence on the stream, in order."""
+    async with (
+        connect(synthetic_server.url) as client,
+        client.synthesize("Hello there. Bye now.", word_timestamps=True) as stream,
+    ):
+        chunks = [chunk async for chunk in stream]
+    assert chunks
+    assert [w.sentence for w in stream.words] == [0, 1]
+    assert [w.text for w in stream.words[1].words] == ["Bye", "now."]

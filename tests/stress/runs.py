@@ -31,7 +31,8 @@ from .harness import (
     watch_logs,
 )
 
-BYSTANDER_TEXT = "A sentence long enough to take many chunks to speak. " * 3  # 40 chunks
+# One sentence (a text is spoken sentence by sentence): 159 chars, 40 chunks as one generation.
+BYSTANDER_TEXT = "A sentence long enough to take many chunks to speak, " * 3
 BYSTANDER_CHUNKS = 40
 
 

@@ -1,18 +1,16 @@
-"""Word times without an aligner: syllable-weighted within the speech, pauses found in the audio.
+"""Word times without an aligner: character-weighted within the speech, pauses from the audio.
 
 Any language, about 1 ms of CPU per second of audio. The sentence's speech is what
 lies above a level 35 dB under its loudest 10 ms frame; silences of 80 ms or more
 inside it are pauses, which belong to no word. Each word then gets a share of the
-speech time proportional to its syllables (vowel groups in Latin script, one per
-Han/kana character, one per digit, a letter in two for other scripts), laid over
-the speech frames in order, so a word never starts inside a pause. The error of this
-estimate is in docs/WORDS.md.
+speech time proportional to `word_weight` (its letters), laid over the speech
+frames in order, so a word never starts or ends inside a pause. Its error is in
+docs/WORDS.md.
 """
 
 from __future__ import annotations
 
 import itertools
-import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,27 +18,19 @@ import numpy as np
 FRAME_SECONDS = 0.01
 SPEECH_FLOOR_DB = -35.0  # below the loudest frame: silence
 MIN_PAUSE_SECONDS = 0.08  # shorter gaps are closures inside words (stops), not pauses
-_VOWELS = frozenset("aeiouy")
 
 
-def syllables(word: str) -> float:
-    """A rough syllable count: the weight of a word in the estimate (at least 1)."""
-    count = 0.0
-    in_vowel = False
-    other_letters = 0
+def word_weight(word: str) -> float:
+    """A word's share of the speech: its letters, a digit as 3 (a digit is a spoken
+    word), a Han/kana character as 3 (a syllable); at least 1. Measured against
+    syllable counts on espeak-ng speech, letters were the better weight (docs/WORDS.md)."""
+    weight = 0.0
     for ch in word:
-        base = unicodedata.normalize("NFD", ch)[0].lower()
-        if base in _VOWELS:
-            if not in_vowel:
-                count += 1
-            in_vowel = True
-            continue
-        in_vowel = False
         if ch.isdigit() or _is_cjk(ch):
-            count += 1
-        elif ch.isalpha() and not base.isascii():
-            other_letters += 1
-    return max(1.0, count + other_letters / 2)
+            weight += 3
+        elif ch.isalnum():
+            weight += 1
+    return max(1.0, weight)
 
 
 def speech_mask(audio: np.ndarray, sample_rate: int) -> np.ndarray:
@@ -71,7 +61,7 @@ def estimate_word_times(
     speech = np.flatnonzero(mask)
     if len(speech) == 0:  # nothing audible: spread the words over the whole audio
         speech = np.arange(max(1, len(mask)))
-    weights = np.array([syllables(w) for w in words])
+    weights = np.array([word_weight(w) for w in words])
     total = len(speech)
     bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum() * total])
     times = []

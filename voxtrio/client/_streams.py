@@ -18,7 +18,7 @@ from voxtrio.client._errors import (
 from voxtrio.client._request import Item, RequestState
 from voxtrio.client._results import AudioChunk
 from voxtrio.protocol._limits import MAX_TEXT_CHARS
-from voxtrio.protocol._messages import Complete, Error, Mode, Progress, SynthesisResult
+from voxtrio.protocol._messages import Complete, Error, Mode, Progress, SynthesisResult, Words
 
 log = logging.getLogger("voxtrio.client")
 
@@ -61,6 +61,14 @@ class SynthesisStream:
     @property
     def progress(self) -> Progress | None:
         return self._request.progress
+
+    @property
+    def words(self) -> list[Words]:
+        """Word times received so far, one `Words` per sentence (`word_timestamps=True`).
+
+        Each arrives before its sentence's last chunk, so after a chunk has been
+        played, every word whose `end` is within the audio played was heard."""
+        return list(self._request.words)
 
     @property
     def audio_seconds(self) -> float | None:

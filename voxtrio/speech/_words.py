@@ -70,14 +70,7 @@ class WordTimer:
         texts = [w.text for w in words]
         times: list[tuple[float, float]] | None = None
         if self.aligner is not None and words:
-            with trio.move_on_after(ALIGN_WAIT_SECONDS):
-                await self.limiter.acquire()
-                try:
-                    times = await trio.to_thread.run_sync(
-                        self.aligner.align, texts, audio, sample_rate
-                    )
-                finally:
-                    self.limiter.release()
+            times = await self._align(texts, audio, sample_rate)
         estimated = times is None
         if times is None:
             times = await trio.to_thread.run_sync(estimate_word_times, texts, audio, sample_rate)
@@ -87,6 +80,26 @@ class WordTimer:
             _timed(words, times, duration, offset=offset, scale=scale),
             estimated,
         )
+
+    async def _align(
+        self, texts: list[str], audio: np.ndarray, sample_rate: int
+    ) -> list[tuple[float, float]] | None:
+        """The aligner's times, or None: not covered, busy past the deadline, or broken."""
+        assert self.aligner is not None
+        acquired = False
+        with trio.move_on_after(ALIGN_WAIT_SECONDS):
+            await self.limiter.acquire()
+            acquired = True
+        if not acquired:
+            log.debug("word_aligner_busy", words=len(texts))
+            return None
+        try:
+            return await trio.to_thread.run_sync(self.aligner.align, texts, audio, sample_rate)
+        except Exception as exc:  # a broken aligner costs accuracy, never the request
+            log.warning("word_alignment_failed", error=repr(exc)[:300])
+            return None
+        finally:
+            self.limiter.release()
 
 
 def _timed(
