@@ -6,7 +6,8 @@ import asyncio
 import time
 
 from tests.integrations.conftest import require
-from tests.served import ServedProcess
+from tests.served import ServedProcess, free_port, prompt_wav
+from voxtrio import aioclient
 
 require("pipecat", "pipecat")
 
@@ -138,3 +139,36 @@ def test_the_server_restarting_mid_conversation_is_survived(restartable: ServedP
     assert any("connection" in error for error in errors)
     assert frames >= 1
     assert connections == 2
+
+
+def test_a_turn_against_a_server_that_is_down_fails_once_not_per_token() -> None:
+    """Nothing listening: the turn ends with one error and a TTSStoppedFrame, promptly."""
+    url = f"ws://127.0.0.1:{free_port()}/tts"
+
+    async def scenario() -> tuple[list[str], float]:
+        async with pipeline(service(url)) as run:
+            started = time.monotonic()
+            await run.say(TOKENS)
+            await run.out.wait_for(TTSStoppedFrame, timeout=30)
+            await asyncio.sleep(0.3)  # any late errors from the other tokens
+            return run.error_texts(), time.monotonic() - started
+
+    errors, seconds = asyncio.run(scenario())
+    # One from start() (the connection is tried at once), one for the turn.
+    assert len(errors) == 2
+    assert all("cannot connect" in error for error in errors)
+    assert seconds < 10
+
+
+def test_a_registered_voice_is_used_by_id(tiny_served: ServedProcess) -> None:
+    """voice_id names a voice registered on the server; the turn is spoken with it."""
+
+    async def scenario() -> list[TTSAudioRawFrame]:
+        async with aioclient.connect(tiny_served.url) as client:
+            await client.register_voice("pc-bob", prompt_wav(), mode="reference", replace=True)
+        async with pipeline(service(tiny_served.url, voice_id="pc-bob")) as run:
+            audio = await run.turn(TOKENS[:4])
+            assert not run.error_texts()
+            return audio
+
+    assert len(asyncio.run(scenario())) >= 1

@@ -181,8 +181,24 @@ class VoxtrioTTSService(TTSService):
         if reader is not None and reader is not asyncio.current_task():
             await self.cancel_task(reader)
 
+    async def _keep_context_open(self, context_id: str) -> None:
+        """Refresh the turn's audio context while its request runs.
+
+        Pipecat ends an audio context that gets nothing for `stop_frame_timeout_s`
+        (3 s); a request waiting for a replica, or prefilling a long voice prompt on a
+        slow machine, can take longer than that to its first audio.
+        """
+        interval = max(0.1, self._stop_frame_timeout_s / 3)
+        while True:
+            await asyncio.sleep(interval)
+            if self.audio_context_available(context_id):
+                self._refresh_audio_context(context_id)
+
     async def _read(self, context_id: str, stream: TextStream) -> None:
         """Hand the request's audio and word timings to Pipecat's audio context."""
+        keepalive = self.create_task(
+            self._keep_context_open(context_id), name=f"voxtrio keepalive {context_id}"
+        )
         try:
             async for event in stream:
                 if isinstance(event, AudioChunk):
@@ -204,6 +220,7 @@ class VoxtrioTTSService(TTSService):
             self._failed.append(context_id)
             await self.push_error(error_msg=f"voxtrio: {exc}", exception=exc)
         finally:
+            await self.cancel_task(keepalive)
             if self._readers.get(context_id) is asyncio.current_task():
                 del self._readers[context_id]
                 self._streams.pop(context_id, None)
