@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from tests.integrations.conftest import require
-from tests.served import ServedProcess, free_port, prompt_wav
-from voxtrio import aioclient
+from tests.served import ServedProcess, free_port
 
 require("pipecat", "pipecat")
 
@@ -160,15 +160,25 @@ def test_a_turn_against_a_server_that_is_down_fails_once_not_per_token() -> None
     assert seconds < 10
 
 
-def test_a_registered_voice_is_used_by_id(tiny_served: ServedProcess) -> None:
-    """voice_id names a voice registered on the server; the turn is spoken with it."""
+def test_first_audio_later_than_pipecats_context_timeout_still_plays(tmp_path: Path) -> None:
+    """A request slower to start than Pipecat's 3 s audio-context timeout (a queue, a long
+    voice prompt) keeps its context: the audio and the TTSStoppedFrame still come out."""
+    # The synthetic engine at 25x slower than real time: 4 s to the first 0.16 s chunk.
+    slow = ServedProcess(
+        tmp_path, "--engine", "synthetic", "--synthetic-rtf", "25", "--batched", "false"
+    )
+    slow.start()
 
-    async def scenario() -> list[TTSAudioRawFrame]:
-        async with aioclient.connect(tiny_served.url) as client:
-            await client.register_voice("pc-bob", prompt_wav(), mode="reference", replace=True)
-        async with pipeline(service(tiny_served.url, voice_id="pc-bob")) as run:
-            audio = await run.turn(TOKENS[:4])
+    async def scenario() -> tuple[list[TTSAudioRawFrame], float]:
+        async with pipeline(service(slow.url, params={})) as run:
+            started = time.monotonic()
+            audio = await run.turn(["Hi", "."])
             assert not run.error_texts()
-            return audio
+            return audio, time.monotonic() - started
 
-    assert len(asyncio.run(scenario())) >= 1
+    try:
+        audio, seconds = asyncio.run(scenario())
+    finally:
+        slow.stop()
+    assert seconds > 3.5
+    assert sum(len(frame.audio) for frame in audio) / 2 / 16000 >= 0.16
