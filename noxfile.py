@@ -44,8 +44,25 @@ def tests(session: nox.Session) -> None:
     """The default test run (CI): everything but the suites marked slow."""
     install_runtime(session, "test")
     session.run(
-        "pytest", "-m", "not slow and not cluster", *session.posargs, env={"TQDM_DISABLE": "1"}
+        "pytest",
+        "-m",
+        "not slow and not cluster",
+        # The framework plugins' suite needs their extras: `nox -s integrations`.
+        "--ignore=tests/integrations",
+        *session.posargs,
+        env={"TQDM_DISABLE": "1"},
     )
+
+
+@nox.session(python=PYTHON)
+def integrations(session: nox.Session) -> None:
+    """The Pipecat and LiveKit plugins in the real frameworks against the tiny checkpoint.
+
+    Installs the extras (pipecat-ai, livekit-agents, pinned in pyproject.toml). Under
+    CI=true a missing framework fails rather than skips.
+    """
+    install_runtime(session, "test", "pipecat", "livekit")
+    session.run("pytest", "tests/integrations", *session.posargs, env={"TQDM_DISABLE": "1"})
 
 
 @nox.session(python=PYTHON)

@@ -1,0 +1,323 @@
+"""One connection on asyncio: the WebSocket, the reader task, the active requests, failure.
+
+The reader task reads every message, checks it (`_incoming`, `_request`) and hands it
+to the request it names through that request's *bounded* queue: a request nobody
+reads fills its queue and then pauses the reader, so backpressure reaches the
+server instead of audio piling up here. Progress is not queued: the reader keeps
+the latest one on the request. The first failure (the server closed, the network
+broke, the server broke the protocol) wakes every waiter with ConnectionLost or
+ProtocolViolation. A dropped connection is not reopened here: the framework
+integrations open a new one for their next turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any, NoReturn
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from voxtrio.aioclient._errors import (
+    ConnectionLost,
+    ProtocolViolation,
+    ResponseTimeout,
+    SynthesisError,
+    VoxtrioClientError,
+    known_code,
+)
+from voxtrio.aioclient._incoming import (
+    StreamingChunkMetadata,
+    WholeAudioMetadata,
+    WordTimings,
+    parse_server_text,
+    structure_payload,
+)
+from voxtrio.aioclient._request import Failure, Item, RequestState
+from voxtrio.protocol._errors import ErrorCode
+from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
+from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
+from voxtrio.protocol._voice_messages import VoiceDeleted, VoiceRegistered, Voices
+
+log = logging.getLogger("voxtrio.aioclient")
+
+
+class AsyncConnection:
+    """The WebSocket and everything in flight on it (see the module docstring)."""
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        *,
+        url: str,
+        queue_size: int,
+        response_timeout: float,
+        cancel_timeout: float,
+        send_timeout: float,
+        close_timeout: float,
+    ) -> None:
+        self.url = url
+        self.response_timeout = response_timeout
+        self.cancel_timeout = cancel_timeout
+        self.send_timeout = send_timeout
+        self.close_timeout = close_timeout
+        self._ws = ws
+        self._queue_size = queue_size
+        self._requests: dict[str, RequestState] = {}
+        # Ids given up on after cancel_timeout: the server may still answer for them.
+        self._abandoned: set[str] = set()
+        # One-off replies (voice_list, ping) by request id / timestamp.
+        self._replies: dict[str | int, asyncio.Future[Any]] = {}
+        self._last_ping = 0
+        self._failure: VoxtrioClientError | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reader = self.spawn(self._read_loop())
+
+    @property
+    def closed(self) -> bool:
+        return self._failure is not None
+
+    @property
+    def active_requests(self) -> frozenset[str]:
+        return frozenset(self._requests)
+
+    def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
+        """A background task this connection keeps a reference to (asyncio drops weak ones)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -- sending --------------------------------------------------------------
+
+    async def open_request(
+        self, kind: str, request_id: str | None, params: dict[str, Any]
+    ) -> RequestState:
+        """Register a request and send its opening message (tts_request, text_stream_start)."""
+        self.check_usable()
+        rid = uuid.uuid4().hex if request_id is None else request_id
+        if rid in self._requests or rid in self._abandoned:
+            raise ValueError(f"request id {rid!r} is still active on this connection")
+        request = RequestState(
+            rid,
+            params.get("mode", "streaming"),
+            params.get("format", "pcm16"),
+            asyncio.Queue(self._queue_size),
+            last_activity=time.monotonic(),
+        )
+        self._requests[rid] = request
+        try:
+            await self.send({"type": kind, "request_id": rid, "params": params})
+        except BaseException:
+            self._requests.pop(rid, None)
+            raise
+        return request
+
+    async def send_cancel(self, request: RequestState) -> bool:
+        if request.cancel_sent or request.terminal_received or self._failure is not None:
+            return False
+        request.cancel_sent = True
+        await self.send({"type": "cancel", "request_id": request.request_id})
+        return True
+
+    async def send(self, message: dict[str, Any]) -> None:
+        self.check_usable()
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        try:
+            async with asyncio.timeout(self.send_timeout):
+                await self._ws.send(text)
+        except ConnectionClosed as exc:
+            self._fail(self._lost(exc))
+            self.raise_failure()
+        except TimeoutError:
+            self._fail(ConnectionLost(f"a message was not sent within {self.send_timeout:g} s"))
+            self.raise_failure()
+
+    async def request_reply(self, message: dict[str, Any], reply_timeout: float) -> Any:
+        """Send a message that one reply answers (voice_list...) and return the reply."""
+        rid = message["request_id"]
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[rid] = future
+        try:
+            await self.send(message)
+            async with asyncio.timeout(reply_timeout):
+                return await future
+        except TimeoutError:
+            raise ResponseTimeout(
+                f"no answer to {message['type']} within {reply_timeout:g} s"
+            ) from None
+        finally:
+            self._replies.pop(rid, None)
+
+    async def ping(self, ping_timeout: float) -> float:
+        """A protocol `ping`; the round trip in seconds."""
+        timestamp = max(int(time.time() * 1000), self._last_ping + 1)
+        self._last_ping = timestamp
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._replies[timestamp] = future
+        started = time.monotonic()
+        try:
+            await self.send({"type": "ping", "timestamp": timestamp})
+            async with asyncio.timeout(ping_timeout):
+                await future
+        except TimeoutError:
+            raise ResponseTimeout(f"no pong within {ping_timeout:g} s") from None
+        finally:
+            self._replies.pop(timestamp, None)
+        return time.monotonic() - started
+
+    # -- the reader task --------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        """Read and dispatch until the connection ends; never raises (but CancelledError)."""
+        try:
+            async for message in self._ws:
+                if isinstance(message, str):
+                    await self._on_text(message)
+                else:
+                    await self._on_frame(message)
+            code, reason = self._ws.close_code, self._ws.close_reason
+            detail = f" ({reason})" if reason else ""
+            lost = ConnectionLost(f"the server closed the connection: {code}{detail}", code=code)
+            self._fail(lost)
+        except ConnectionClosed as exc:
+            self._fail(self._lost(exc))
+        except ProtocolViolation as exc:
+            log.error("closing the connection to %s: %s", self.url, exc)
+            self._fail(exc)
+            await self._close(1002, str(exc)[:120])
+        except Exception as exc:  # a bug here must not leave waiters hanging
+            log.exception("the reader of %s failed", self.url)
+            self._fail(ConnectionLost(f"the client's reader failed: {exc!r}"))
+            await self._close(1011, "client error")
+
+    async def _on_text(self, text: str) -> None:
+        message = parse_server_text(text)
+        match message:
+            case Pong(timestamp=timestamp):
+                self._resolve(timestamp, message)
+            case Progress(request_id=rid):
+                if request := self._lookup(rid, "progress"):
+                    request.progress = message
+            case WordTimings(request_id=rid):
+                if request := self._lookup(rid, "words"):
+                    request.accept_words(message)
+                    await self._deliver(request, message)
+            case Complete(request_id=rid, result=result):
+                if request := self._lookup(rid, "complete", terminal=True):
+                    if isinstance(result, SynthesisResult):
+                        request.check_result(result)
+                    await self._finish(request, message)
+            case Error(request_id=None, error=body):
+                log.warning("connection-level error from %s: %s %s", self.url, body.code, body)
+            case Error(request_id=str(rid), error=body) if rid in self._replies:
+                error = SynthesisError(known_code(body.code), body.message, body.details)
+                self._resolve(rid, error)
+            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
+                log.debug("cancel of %r crossed its end on the wire", rid)
+            case Error(request_id=str(rid)):
+                if request := self._lookup(rid, "error", terminal=True):
+                    await self._finish(request, message)
+            case Voices() | VoiceRegistered() | VoiceDeleted():
+                self._resolve(message.request_id, message)
+
+    async def _on_frame(self, data: bytes) -> None:
+        try:
+            frame = decode_frame(data)
+        except FrameError as exc:
+            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
+        meta: StreamingChunkMetadata | WholeAudioMetadata
+        if frame.type is FrameType.STREAMING_CHUNK:
+            meta = structure_payload(StreamingChunkMetadata, frame.metadata, "frame metadata")
+        else:
+            meta = structure_payload(WholeAudioMetadata, frame.metadata, "frame metadata")
+        if request := self._lookup(meta.request_id, "audio frame"):
+            chunk = request.accept_frame(frame.type, meta, frame.payload)
+            if chunk is not None:
+                await self._deliver(request, chunk)
+
+    def _resolve(self, key: str | int, value: Any) -> None:
+        future = self._replies.get(key)
+        if future is None or future.done():
+            log.debug("a reply for %r came after its caller stopped waiting", key)
+        elif isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
+        request = self._requests.get(request_id)
+        if request is not None:
+            request.last_activity = time.monotonic()
+            return request
+        if request_id in self._abandoned:
+            if terminal:
+                self._abandoned.discard(request_id)
+            return None
+        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
+
+    async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
+        request.terminal_received = True
+        del self._requests[request.request_id]
+        await self._deliver(request, terminal)
+
+    async def _deliver(self, request: RequestState, item: Item) -> None:
+        if not request.closed:
+            # Waits while the consumer is behind: this pauses the whole connection.
+            await request.queue.put(item)
+
+    # -- failure and closing ----------------------------------------------------
+
+    def _fail(self, exc: VoxtrioClientError) -> None:
+        """The connection is unusable: wake every waiter (the first failure wins)."""
+        if self._failure is None:
+            self._failure = exc
+        for request in self._requests.values():
+            request.wake(Failure(exc))
+        self._requests.clear()
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(ConnectionLost(str(exc)))
+
+    def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
+        if self._failure is not None:
+            return ConnectionLost(str(self._failure))
+        received = exc.rcvd
+        if received is None:
+            return ConnectionLost("the connection broke (no close frame)")
+        reason = f" ({received.reason})" if received.reason else ""
+        return ConnectionLost(
+            f"the server closed the connection: {received.code}{reason}", code=received.code
+        )
+
+    def check_usable(self) -> None:
+        if self._failure is not None:
+            self.raise_failure()
+
+    def raise_failure(self) -> NoReturn:
+        failure = self._failure or ConnectionLost("the request ended without a terminal message")
+        raise type(failure)(str(failure)) from failure
+
+    def abandon(self, request: RequestState) -> None:
+        if self._requests.get(request.request_id) is request:
+            del self._requests[request.request_id]
+            self._abandoned.add(request.request_id)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.close_timeout):
+                await self._ws.close(code, reason)
+
+    async def aclose(self) -> None:
+        """Close (1000) within close_timeout; stop the reader and background tasks."""
+        self._fail(ConnectionLost("the client was closed"))
+        await self._close(1000, "")
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.close_timeout)
