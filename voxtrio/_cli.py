@@ -49,25 +49,6 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     return exc
 
 
-def _tiny_model(args: argparse.Namespace) -> int:
-    from voxtrio.tools._tiny_model import build_checkpoint
-
-    try:
-        path = build_checkpoint(
-            args.directory,
-            arch=args.arch,
-            size=args.size,
-            stop=args.stop,
-            seed=args.seed,
-            force=args.force,
-        )
-    except (FileExistsError, ValueError) as exc:
-        print(f"voxtrio tiny-model: {exc}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
-
-
 def _say(args: argparse.Namespace) -> int:
     from voxtrio.tools._say import run_say
 
@@ -98,24 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser(
         "tiny-model",
         help="write a random-weight VoxCPM checkpoint (offline tests, GPU speed runs)",
+        description="Write a random-weight VoxCPM checkpoint that voxcpm's own loader reads: "
+        "for offline tests (tiny) and speed runs where no weights can be fetched (full).",
     )
-    tiny.add_argument("directory")
-    tiny.add_argument("--arch", choices=("voxcpm2", "voxcpm"), default="voxcpm2")
-    tiny.add_argument(
-        "--size",
-        choices=("tiny", "full"),
-        default="tiny",
-        help="tiny (MBs, CPU tests) or full (the released model's size, random weights)",
-    )
-    tiny.add_argument(
-        "--stop",
-        choices=("never", "always", "random"),
-        default="never",
-        help="stop head: never (length = voxcpm's cap, deterministic), always, random",
-    )
-    tiny.add_argument("--seed", type=int, default=0)
-    tiny.add_argument("--force", action="store_true", help="replace an existing directory")
-    tiny.set_defaults(func=_tiny_model)
+    from voxtrio.tools._tiny_cli import add_tiny_model_arguments, run_tiny_model
+
+    add_tiny_model_arguments(tiny)
+    tiny.set_defaults(func=run_tiny_model)
     return parser
 
 

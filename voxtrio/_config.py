@@ -125,6 +125,15 @@ def _optional_bool(text: str) -> bool | None:
     return None if text.strip().lower() in {"", "auto"} else _bool(text)
 
 
+def _no_denoiser(text: str) -> str:
+    # voxcpm's ZipEnhancer needs modelscope and a hub model; until a request's
+    # `denoise` is wired to it, a configured denoiser would be loaded and never used.
+    raise ValueError(
+        "prompt denoising is not supported by this server (voxcpm's ZipEnhancer is not "
+        "wired in; see issue #23): remove this setting"
+    )
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -276,8 +285,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "denoiser_path",
         "TTS_DENOISER_PATH",
-        _text,
-        "local ZipEnhancer model directory; enables `denoise`",
+        _no_denoiser,
+        "not supported: prompt denoising is off (a request's `denoise: true` is "
+        "INVALID_PARAMS); setting this is an error, not silently ignored",
     ),
     Option("max_text_chars", "TTS_MAX_TEXT_CHARS", _positive_int, "longest text accepted"),
     Option("max_message_bytes", "TTS_MAX_MESSAGE_SIZE", _positive_int, "largest client message"),

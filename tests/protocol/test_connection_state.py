@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from voxtrio.protocol._connection_state import (
+    DENOISE_UNAVAILABLE,
     Capabilities,
     ConnectionState,
     Reply,
@@ -113,17 +114,17 @@ def test_bad_message_does_not_touch_active_requests() -> None:
     assert list(state.active) == ["a"]
 
 
-def test_denoise_without_denoiser_is_invalid() -> None:
-    """denoise needs a configured denoiser; the error says how to get one."""
+def test_denoise_true_is_invalid_params() -> None:
+    """denoise: true is refused, naming params.denoise and saying no denoiser is configured."""
     error = error_of(ConnectionState().receive_text(tts(denoise=True)))
     assert error.error.code is ErrorCode.INVALID_PARAMS
-    assert "--denoiser-path" in error.error.details["params.denoise"]
+    assert error.error.details == {"params.denoise": DENOISE_UNAVAILABLE}
+    assert "no denoiser is configured" in DENOISE_UNAVAILABLE
 
 
-def test_denoise_with_denoiser_is_accepted() -> None:
-    """With a denoiser configured, denoise is accepted."""
-    state = ConnectionState(capabilities=Capabilities(denoiser_available=True))
-    assert isinstance(state.receive_text(tts(denoise=True)), StartRequest)
+def test_denoise_false_is_accepted() -> None:
+    """denoise: false (the default) starts the request as usual."""
+    assert isinstance(ConnectionState().receive_text(tts(denoise=False)), StartRequest)
 
 
 def test_voice_messages_become_voice_commands() -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import trio
 
-from voxtrio._config import Settings
+from voxtrio.protocol._connection_state import DENOISE_UNAVAILABLE
 from voxtrio.protocol._frames import FrameType
 from voxtrio.server._listener import ServerHandle
 from voxtrio.speech._voxcpm_engine import VoxCPMEngine, VoxCPMOptions
@@ -141,9 +141,21 @@ async def test_disconnect_mid_stream_frees_the_replica(voxcpm_server: Callable[.
     assert (await speak(handle.url, text=TEXT, seed=5, max_len=6)).audio == reference.audio
 
 
-async def test_settings_reject_denoise_without_denoiser(voxcpm_server: Callable[..., Any]) -> None:
-    """denoise: true on a server with no denoiser is INVALID_PARAMS before any work."""
+async def test_denoise_true_is_refused_and_the_connection_goes_on(
+    voxcpm_server: Callable[..., Any],
+) -> None:
+    """denoise: true is INVALID_PARAMS naming params.denoise, with no audio; denoise: false
+    on the same connection is spoken."""
     handle = await voxcpm_server()
-    outcome = await speak(handle.url, text=TEXT, denoise=True)
-    assert outcome.terminal["error"]["code"] == "INVALID_PARAMS"
-    assert Settings().denoiser_path is None
+    async with session(handle.url) as s:
+        await s.request("noisy", text=TEXT, denoise=True)
+        await s.until_terminal("noisy")
+        await s.request("plain", text=TEXT, denoise=False, max_len=4)
+        await s.until_terminal("plain")
+    refused = s.outcomes["noisy"]
+    assert refused.frames == []
+    error = refused.terminal["error"]
+    assert error["code"] == "INVALID_PARAMS"
+    assert error["details"] == {"params.denoise": DENOISE_UNAVAILABLE}
+    assert s.outcomes["plain"].terminal["type"] == "complete"
+    assert s.outcomes["plain"].terminal["result"]["chunks"] == 4

@@ -35,13 +35,18 @@ from voxtrio.protocol._voice_messages import (
     VoiceRegister,
 )
 
+#: Why `denoise: true` is refused (the `params.denoise` entry of INVALID_PARAMS).
+DENOISE_UNAVAILABLE = (
+    "prompt denoising is not available: no denoiser is configured on this server "
+    "(voxtrio does not run voxcpm's ZipEnhancer); omit denoise or send false"
+)
+
 
 @attrs.frozen
 class Capabilities:
     """What this server can do, for the checks that depend on it."""
 
     max_text_chars: int = 5000
-    denoiser_available: bool = False
 
 
 @attrs.frozen
@@ -236,10 +241,10 @@ class ConnectionState:
                 )
             elif not text.strip():
                 errors["params.text"] = "must contain something to speak, not only whitespace"
-        if params.denoise and not self.capabilities.denoiser_available:
-            errors["params.denoise"] = (
-                "no denoiser is configured on this server (start it with --denoiser-path)"
-            )
+        if params.denoise:
+            # Refused, never accepted and ignored: voxcpm's prompt denoiser (ZipEnhancer)
+            # needs modelscope and a hub model that this server does not load.
+            errors["params.denoise"] = DENOISE_UNAVAILABLE
         if params.bit_rate is not None and params.format not in ("mp3", "opus"):
             errors["params.bit_rate"] = f"only applies to mp3 and opus, not {params.format}"
         if errors:

@@ -164,10 +164,7 @@ class TtsServer:
         self.keys = keys if keys is not None else KeyStore()
         self.metrics = metrics if metrics is not None else Metrics()
         self.stats = ServerStats()
-        self.capabilities = Capabilities(
-            max_text_chars=settings.max_text_chars,
-            denoiser_available=settings.denoiser_path is not None,
-        )
+        self.capabilities = Capabilities(max_text_chars=settings.max_text_chars)
         self.connections: set[Endpoint] = set()
         self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()

@@ -8,6 +8,7 @@ prompt_wav_url fetcher), `_service` (the Trio side: voice_* messages, a request'
 voice fields).
 
 May import `voxtrio.protocol` (the rules, limits and messages it enforces) and
-`voxtrio._config`, plus numpy, soundfile, soxr, h11, structlog and Trio; never
-speech, server, ops or above (import-linter contracts in pyproject.toml).
+`voxtrio._config`, plus numpy, soundfile, soxr, PyAV, h11, structlog and Trio;
+never `voxtrio.audio` (its sibling layer), speech, server, ops or above
+(import-linter contracts in pyproject.toml).
 """
