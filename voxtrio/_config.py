@@ -268,10 +268,15 @@ OPTIONS: tuple[Option, ...] = (
         "write_timeout",
         "TTS_WRITE_TIMEOUT",
         _positive_float,
-        "one frame to a client that does not read, s",
+        "drop a client that reads nothing for this long, s",
     ),
     Option("ping_interval", "TTS_PING_INTERVAL", _positive_float, "server keepalive ping, s"),
-    Option("ping_timeout", "TTS_PING_TIMEOUT", _positive_float, "wait for the pong, s"),
+    Option(
+        "ping_timeout",
+        "TTS_PING_TIMEOUT",
+        _positive_float,
+        "drop a peer when neither the pong nor any frame comes for this long, s",
+    ),
     Option(
         "idle_timeout",
         "TTS_IDLE_TIMEOUT",

@@ -420,6 +420,9 @@ class RawWebSocket:
         self._send_lock = trio.Lock()  # a reader answering pings may send beside a writer
         self._text: list[str] = []
         self._bytes: list[bytes] = []
+        # A slow reader: at most `receive_size` bytes per read, `read_delay` s before each.
+        self.receive_size = 1 << 20
+        self.read_delay = 0.0
 
     @classmethod
     @asynccontextmanager
@@ -498,7 +501,8 @@ class RawWebSocket:
             if self.closed is not None:
                 return None
             try:
-                data = await self.stream.receive_some(1 << 20)
+                await trio.sleep(self.read_delay)
+                data = await self.stream.receive_some(self.receive_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:
