@@ -25,7 +25,14 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
@@ -86,29 +93,42 @@ class LogEvent:
     level: str
     event: str
     error: str | None  # "Type: message" of the exception being logged, if any
+    # For the events asked for by name: their connection id, remote and reason.
+    details: dict[str, str] = attrs.field(factory=dict, eq=False)
+
+
+# What a kept event's details are drawn from.
+DETAIL_KEYS = ("connection_id", "remote", "reason")
 
 
 @contextmanager
-def watch_logs() -> Iterator[list[LogEvent]]:
+def watch_logs(also: Collection[str] = ()) -> Iterator[list[LogEvent]]:
     """Keep the server's warnings and errors (with their exception), drop everything else.
 
-    Replaces structlog's processors for the block, so an in-process server under heavy
-    load neither prints nor buffers its info lines.
+    Events named in `also` are kept at any level, with their `DETAIL_KEYS`. Replaces
+    structlog's processors for the block, so an in-process server under heavy load
+    neither prints nor buffers its info lines.
     """
     kept: list[LogEvent] = []
+    wanted = frozenset(also)
 
     def keep(logger: object, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-        if method in ("warning", "error", "exception", "critical"):
+        name = str(event_dict.get("event"))
+        if method in ("warning", "error", "exception", "critical") or name in wanted:
             error = None
             exc = sys.exc_info()[1] if event_dict.get("exc_info") else None
             if exc is not None:
                 error = describe_exception(exc)
-            kept.append(LogEvent(method, str(event_dict.get("event")), error))
+            details = {k: str(event_dict[k]) for k in DETAIL_KEYS if k in event_dict}
+            kept.append(LogEvent(method, name, error, details))
         raise structlog.DropEvent
 
     was_configured = structlog.is_configured()
     old = structlog.get_config()
-    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep],
+        cache_logger_on_first_use=False,
+    )
     try:
         yield kept
     finally:

@@ -7,6 +7,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from voxtrio.server._activity import PeerActivity
 
+# How a write timeout is reported (logs, close reason): the client read nothing.
+STALLED = "client read nothing"
+
 
 class ConnectionGone(Exception):
     """The peer closed the connection or stopped reading; nothing more can be sent."""
@@ -48,7 +51,7 @@ class FrameWriter:
                     raise ConnectionGone(self.broken) from None
             if scope.cancelled_caught:
                 # Part of a frame may be on the wire: the connection is unusable now.
-                self.broken = f"client read nothing for {self.write_timeout:g} s"
+                self.broken = f"{STALLED} for {self.write_timeout:g} s"
                 raise ConnectionGone(self.broken)
             self.frames_sent += 1
             self.bytes_sent += len(message)
