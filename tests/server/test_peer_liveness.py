@@ -19,13 +19,10 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message)
 
 
-async def test_client_reading_a_large_message_slowly_is_not_dropped(
-    start_server: Callable[..., Any],
-) -> None:
-    """11 MB of non-streaming WAV to a client reading ~5 MB/s: delivered, write timeout 0.5 s."""
-    handle = await start_server(lambda: SyntheticEngine(rtf=0.0), write_timeout=0.5)
+async def read_slowly(url: str) -> int:
+    """11 MB of non-streaming WAV read at about 5 MB/s: the audio bytes, once complete."""
     request = {"text": "x" * 3000, "mode": "non_streaming", "format": "wav"}
-    async with RawWebSocket.open(handle.url) as raw:
+    async with RawWebSocket.open(url) as raw:
         # A fixed receive buffer (no autotuning) and paced reads: the kernel cannot
         # soak up the message; the server's send proceeds at the reader's pace.
         raw.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -40,7 +37,25 @@ async def test_client_reading_a_large_message_slowly_is_not_dropped(
                     break
         assert raw.closed is None, raw.closed
         assert json.loads(message)["type"] == "complete"
-    assert audio > 10_000_000
+    return audio
+
+
+async def test_client_reading_a_large_message_slowly_is_not_dropped(
+    start_server: Callable[..., Any],
+) -> None:
+    """A client reading 11 MB at ~5 MB/s is served whole with a write timeout of 0.5 s."""
+    handle = await start_server(lambda: SyntheticEngine(rtf=0.0), write_timeout=0.5)
+    assert await read_slowly(handle.url) > 10_000_000
+
+
+async def test_ping_behind_megabytes_a_client_reads_slowly_does_not_drop_it(
+    start_server: Callable[..., Any],
+) -> None:
+    """The server's pings wait behind MBs of audio; its send queue drains: no ping timeout."""
+    handle = await start_server(
+        lambda: SyntheticEngine(rtf=0.0), write_timeout=30, ping_interval=0.2, ping_timeout=0.5
+    )
+    assert await read_slowly(handle.url) > 10_000_000
 
 
 async def test_pong_queued_behind_the_peers_own_messages_does_not_drop_it(

@@ -13,6 +13,8 @@ from voxtrio._config import Settings
 from voxtrio.server._activity import PeerActivity
 
 log = structlog.get_logger("voxtrio.connection")
+# How often a pending pong's wait looks at the send queue to the peer, s.
+_LOOK_EVERY = 0.25
 
 
 async def keepalive(
@@ -22,12 +24,13 @@ async def keepalive(
     abort: Callable[[str], Awaitable[None]],
     connection_scope: trio.CancelScope,
 ) -> None:
-    """Ping every `ping_interval`; abort once neither the pong nor any frame came for
-    `ping_timeout` after it.
+    """Ping every `ping_interval`; abort once the peer gave no sign for `ping_timeout`.
 
-    Frames the server reads after the ping count as signs of life: a peer sending a
-    burst of messages has its pong queued behind them, and the server reading them
-    late (because it is busy) is no fault of the peer's.
+    Signs (`PeerActivity.last_sign`): the pong, any frame read after the ping (a peer
+    sending a burst has its pong queued behind it, which a busy server reads late),
+    the kernel's send queue to the peer draining (a client reading megabytes of
+    audio at its own pace sees the ping only after them), and, at the deadline, bytes
+    from the peer still unread (the server's own stall, not the peer's silence).
     """
     while True:
         await trio.sleep(settings.ping_interval)
@@ -56,14 +59,21 @@ async def _ping(
             answer.append("closed")
         done.set()
 
+    look_every = min(_LOOK_EVERY, ping_timeout / 4)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(ping)
         sent_at = trio.current_time()
+        activity.look_at_send_queue()
         while not done.is_set():
-            silent_until = max(sent_at, activity.heard_at) + ping_timeout
+            silent_until = max(sent_at, activity.last_sign) + ping_timeout
             if trio.current_time() >= silent_until:
-                break
-            with trio.move_on_at(silent_until):
+                if not activity.unread_bytes_waiting():
+                    break
+                # Its bytes wait for a server that stalled (load, GC): not silence.
+                activity.heard()
+                continue
+            with trio.move_on_at(min(silent_until, trio.current_time() + look_every)):
                 await done.wait()
+            activity.look_at_send_queue()
         nursery.cancel_scope.cancel()
     return answer[0] if answer else "silent"

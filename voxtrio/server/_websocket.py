@@ -42,6 +42,12 @@ _VOICE_REGISTER = re.compile(r'"type"\s*:\s*"voice_register"')
 _SEND_SLICE = 64 * 1024
 
 
+def _socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor under a socket stream, or one that wraps one as `.stream`."""
+    inner = getattr(stream, "stream", stream)
+    return inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
+
+
 class HeadFirstStream(trio.abc.Stream):
     """A server stream that gives the request head alone, then waits for the answer.
 
@@ -56,7 +62,7 @@ class HeadFirstStream(trio.abc.Stream):
         self._held = b""
         self._answered = trio.Event()
         self._switched = False
-        self.activity = PeerActivity()
+        self.activity = PeerActivity(_socket_fd(transport_stream))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._head_done:
@@ -85,8 +91,9 @@ class HeadFirstStream(trio.abc.Stream):
         try:
             view = memoryview(data)
             for start in range(0, len(view), _SEND_SLICE):
-                await self.transport_stream.send_all(view[start : start + _SEND_SLICE])
-                self.activity.accepted()
+                piece = view[start : start + _SEND_SLICE]
+                await self.transport_stream.send_all(piece)
+                self.activity.accepted(len(piece))
         finally:
             self._answered.set()
 
