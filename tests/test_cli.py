@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,24 @@ def test_model_that_is_no_directory_is_refused_before_loading(
     missing = tmp_path / "nonexistent" / "dir"
     assert main(["serve", "--model", str(missing)]) == 2
     assert f"--model {missing}: no such directory" in capsys.readouterr().err
+
+
+def test_model_that_cannot_be_loaded_is_an_error_with_a_hint(tmp_path: Path) -> None:
+    """A directory that holds no checkpoint: an error-level event that says what to do."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    command = [sys.executable, "-m", "voxtrio", "serve", "--model", str(empty), "--device", "cpu"]
+    done = subprocess.run(
+        [*command, "--port", "0", "--metrics-port", "0", "--log-format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"},
+        check=False,
+    )
+    assert done.returncode == 1
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (failed,) = [e for e in events if e.get("event") == "model_load_failed"]
+    assert failed["level"] == "error"
+    assert "--model" in failed["hint"]
+    assert "voxtrio tiny-model DIR" in failed["hint"]

@@ -341,6 +341,23 @@ VOICE_REPLIES = ("voice_registered", "voice_list", "voice_deleted")
 # ---------------------------------------------------------------- clients
 
 
+# A client gives up on a WebSocket upgrade not answered within this (websockets' default).
+HANDSHAKE_DEADLINE = 10.0
+
+
+class HandshakeTimeout(trio.TooSlowError):
+    """The server did not answer the upgrade within HANDSHAKE_DEADLINE: the client gave up."""
+
+
+@contextmanager
+def handshake_deadline() -> Iterator[None]:
+    try:
+        with trio.fail_after(HANDSHAKE_DEADLINE):
+            yield
+    except trio.TooSlowError:
+        raise HandshakeTimeout(f"no answer to the upgrade in {HANDSHAKE_DEADLINE:g} s") from None
+
+
 @asynccontextmanager
 async def connect(
     url: str, *, max_message_size: int = CLIENT_MAX_MESSAGE
@@ -354,7 +371,7 @@ async def connect(
     stream = await trio.open_tcp_stream(host, port)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(10):
+            with handshake_deadline():
                 ws = await wrap_client_stream(
                     nursery, stream, host, path, max_message_size=max_message_size
                 )
@@ -467,7 +484,7 @@ class RawWebSocket:
     async def handshake(self, path: str, *, then: bytes = b"") -> None:
         """The upgrade; `then` goes in the same TCP write (RFC 6455 says wait for the 101)."""
         await self._send(self.handshake_bytes(path) + then)
-        with trio.fail_after(10):
+        with handshake_deadline():
             while True:
                 data = await self.stream.receive_some(65536)
                 if not data:

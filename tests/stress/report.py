@@ -397,9 +397,11 @@ def _clients_section(figures: dict[str, Any]) -> list[str]:
             f"- Clients the server cut: {_counts(fig['server_cuts']) or 'none'}; clients that "
             f"read among them: {len(fig['reading_clients_cut'])} ({timeouts})."
         )
+        gave_up = fig["events"].get("gave up on a slow handshake", 0)
         lines.append(
             f"- Worst event-loop lag: server {fig['server_loop_lag_max_s']} s, clients "
-            f"{fig['client_loop_lag_max_s']} s."
+            f"{fig['client_loop_lag_max_s']} s; clients that gave up on a handshake not "
+            f"answered within 10 s: {gave_up}."
         )
     return [*lines, ""]
 
