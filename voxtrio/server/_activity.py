@@ -11,30 +11,35 @@ Two deadlines judge a peer, and both must judge the peer rather than the server:
   the peer's own messages, which a busy server has not read yet, is the server's
   delay; a ping queued behind megabytes of audio that a client reads at its own pace
   reaches it late, while the kernel's send queue to it keeps draining (TCP's own
-  keepalive, likewise, probes only a connection with nothing in flight).
+  keepalive, likewise, probes only a connection with nothing in flight). Bytes from
+  the peer still unread when the deadline comes mean the server stalled, not the peer.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import trio
 
+_ioctl: Callable[[int, int, bytes], bytes] | None
 try:  # bytes in a socket's send queue (unsent or unacknowledged), and unread ones
-    from fcntl import ioctl
-    from termios import FIONREAD, TIOCOUTQ
+    import fcntl
+    import termios
+
+    _ioctl = fcntl.ioctl
+    _FIONREAD, _TIOCOUTQ = termios.FIONREAD, termios.TIOCOUTQ
 except ImportError:  # elsewhere the keepalive judges pongs and frames only
-    ioctl = None  # type: ignore[assignment]
+    _ioctl = None
+    _FIONREAD = _TIOCOUTQ = 0
 
 
 class PeerActivity:
-    """Timestamps (trio clock): last frame heard, last bytes accepted, last drain seen."""
+    """Timestamps (trio clock) of the last frame heard and the last drain seen."""
 
     def __init__(self, fd: int | None = None) -> None:
         self.heard_at = trio.current_time()
-        self.accepted_at = self.heard_at
         self.drained_at = self.heard_at
         self._fd = fd  # the socket's, to read its send queue
         self._queued: int | None = None  # in the kernel at the last look
@@ -49,17 +54,17 @@ class PeerActivity:
         return max(self.heard_at, self.drained_at)
 
     def _ioctl_int(self, request: int) -> int | None:
-        if self._fd is None or ioctl is None:
+        if self._fd is None or _ioctl is None:
             return None
         try:
-            value: int = struct.unpack("i", ioctl(self._fd, request, b"\0\0\0\0"))[0]
+            value: int = struct.unpack("i", _ioctl(self._fd, request, b"\0\0\0\0"))[0]
         except OSError:
             return None
         return value
 
     def unread_bytes_waiting(self) -> bool:
         """Bytes from the peer wait in the kernel: the server, not the peer, is behind."""
-        return bool(self._ioctl_int(FIONREAD))
+        return bool(self._ioctl_int(_FIONREAD))
 
     def look_at_send_queue(self) -> None:
         """Note a drain if the peer took bytes from the kernel's queue since the last look.
@@ -69,7 +74,7 @@ class PeerActivity:
         whose host is gone takes nothing; one whose program froze takes bytes only
         until its receive window closes.)
         """
-        queued = self._ioctl_int(TIOCOUTQ)
+        queued = self._ioctl_int(_TIOCOUTQ)
         if queued is None:
             return
         handed = self._accepted_bytes - self._accepted_then
@@ -84,7 +89,6 @@ class PeerActivity:
     def accepted(self, size: int) -> None:
         """The transport took `size` more bytes: a guarded write goes on."""
         now = trio.current_time()
-        self.accepted_at = now
         self._accepted_bytes += size
         if self._write_scope is not None:
             self._write_scope.deadline = now + self._write_timeout

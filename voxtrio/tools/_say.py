@@ -291,7 +291,7 @@ class ProgressDisplay:
 
     def update(self, stream: SynthesisStream, elapsed: float) -> None:
         progress = stream.progress
-        state = progress.state if progress else "sending"
+        state: str = progress.state if progress else "sending"
         audio = stream.audio_seconds
         received = "" if audio is None else f" {audio:6.1f} s audio"
         if progress and state in ("generating", "encoding"):

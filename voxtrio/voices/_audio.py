@@ -21,7 +21,7 @@ import io
 import os
 import uuid
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import numpy as np
@@ -198,8 +198,10 @@ def _decode_soundfile(data: bytes, *, field: str, max_seconds: float) -> tuple[n
     return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
-def _metadata_options(av_version: str) -> dict[str, str]:
+def _metadata_options(av_version: str) -> dict[str, Any]:
     """`av.open` options that keep undecodable tag bytes from failing the open.
+
+    (Typed loosely: the accepted keywords differ between PyAV versions.)
 
     PyAV 18 and older decode tags strictly unless told `metadata_errors="ignore"`;
     PyAV 19 removed that argument (tags are decoded with surrogateescape, never raising).
