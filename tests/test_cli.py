@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,31 @@ def test_model_that_cannot_be_loaded_is_an_error_with_a_hint(tmp_path: Path) -> 
     assert failed["level"] == "error"
     assert "--model" in failed["hint"]
     assert "voxtrio tiny-model DIR" in failed["hint"]
+
+
+def test_start_up_log_names_every_address(tmp_path: Path) -> None:
+    """The `serving` line gives the WebSocket URL, the OpenAI route, the page and /health."""
+    ready = tmp_path / "ready"
+    command = [sys.executable, "-m", "voxtrio", "serve", "--engine", "synthetic"]
+    flags = ["--port", "0", "--metrics-port", "0", "--log-format", "json"]
+    server = subprocess.Popen(
+        [*command, *flags, "--ready-file", str(ready)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists() and server.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        websocket, side = ready.read_text().split()
+    finally:
+        server.terminate()
+        _, stderr = server.communicate(timeout=60)
+    events = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    (serving,) = [e for e in events if e.get("event") == "serving"]
+    http = websocket.removeprefix("ws://").removesuffix("/tts")
+    assert serving["websocket"] == websocket
+    assert serving["openai"] == f"http://{http}/v1/audio/speech"
+    assert serving["page"] == f"http://{http}/"
+    assert serving["health"] == f"{side}/health"
