@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import logging
 import warnings
 from collections.abc import Iterator
@@ -42,4 +43,6 @@ def test_torch_weight_norm_deprecation_is_not_logged() -> None:
         warnings.warn("another deprecation", FutureWarning, stacklevel=1)
     text = out.getvalue()
     assert "weight_norm" not in text
-    assert "another deprecation" in text
+    (logged,) = [json.loads(line) for line in text.splitlines()]
+    assert logged["logger"] == "py.warnings"
+    assert "another deprecation" in logged["event"]
