@@ -220,7 +220,12 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     Option("host", "TTS_HOST", _text, "address to listen on (loopback by default)"),
-    Option("port", "TTS_PORT", _port, "WebSocket port (0 picks a free one)"),
+    Option(
+        "port",
+        "TTS_PORT",
+        _port,
+        "port of the WebSocket and HTTP APIs and the page (0 picks a free one)",
+    ),
     Option("max_connections", "TTS_MAX_CONNECTIONS", _positive_int, "open connections at most"),
     Option(
         "max_concurrent",
@@ -334,10 +339,15 @@ OPTIONS: tuple[Option, ...] = (
         "write_timeout",
         "TTS_WRITE_TIMEOUT",
         _positive_float,
-        "one frame to a client that does not read, s",
+        "drop a client that reads nothing for this long, s",
     ),
     Option("ping_interval", "TTS_PING_INTERVAL", _positive_float, "server keepalive ping, s"),
-    Option("ping_timeout", "TTS_PING_TIMEOUT", _positive_float, "wait for the pong, s"),
+    Option(
+        "ping_timeout",
+        "TTS_PING_TIMEOUT",
+        _positive_float,
+        "drop a peer when neither the pong nor any frame comes for this long, s",
+    ),
     Option(
         "idle_timeout",
         "TTS_IDLE_TIMEOUT",
@@ -377,7 +387,12 @@ OPTIONS: tuple[Option, ...] = (
         _text,
         "API keys, one per line (reloaded on SIGHUP); TTS_API_KEYS adds comma-separated keys",
     ),
-    Option("metrics_enabled", "METRICS_ENABLED", _bool, "serve /metrics, /health, /ready"),
+    Option(
+        "metrics_enabled",
+        "METRICS_ENABLED",
+        _bool,
+        "serve /metrics, /health, /ready on the side port",
+    ),
     Option(
         "web_page",
         "TTS_WEB_PAGE",
@@ -434,12 +449,51 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+# What --help shows in place of a flag's value; other options get one from their parser.
+_METAVARS: dict[str, str] = {
+    "host": "ADDRESS",
+    "metrics_host": "ADDRESS",
+    "model": "HUB_ID_OR_DIR",
+    "device": "DEVICE",
+    "denoiser_path": "DIR",
+    "voices_dir": "DIR",
+    "api_key_file": "FILE",
+    "ready_file": "FILE",
+    "prompt_url_hosts": "HOSTS",
+    "synthetic_rtf": "RTF",
+    "engine": "{voxcpm,synthetic}",
+    "log_format": "{auto,json,console}",
+}
+
+
+def _metavar(option: Option) -> str:
+    if option.name in _METAVARS:
+        return _METAVARS[option.name]
+    if option.parse is _port:
+        return "PORT"
+    if option.parse is _optional_bool:
+        return "{auto,true,false}"
+    if option.parse is _log_level:
+        return "LEVEL"
+    if option.parse in (_positive_float, _non_negative_float):
+        return "SECONDS" if option.help.endswith(", s") else "X"
+    if option.parse in (_positive_int, _non_negative_int):
+        return "BYTES" if option.name.endswith("_bytes") else "N"
+    return option.name.upper()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per option; the help shows the environment variable."""
+    """Add one flag per option; the help shows the environment variable.
+
+    A true/false setting is a pair of flags, `--join-steps` / `--no-join-steps`
+    (`--join-steps false` still works); a setting that can only be switched on is one flag.
+    """
     defaults = Settings()
     for option in OPTIONS:
         env = f" [env {option.env}]" if option.env else ""
         default = option.default_help or getattr(defaults, option.name)
+        if isinstance(default, bool):
+            default = str(default).lower()
         # None means "not set"; the option's own help says what that does.
         shown = "" if default is None else f" (default: {default})"
         help_text = f"{option.help}{shown}{env}"
@@ -447,8 +501,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 option.flag, dest=option.name, action="store_const", const="true", help=help_text
             )
+        elif option.parse is _bool:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                nargs="?",
+                const="true",
+                metavar="true|false",
+                help=help_text,
+            )
+            parser.add_argument(
+                "--no-" + option.flag.removeprefix("--"),
+                dest=option.name,
+                action="store_const",
+                const="false",
+                help=f"same as {option.flag} false",
+            )
         else:
-            parser.add_argument(option.flag, dest=option.name, metavar="VALUE", help=help_text)
+            metavar = _metavar(option)
+            parser.add_argument(option.flag, dest=option.name, metavar=metavar, help=help_text)
 
 
 def load_settings(args: argparse.Namespace | None, environ: Mapping[str, str]) -> Settings:
