@@ -48,7 +48,7 @@ def server_idle(metrics_url: str) -> bool:
         text = response.read().decode()
     busy = 0.0
     for line in text.splitlines():
-        if line.startswith(("voxcpm_tts_replicas_busy ", "voxcpm_tts_queue_length ")):
+        if line.startswith(("voxcpm_tts_slots_busy ", "voxcpm_tts_queue_length ")):
             busy += float(line.rsplit(" ", 1)[1])
     return busy == 0
 

@@ -105,7 +105,7 @@ class ServedProcess:
         deadline = time.monotonic() + timeout
         while True:
             samples = self.metrics()
-            busy = samples["voxcpm_tts_replicas_busy"] + samples["voxcpm_tts_queue_length"]
+            busy = samples["voxcpm_tts_slots_busy"] + samples["voxcpm_tts_queue_length"]
             if busy == 0 or time.monotonic() > deadline:
                 return samples
             time.sleep(0.05)
