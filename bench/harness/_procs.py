@@ -50,6 +50,24 @@ class ProcessFailed(RuntimeError):
     """A process under test exited or did not become ready."""
 
 
+def server_command(ready: Path, args: Sequence[str], launcher: Sequence[str]) -> list[str]:
+    """`<launcher> serve` on free ports, announcing its URLs in `ready`, logging JSON."""
+    return [
+        *launcher,
+        "serve",
+        "--port",
+        "0",
+        "--ready-file",
+        str(ready),
+        "--log-format",
+        "json",
+        # A fixed side port (9090) would collide with any other server on the machine.
+        "--metrics-port",
+        "0",
+        *args,
+    ]
+
+
 @attrs.define
 class ServerProcess:
     """`python -m voxtrio serve ... --port 0 --ready-file F`, stopped with SIGTERM."""
@@ -77,20 +95,7 @@ class ServerProcess:
         workdir = Path(tempfile.mkdtemp(prefix="voxtrio-bench-"))
         ready = workdir / "ready"
         log_path = workdir / "server.log"
-        command = [
-            *launcher,
-            "serve",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-format",
-            "json",
-            # A fixed side port (9090) would collide with any other server on the machine.
-            "--metrics-port",
-            "0",
-            *args,
-        ]
+        command = server_command(ready, args, launcher)
         log = log_path.open("wb")  # handed to the child; closed here once it has it
         try:
             process: trio.Process = await nursery.start(
@@ -152,7 +157,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 @attrs.define
 class BaselineProcess:
-    """`python -m bench._baseline`: the engine in-process, driven by JSON lines."""
+    """`python -m bench.harness._baseline`: the engine in-process, driven by JSON lines."""
 
     process: trio.Process
     hello: dict[str, Any]
@@ -179,7 +184,7 @@ class BaselineProcess:
         command = [
             sys.executable,
             "-m",
-            "bench._baseline",
+            "bench.harness._baseline",
             "--model",
             model,
             "--device",
