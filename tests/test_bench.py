@@ -229,7 +229,7 @@ async def test_load_generator_against_an_in_process_server(
 
 
 async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> None:
-    """bench.openai_ttfb times HTTP first byte and WebSocket first audio on one server."""
+    """The openai_ttfb scenario times HTTP first byte and WebSocket first audio on one server."""
     from bench.scenarios.openai_ttfb import measure
 
     figures = await measure(synthetic_server.url, 2)
@@ -244,7 +244,7 @@ async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> N
     reason="espeak-ng is not installed (.ci/run installs it)",
 )
 def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
-    """bench.word_alignment: espeak-ng's word events against the aligner and the estimate."""
+    """The word_alignment scenario: espeak-ng's word events against the aligner and the estimate."""
     from bench.scenarios.word_alignment import ENGLISH, Espeak, measure
     from voxtrio.audio._align import SphinxAligner
 
@@ -256,7 +256,7 @@ def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
 
 
 async def test_openai_ttfb_keepalive_mode_reuses_one_connection(synthetic_server: Any) -> None:
-    """bench.openai_ttfb --keepalive times requests on one connection and on new ones."""
+    """openai_ttfb --keepalive times requests on one connection and on new ones."""
     from bench.scenarios.openai_ttfb import measure_keepalive
 
     figures = await measure_keepalive(synthetic_server.url, 2)
