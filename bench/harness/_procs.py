@@ -50,20 +50,27 @@ class ProcessFailed(RuntimeError):
     """A process under test exited or did not become ready."""
 
 
-def server_command(ready: Path, args: Sequence[str], launcher: Sequence[str]) -> list[str]:
-    """`<launcher> serve` on free ports, announcing its URLs in `ready`, logging JSON."""
+def server_command(
+    ready: Path,
+    args: Sequence[str],
+    launcher: Sequence[str] = (sys.executable, "-m", "voxtrio"),
+    *,
+    port: int = 0,
+    side_port: int = 0,
+) -> list[str]:
+    """`<launcher> serve` announcing its URLs in `ready`, logging JSON; ports 0 = free ones."""
     return [
         *launcher,
         "serve",
         "--port",
-        "0",
+        str(port),
         "--ready-file",
         str(ready),
         "--log-format",
         "json",
         # A fixed side port (9090) would collide with any other server on the machine.
         "--metrics-port",
-        "0",
+        str(side_port),
         *args,
     ]
 
