@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
 import urllib.request
 from pathlib import Path
@@ -100,3 +101,21 @@ async def test_server_process_uses_the_same_command_and_stops_on_sigterm() -> No
         server = await ServerProcess.start(nursery, ["--engine", "synthetic"], torch_threads=1)
         assert server.url.startswith("ws://127.0.0.1:")
         assert await server.stop() == 0
+
+
+def test_every_bench_command_in_the_docs_names_a_scenario() -> None:
+    """`python -m bench NAME` / `nox -s bench -- NAME` in README.md and docs/*.md exist."""
+    root = BENCH.parent
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    command = re.compile(r"(?:python -m bench|nox -s bench --)((?:\.[\w.]+)|\s+[a-z][\w]*)?")
+    wrong = []
+    for doc in docs:
+        for number, line in enumerate(doc.read_text(encoding="utf-8").splitlines(), 1):
+            for match in command.finditer(line):
+                target = (match.group(1) or "").strip()
+                if target.startswith("."):
+                    if importlib.util.find_spec("bench" + target) is None:
+                        wrong.append(f"{doc.name}:{number}: no module bench{target}")
+                elif target and target not in scenarios.names():
+                    wrong.append(f"{doc.name}:{number}: no scenario {target!r}")
+    assert wrong == []
