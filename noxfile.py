@@ -155,10 +155,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmark suite on CPU (tiny checkpoint + synthetic engine); `-- --quick` is shorter.
+    """A bench scenario: `nox -s bench -- [SCENARIO] [args]` runs `python -m bench ...`.
 
-    Writes bench/results/<date>-<engine>.json + .png and appends a table to
-    docs/BENCHMARKS.md. Arguments after `--` go to `python -m bench` (see --help).
+    With no scenario, `server`: the tiny checkpoint + synthetic engine on CPU
+    (`-- --quick` is shorter); it writes bench/results/<date>-<engine>.json + .png
+    and appends a table to docs/BENCHMARKS.md. `-- --help` lists the scenarios.
     """
     install_runtime(session)
     session.install("psutil", "matplotlib")
