@@ -83,7 +83,7 @@ def time_decode(engine: VoxCPMEngine, rows: int, steps: int, device: torch.devic
     latent = torch.randn(rows, tts.audio_vae.latent_dim, tts.patch_size, device=device)
     samples = []
     if engine.architecture == "voxcpm2":
-        decoder = StreamingDecoder(tts.audio_vae, max_batch=rows)
+        decoder = StreamingDecoder(tts.audio_vae, slots=rows)
         slots = torch.arange(rows, device=device)
         for index in range(steps + 2):
             _sync(device)
