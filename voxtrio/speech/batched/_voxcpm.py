@@ -76,9 +76,9 @@ class BatchedVoxCPM:
         self._tts = tts
         self._v2 = engine.architecture == "voxcpm2"
         self._max_batch = max_batch
-        self._buckets = sorted(buckets) if buckets else bucket_sizes(max_batch)
-        if self._buckets[-1] < max_batch:
-            raise ValueError(f"buckets {self._buckets} do not reach max_batch {max_batch}")
+        self._fixed_buckets = sorted(buckets) if buckets else None
+        if self._fixed_buckets and self._fixed_buckets[-1] < max_batch:
+            raise ValueError(f"buckets {self._fixed_buckets} do not reach max_batch {max_batch}")
         self._max_length = max_length or int(tts.config.max_length)
         # One more slot than rows: padding rows read and write it, real rows never do.
         self._scratch = max_batch
@@ -89,11 +89,11 @@ class BatchedVoxCPM:
         self._free = list(range(max_batch))
         self._device = self._kernels.device
         self._compile = compile
+        self._ready: set[tuple[int, int]] = set()  # (bucket, span) compiled or captured
         mode = resolve(compile, self._device)
         self._pool = torch.cuda.graph_pool_handle() if self._device.type == "cuda" else None
-        self._kernels.set_mode(mode or "eager", pool=self._pool)
+        self._set_mode(mode or "eager")
         self._mode_chosen = mode is not None
-        self._ready: set[tuple[int, int]] = set()  # (bucket, span) compiled or captured
 
     @property
     def engine(self) -> VoxCPMEngine:
@@ -319,15 +319,25 @@ class BatchedVoxCPM:
         finally:
             self.release(rows[0])
 
+    def _set_mode(self, mode: Mode) -> None:
+        self._kernels.set_mode(mode, pool=self._pool)
+        self._ready.clear()
+        if self._fixed_buckets:
+            self._buckets = self._fixed_buckets
+        elif mode == "eager":
+            # Eager has no per-shape cost: padding would only add work.
+            self._buckets = list(range(1, self._max_batch + 1))
+        else:
+            self._buckets = bucket_sizes(self._max_batch)
+
     def _choose_mode(self) -> None:
         """`auto` on CUDA: time the smallest and largest bucket eager and as CUDA graphs."""
         span = span_bucket(1, self._max_length)
         timings: dict[Mode, float] = {}
         for mode in ("eager", "cuda-graphs"):
-            self._kernels.set_mode(mode, pool=self._pool)
-            self._ready.clear()
+            self._set_mode(mode)
             total = 0.0
-            for bucket in {self._buckets[0], self._buckets[-1]}:
+            for bucket in {1, self._max_batch}:
                 self._prepare(bucket, span)
                 self._padding_step(bucket, span)
                 torch.cuda.synchronize(self._device)
@@ -338,8 +348,7 @@ class BatchedVoxCPM:
                 total += time.perf_counter() - started
             timings[mode] = total
         best = min(timings, key=timings.__getitem__)
-        self._kernels.set_mode(best, pool=self._pool)
-        self._ready.clear()
+        self._set_mode(best)
         self._mode_chosen = True
         log.info(
             "batched_compile_auto",
