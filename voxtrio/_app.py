@@ -46,7 +46,9 @@ def engine_factory_for(settings: Settings) -> EngineFactory:
     options = VoxCPMOptions(
         model=settings.model,
         device=settings.device,
-        optimize=settings.optimize,
+        # voxcpm's own torch.compile serves its batch-1 generation only (the batched
+        # model compiles its own steps, `--compile`): off when batching.
+        optimize=False if settings.batched else {"off": False, "on": True}.get(settings.compile),
         denoiser_path=settings.denoiser_path,
         torch_threads=threads,
     )
@@ -111,6 +113,7 @@ async def run_server(
             factory,
             workers=settings.workers,
             max_batch=settings.max_batch,
+            compile=settings.compile,
             prefill_group=settings.prefill_group,
             credit_timeout=settings.write_timeout,
         )

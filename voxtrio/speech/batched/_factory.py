@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._graphs import CompileSetting
 from voxtrio.speech.batched._interface import BatchModel
 from voxtrio.speech.batched._loop import BatchReplica
 
@@ -18,7 +19,9 @@ def auto_max_batch(engine: Engine) -> int:
     return AUTO_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel:
+def batch_model_for(
+    engine: Engine, max_batch: int = 0, compile: CompileSetting = "off"
+) -> BatchModel:
     """The batched form of a loaded engine (same weights, same voices); else one row."""
     rows = max_batch or auto_max_batch(engine)
     if type(engine) is SyntheticEngine:
@@ -30,7 +33,7 @@ def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel:
     if isinstance(engine, VoxCPMEngine):
         from voxtrio.speech.batched._voxcpm import BatchedVoxCPM
 
-        return BatchedVoxCPM(engine, max_batch=rows)
+        return BatchedVoxCPM(engine, max_batch=rows, compile=compile)
     from voxtrio.speech.batched._serial import SerialBatch
 
     return SerialBatch(engine)
@@ -41,13 +44,14 @@ def batch_replicas(
     *,
     workers: int,
     max_batch: int = 0,
+    compile: CompileSetting = "off",
     prefill_group: int = 2,
     credit_timeout: float = 30.0,
 ) -> list[BatchReplica]:
     """`workers` model instances, each loaded on its own step-loop thread."""
 
     def load() -> BatchModel:
-        return batch_model_for(factory(), max_batch)
+        return batch_model_for(factory(), max_batch, compile)
 
     return [
         BatchReplica(i, load, prefill_group=prefill_group, credit_timeout=credit_timeout)
