@@ -100,6 +100,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=0, help="0: the largest --rows")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="KV positions (default: the model's)"
+    )
     parser.add_argument(
         "--compile", default="off", help="comma-separated --compile settings to compare (off,on)"
     )
@@ -128,8 +132,8 @@ def main() -> None:
         for setting in args.compile.split(","):
             model = BatchedVoxCPM(
                 engine,
-                max_batch=max(counts),
-                max_length=1024,
+                max_batch=args.max_batch or max(counts),
+                max_length=args.max_length,
                 compile=setting,  # type: ignore[arg-type]
             )
             for rows in counts:
