@@ -82,6 +82,14 @@ def test_model_reports_its_buckets(loaded: Loaded) -> None:
         BatchedVoxCPM(loaded.engine, max_batch=6, buckets=(1, 4))
 
 
+def test_auto_runs_eager_on_cpu_and_warms_up(loaded: Loaded) -> None:
+    """--compile auto on CPU steps eager; warm-up runs a request and frees its slot."""
+    model = BatchedVoxCPM(loaded.engine, max_batch=2, compile="auto")
+    assert model.mode == "eager"
+    model.warm_up()
+    assert model.free_slots == 2
+
+
 def crowd(loaded: Loaded, slots: int) -> list[Arrival]:
     """Requests that join, pause and leave through `slots` slots, with every voice,
     several texts, cfg values and timesteps."""
