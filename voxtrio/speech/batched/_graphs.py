@@ -24,6 +24,7 @@ Mode = Literal["eager", "inductor", "cuda-graphs"]
 MIN_SPAN = 128  # attention spans are powers of two from here up to the KV length
 
 Fn = Callable[..., tuple[torch.Tensor, ...]]
+PoolHandle = tuple[int, int]  # torch.cuda.graph_pool_handle(): graphs of one model share it
 
 
 def bucket_sizes(max_batch: int) -> list[int]:
@@ -70,7 +71,7 @@ def _raise_recompile_limit(limit: int) -> None:
 class Runner:
     """Runs one device function in a mode; compiled or captured once per shape."""
 
-    def __init__(self, fn: Fn, mode: Mode, *, pool: object | None = None) -> None:
+    def __init__(self, fn: Fn, mode: Mode, *, pool: PoolHandle | None = None) -> None:
         self.fn = fn
         self.mode = mode
         self._pool = pool
@@ -108,7 +109,7 @@ class Runner:
                 self.fn(*inputs)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool):  # type: ignore[arg-type]
             outputs = self.fn(*inputs)
         self._graphs[key] = (graph, inputs, outputs)
         return self._graphs[key]

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from voxtrio.speech.batched._cfm import EulerSchedule, euler_iteration
-from voxtrio.speech.batched._graphs import Mode, Runner
+from voxtrio.speech.batched._graphs import Mode, PoolHandle, Runner
 from voxtrio.speech.batched._lm import SlotKVCache
 from voxtrio.speech.batched._upstream import eager, feat_encoder
 from voxtrio.speech.batched._vae import StreamingDecoder
@@ -54,7 +54,7 @@ class StepKernels:
         self.dtype = dtype
         self.set_mode("eager")
 
-    def set_mode(self, mode: Mode, *, pool: object | None = None) -> None:
+    def set_mode(self, mode: Mode, *, pool: PoolHandle | None = None) -> None:
         self.mode = mode
         self.begin = Runner(self._begin, mode, pool=pool)
         self.euler = Runner(self._euler, mode, pool=pool)

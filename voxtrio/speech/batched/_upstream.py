@@ -47,7 +47,7 @@ def rotary() -> Any:
 class CausalConv:
     """One AudioVAE v2 decoder conv and the causal context it carries across chunks."""
 
-    module: nn.Module
+    module: nn.Conv1d | nn.ConvTranspose1d
     context: int  # input frames kept from the previous chunk
     trim: int  # output frames a transposed conv drops at the end
     transposed: bool

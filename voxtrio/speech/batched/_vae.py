@@ -48,7 +48,7 @@ class _StatefulConv:
         assert slots is not None
         full = torch.cat([self.state[slots], x], dim=-1)
         self.state[slots] = full[:, :, -self.context :]
-        if not self.transposed:
+        if isinstance(self.module, nn.Conv1d):
             return nn.Conv1d.forward(self.module, full)
         out = nn.ConvTranspose1d.forward(self.module, full)
         left = self.context * self.module.stride[0]
@@ -100,7 +100,8 @@ class StreamingDecoder:
             _StatefulConv(conv, self._rows, slots=slots) for conv in causal_convs(self.vae.decoder)
         ]
         for conv in self.convs:
-            conv.module.forward = conv.forward  # the copy's module, not voxcpm's
+            # The copy's module, not voxcpm's.
+            conv.module.forward = conv.forward  # type: ignore[method-assign,assignment]
 
     def reset(self, slot: int) -> None:
         """A new stream in `slot`: silence as context, as upstream's first chunk."""
