@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from voxtrio._cli import build_parser, main
-from voxtrio._config import load_settings
+from voxtrio._config import ConfigError, load_settings, settings_from_env
 
 
 def serve_help() -> str:
@@ -29,10 +29,10 @@ def test_serve_help_never_shows_a_none_default() -> None:
     assert "(default: None)" not in serve_help()
 
 
-def test_optimize_default_is_auto() -> None:
-    """--optimize's default reads "auto", what None means for it."""
-    pattern = r"--optimize \{auto,true,false\} [^[]*\(default: auto\) \[env TTS_OPTIMIZE\]"
-    assert re.search(pattern, serve_help())
+def test_compile_default_is_auto() -> None:
+    """--compile's default reads "auto"; --optimize is gone (one flag)."""
+    assert re.search(r"--compile \S+ [^[]*\(default: auto\) \[env TTS_COMPILE\]", serve_help())
+    assert "--optimize" not in serve_help()
 
 
 def test_metrics_host_default_is_shown_once() -> None:
@@ -138,3 +138,17 @@ def test_start_up_log_names_every_address(tmp_path: Path) -> None:
     assert serving["openai"] == f"http://{http}/v1/audio/speech"
     assert serving["page"] == f"http://{http}/"
     assert serving["health"] == f"{side}/health"
+
+
+def test_compile_setting_reads_off_auto_on() -> None:
+    """TTS_COMPILE takes off, auto or on; anything else names the variable."""
+    assert settings_from_env({}).compile == "auto"
+    assert settings_from_env({"TTS_COMPILE": "on"}).compile == "on"
+    with pytest.raises(ConfigError, match="TTS_COMPILE"):
+        settings_from_env({"TTS_COMPILE": "fast"})
+
+
+def test_old_optimize_variable_is_refused_with_its_replacement() -> None:
+    """A leftover TTS_OPTIMIZE fails at start-up, naming TTS_COMPILE."""
+    with pytest.raises(ConfigError, match="TTS_COMPILE"):
+        settings_from_env({"TTS_OPTIMIZE": "true"})

@@ -46,7 +46,9 @@ def engine_factory_for(settings: Settings) -> EngineFactory:
     options = VoxCPMOptions(
         model=settings.model,
         device=settings.device,
-        optimize=settings.optimize,
+        # voxcpm's own torch.compile serves its batch-1 `generate` only, which the
+        # server never calls: the batched model compiles its own steps (`--compile`).
+        optimize=False,
         denoiser_path=settings.denoiser_path,
         torch_threads=threads,
     )
@@ -109,6 +111,7 @@ async def run_server(
         factory,
         workers=settings.workers,
         max_batch=settings.max_batch,
+        compile=settings.compile,
         prefill_group=settings.prefill_group,
         join_steps=settings.join_steps,
         credit_timeout=settings.write_timeout,

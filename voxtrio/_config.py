@@ -52,7 +52,9 @@ class Settings:
     synthetic_rtf: float = 0.1
     model: str = "openbmb/VoxCPM-0.5B"
     device: str = "auto"
-    optimize: bool | None = None
+    # How batched steps run: off (eager), on (CUDA graphs on CUDA, inductor on CPU),
+    # auto (on CUDA whichever measures faster at warm-up; eager on CPU).
+    compile: Literal["off", "auto", "on"] = "auto"
     torch_threads: int = 0  # 0: auto
     denoiser_path: str | None = None
     max_text_chars: int = 5000
@@ -275,11 +277,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("model", "TTS_MODEL_NAME", _text, "hub id or local model directory"),
     Option("device", "TTS_DEVICE", _text, "auto, cpu, cuda or cuda:N"),
     Option(
-        "optimize",
-        "TTS_OPTIMIZE",
-        _optional_bool,
-        "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
-        default_help="auto",
+        "compile",
+        "TTS_COMPILE",
+        _choice("off", "auto", "on"),
+        "off|auto|on: steps as CUDA graphs per batch bucket (CUDA) or torch.compile "
+        "(CPU); auto measures on CUDA at start-up and is off on CPU",
     ),
     Option(
         "torch_threads",
@@ -524,6 +526,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_settings(args: argparse.Namespace | None, environ: Mapping[str, str]) -> Settings:
     """Defaults < environment < flags; raise ConfigError naming the bad source."""
+    if "TTS_OPTIMIZE" in environ:
+        raise ConfigError("TTS_OPTIMIZE was replaced by TTS_COMPILE (off, auto or on)")
     values: dict[str, Any] = {}
     for option in OPTIONS:
         raw: str | None = None

@@ -1,13 +1,15 @@
 """The batched VoxCPM stages alone (no server): step time at batch 1 vs batch N.
 
     python -m bench batched_stages [--arch voxcpm2] [--rows 1,16] [--threads 1]
+        [--compile off,on]
 
 Builds a tiny (or --size full) random-weight checkpoint, loads it through voxcpm's
-loader, and times `BatchedVoxCPM.step` for every row count, split (inside the same
-steps) into the AudioVAE decode of the step's patches and the rest, "model" (LocDiT/CFM
-+ LocEnc + both LMs + stop head); "decode alone" times the decoder with nothing else
-running. Medians over --steps steps; "step/row" is the step divided by the rows. This
-is the bound a batched server can approach.
+loader, and times `BatchedVoxCPM.step` for every row count and every --compile
+setting (off, on, auto): "bucket" is the padded batch size the step ran at, "first
+step" includes compiling (inductor) or capturing (CUDA graphs) that shape; "decode
+alone" times the AudioVAE decoder with nothing else running. Medians over --steps
+steps; "step/row" is the step divided by the rows. This is the bound a batched
+server can approach.
 """
 
 from __future__ import annotations
@@ -38,40 +40,25 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class _TimedDecode(BatchedVoxCPM):
-    """Records how long each step's AudioVAE decode took, inside the step itself."""
-
-    decode_seconds: float = 0.0
-
-    def _decode(self, rows, pred):  # type: ignore[no-untyped-def]
-        _sync(pred.device)
-        start = time.perf_counter()
-        try:
-            return super()._decode(rows, pred)
-        finally:
-            _sync(pred.device)
-            self.decode_seconds = time.perf_counter() - start
-
-
 def time_steps(
-    model: _TimedDecode, rows: int, steps: int, device: torch.device
-) -> tuple[float, float, float]:
-    """Median step, in-step decode and the rest (LocDiT/CFM + LocEnc + LMs), in ms."""
+    model: BatchedVoxCPM, rows: int, steps: int, device: torch.device
+) -> tuple[float, float]:
+    """Seconds the first step took (compiling or capturing its shape), median step ms."""
     specs = [SynthesisSpec(text=TEXT, seed=i, max_len=steps + 4) for i in range(rows)]
     handles = model.prefill(specs)
     try:
-        totals, decodes, rest = [], [], []
+        totals = []
+        first = 0.0
         for index in range(steps + 2):
             _sync(device)
             start = time.perf_counter()
             model.step(handles)
             _sync(device)
+            if index == 0:
+                first = time.perf_counter() - start
             if index >= 2:  # the first steps warm caches and allocators
-                total = time.perf_counter() - start
-                totals.append(total)
-                decodes.append(model.decode_seconds)
-                rest.append(total - model.decode_seconds)
-        return _median_ms(totals), _median_ms(decodes), _median_ms(rest)
+                totals.append(time.perf_counter() - start)
+        return first, _median_ms(totals)
     finally:
         for handle in handles:
             model.release(handle)
@@ -83,7 +70,7 @@ def time_decode(engine: VoxCPMEngine, rows: int, steps: int, device: torch.devic
     latent = torch.randn(rows, tts.audio_vae.latent_dim, tts.patch_size, device=device)
     samples = []
     if engine.architecture == "voxcpm2":
-        decoder = StreamingDecoder(tts.audio_vae, max_batch=rows)
+        decoder = StreamingDecoder(tts.audio_vae, slots=rows)
         slots = torch.arange(rows, device=device)
         for index in range(steps + 2):
             _sync(device)
@@ -113,6 +100,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-batch", type=int, default=0, help="0: the largest --rows")
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="KV positions (default: the model's)"
+    )
+    parser.add_argument(
+        "--compile", default="off", help="comma-separated --compile settings to compare (off,on)"
+    )
     parser.add_argument("--model", help="an existing checkpoint directory (default: build one)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -127,19 +121,26 @@ def main(argv: list[str]) -> None:
             )
         )
         device = next(engine.tts_model.parameters()).device
-        model = _TimedDecode(engine, max_batch=max(counts), max_length=1024)
         print(
             f"{engine.architecture} {args.size} on {device}, {torch.get_num_threads()} torch "
             f"thread(s), median of {args.steps} steps"
         )
         print(
-            f"{'rows':>5} {'step ms':>8} {'model ms':>9} {'decode ms':>10} "
-            f"{'decode alone ms':>16} {'step/row ms':>12}"
+            f"{'mode':>12} {'rows':>5} {'bucket':>6} {'first step s':>13} {'step ms':>8} "
+            f"{'step/row ms':>12} {'decode alone ms':>16}"
         )
-        for rows in counts:
-            step, decode, rest = time_steps(model, rows, args.steps, device)
-            alone = time_decode(engine, rows, args.steps, device)
-            print(
-                f"{rows:>5} {step:>8.1f} {rest:>9.1f} {decode:>10.1f} {alone:>16.1f} "
-                f"{step / rows:>12.2f}"
+        for setting in args.compile.split(","):
+            model = BatchedVoxCPM(
+                engine,
+                max_batch=args.max_batch or max(counts),
+                max_length=args.max_length,
+                compile=setting,  # type: ignore[arg-type]
             )
+            for rows in counts:
+                first, step = time_steps(model, rows, args.steps, device)
+                alone = time_decode(engine, rows, args.steps, device)
+                print(
+                    f"{model.mode:>12} {rows:>5} {model.bucket_for(rows):>6} {first:>13.2f} "
+                    f"{step:>8.1f} {step / rows:>12.2f} {alone:>16.1f}"
+                )
+

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=24, help="chunks per request")
     p.add_argument("--rounds", type=int, default=2, help="requests per user and level")
     p.add_argument("--torch-threads", type=int, default=None)
-    p.add_argument("--optimize", default="false", help="--optimize for the server")
+    p.add_argument("--compile", default="off", help="--compile for the server: off, auto or on")
     p.add_argument("--level-timeout", type=float, default=600.0)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     return p
@@ -71,7 +71,7 @@ def server_args(args: argparse.Namespace, model: Path, mode: str) -> list[str]:
     return [
         *("--engine", "voxcpm", "--model", str(model), "--device", args.device),
         *("--workers", "1", "--max-concurrent", limit, "--max-connections", limit),
-        *("--max-requests-per-connection", "1", "--optimize", args.optimize),
+        *("--max-requests-per-connection", "1", "--compile", args.compile),
         # replica: one generation at a time (the path before batching, now --max-batch 1).
         *("--max-batch", str(batch) if mode == "batched" else "1", "--log-level", "INFO"),
         *(["--torch-threads", str(args.torch_threads)] if args.torch_threads else []),

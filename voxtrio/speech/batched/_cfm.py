@@ -1,20 +1,24 @@
 """voxcpm's CFM Euler solve (UnifiedCFM.solve_euler) over many rows at once.
 
-Differences from upstream, none of them in the math: `cfg_value` is per row and
-the initial noise is given (drawn per row from each request's own generator), so a
-row's result does not depend on which other rows share the solve. Rows with
-different `inference_timesteps` go through separate solves (`solve_grouped`).
+Differences from upstream, none of them in the math: `cfg_value` and the number of
+timesteps are per row, and the initial noise is given (drawn per row from each
+request's own generator), so a row's result does not depend on which other rows
+share the solve. Each row's t and dt come from a table built once with upstream's
+own scalar recurrence, so that one fixed-shape Euler iteration serves rows with any
+`inference_timesteps`: a row past its last step (or in upstream's zero-velocity
+first step) keeps its x unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:
     from voxcpm.modules.locdit.unified_cfm import UnifiedCFM
+
+MAX_TIMESTEPS = 50  # the protocol's bound on `inference_timesteps`
 
 
 def time_span(n_timesteps: int, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -23,12 +27,38 @@ def time_span(n_timesteps: int, *, device: torch.device, dtype: torch.dtype) -> 
     return span + (torch.cos(torch.pi / 2 * span) - 1 + span)
 
 
-def eager(module: torch.nn.Module) -> torch.nn.Module:
-    """The module itself when voxcpm's `optimize` wrapped it in torch.compile.
+def zero_init_steps(n_timesteps: int) -> int:
+    """Upstream's leading iterations with zero velocity (CFG-zero*)."""
+    return max(1, int((n_timesteps + 1) * 0.04))
 
-    Upstream compiles with CUDA graphs for its fixed batch of 1; batch sizes vary here.
+
+class EulerSchedule:
+    """t and dt before each iteration, and whether the estimator runs, for every n.
+
+    Row n of each table is upstream's loop for `inference_timesteps = n`; column k is
+    iteration k + 1. Row 0 (padding rows) never runs.
     """
-    return getattr(module, "_orig_mod", module)
+
+    def __init__(self, *, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (MAX_TIMESTEPS + 1, MAX_TIMESTEPS)
+        self.t = torch.zeros(shape, device=device, dtype=dtype)
+        self.dt = torch.zeros(shape, device=device, dtype=dtype)
+        self.live = torch.zeros(shape, device=device, dtype=torch.bool)
+        for n in range(1, MAX_TIMESTEPS + 1):
+            span = time_span(n, device=device, dtype=dtype)
+            t, dt = span[0], span[0] - span[1]
+            for step in range(1, n + 1):
+                self.t[n, step - 1], self.dt[n, step - 1] = t, dt
+                self.live[n, step - 1] = step > zero_init_steps(n)
+                t = t - dt
+                if step < n:
+                    dt = t - span[step + 1]
+
+    @staticmethod
+    def iterations(timesteps: list[int]) -> range:
+        """The iterations (0-based columns) in which at least one of these rows moves."""
+        first = min(zero_init_steps(n) for n in timesteps)
+        return range(first, max(timesteps))
 
 
 def draw_noise(
@@ -41,67 +71,34 @@ def draw_noise(
     )
 
 
-def solve(
-    cfm: UnifiedCFM,
-    noise: torch.Tensor,
-    mu: torch.Tensor,
-    cond: torch.Tensor,
-    cfg_value: torch.Tensor,
-    n_timesteps: int,
+def euler_iteration(
+    estimator: torch.nn.Module,
+    *,
+    mean_mode: bool,
+    x: torch.Tensor,
+    mu_in: torch.Tensor,
+    cond_in: torch.Tensor,
+    t: torch.Tensor,
+    dt: torch.Tensor,
+    live: torch.Tensor,
+    cfg: torch.Tensor,
 ) -> torch.Tensor:
-    """Euler-solve rows sharing `n_timesteps`.
+    """One guided Euler iteration for B rows.
 
-    noise [B, C, P], mu [B, H], cond [B, C, P'], cfg_value [B] -> [B, C, P].
+    x [B, C, P]; mu_in [2B, H] and cond_in [2B, C, P'] (conditional rows, then the
+    unconditional ones); t, dt [B]; live [B] bool; cfg [B] float32 -> x [B, C, P].
     """
-    t_span = time_span(n_timesteps, device=mu.device, dtype=mu.dtype)
-    x = noise
     rows = x.size(0)
-    t, dt = t_span[0], t_span[0] - t_span[1]
-    zero_init_steps = max(1, int(len(t_span) * 0.04))
+    x_in = torch.cat([x, x])
+    t_in = torch.cat([t, t])
+    # Upstream feeds dt only in mean mode (zeros otherwise).
+    dt_in = torch.cat([dt, dt]) if mean_mode else torch.zeros_like(t_in)
+    out = estimator(x_in, mu_in, t_in, cond_in, dt_in)
+    positive, negative = out[:rows], out[rows:]
+    dot = torch.sum(positive.reshape(rows, -1) * negative.reshape(rows, -1), dim=1, keepdim=True)
+    norm = torch.sum(negative.reshape(rows, -1) ** 2, dim=1, keepdim=True) + 1e-8
+    st_star = (dot / norm).view(rows, 1, 1)
     # Kept in float32: upstream multiplies by a Python float, i.e. at op precision.
-    cfg = cfg_value.to(device=x.device, dtype=torch.float32).view(rows, 1, 1)
-    estimator = eager(cfm.estimator)
-    mu_in = torch.cat([mu, torch.zeros_like(mu)])
-    cond_in = torch.cat([cond, cond])
-    for step in range(1, len(t_span)):
-        if step <= zero_init_steps:
-            velocity = torch.zeros_like(x)
-        else:
-            x_in = torch.cat([x, x])
-            t_in = t.expand(2 * rows).contiguous()
-            # Upstream feeds dt only in mean mode (zeros otherwise).
-            dt_in = dt.expand(2 * rows).contiguous() if cfm.mean_mode else torch.zeros_like(t_in)
-            out = estimator(x_in, mu_in, t_in, cond_in, dt_in)
-            positive, negative = out[:rows], out[rows:]
-            dot = torch.sum(
-                positive.reshape(rows, -1) * negative.reshape(rows, -1), dim=1, keepdim=True
-            )
-            norm = torch.sum(negative.reshape(rows, -1) ** 2, dim=1, keepdim=True) + 1e-8
-            st_star = (dot / norm).view(rows, 1, 1)
-            guided = (positive - negative * st_star).mul(cfg).to(x.dtype)
-            velocity = negative * st_star + guided
-        x = x - dt * velocity
-        t = t - dt
-        if step < len(t_span) - 1:
-            dt = t - t_span[step + 1]
-    return x
-
-
-def solve_grouped(
-    cfm: UnifiedCFM,
-    noise: torch.Tensor,
-    mu: torch.Tensor,
-    cond: torch.Tensor,
-    cfg_value: torch.Tensor,
-    timesteps: Sequence[int],
-) -> torch.Tensor:
-    """`solve` per group of rows with equal `timesteps`; results back in row order."""
-    if len(set(timesteps)) == 1:
-        return solve(cfm, noise, mu, cond, cfg_value, timesteps[0])
-    out = torch.empty_like(noise)
-    for steps in sorted(set(timesteps)):
-        index = torch.tensor(
-            [i for i, n in enumerate(timesteps) if n == steps], device=noise.device
-        )
-        out[index] = solve(cfm, noise[index], mu[index], cond[index], cfg_value[index], steps)
-    return out
+    guided = (positive - negative * st_star).mul(cfg.view(rows, 1, 1)).to(x.dtype)
+    velocity = negative * st_star + guided
+    return torch.where(live.view(rows, 1, 1), x - dt.view(rows, 1, 1) * velocity, x)

@@ -6,6 +6,7 @@ from typing import Any
 
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._graphs import CompileSetting
 from voxtrio.speech.batched._interface import BatchModel
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
 
@@ -22,7 +23,9 @@ def auto_max_batch(engine: Engine) -> int:
     return AUTO_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
 
-def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel[Any]:
+def batch_model_for(
+    engine: Engine, max_batch: int = 0, compile: CompileSetting = "off"
+) -> BatchModel[Any]:
     """The batched form of a loaded engine (same weights, same voices); else one row."""
     rows = max_batch or auto_max_batch(engine)
     if type(engine) is SyntheticEngine:
@@ -34,20 +37,24 @@ def batch_model_for(engine: Engine, max_batch: int = 0) -> BatchModel[Any]:
     if isinstance(engine, VoxCPMEngine):
         from voxtrio.speech.batched._voxcpm import BatchedVoxCPM
 
-        return BatchedVoxCPM(engine, max_batch=rows)
+        return BatchedVoxCPM(engine, max_batch=rows, compile=compile)
     from voxtrio.speech.batched._serial import SerialBatch
 
     return SerialBatch(engine)
 
 
-def load_model(factory: EngineFactory, max_batch: int = 0) -> LoadedModel:
+def load_model(
+    factory: EngineFactory, max_batch: int = 0, compile: CompileSetting = "off"
+) -> LoadedModel:
     """Load an engine and its batched form; VoxCPM keeps voxcpm's bad-case retry."""
     engine = factory()
     from voxtrio.speech._voxcpm_engine import VoxCPMEngine
 
     if isinstance(engine, VoxCPMEngine):
-        return LoadedModel(engine, batch_model_for(engine, max_batch), engine.badcase_steps)
-    return LoadedModel(engine, batch_model_for(engine, max_batch))
+        return LoadedModel(
+            engine, batch_model_for(engine, max_batch, compile), engine.badcase_steps
+        )
+    return LoadedModel(engine, batch_model_for(engine, max_batch, compile))
 
 
 def model_instances(
@@ -55,6 +62,7 @@ def model_instances(
     *,
     workers: int,
     max_batch: int = 0,
+    compile: CompileSetting = "off",
     prefill_group: int = 2,
     prefill_budget: float = 0.025,
     join_steps: bool = True,
@@ -63,7 +71,7 @@ def model_instances(
     """`workers` model instances, each loaded on its own step-loop thread."""
 
     def load() -> LoadedModel:
-        return load_model(factory, max_batch)
+        return load_model(factory, max_batch, compile)
 
     return [
         ModelInstance(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch.nn import functional as F
 
-from voxtrio.speech._voxcpm_import import import_voxcpm
+from voxtrio.speech.batched._upstream import rotary
 
 if TYPE_CHECKING:
     from voxcpm.modules.minicpm4.model import MiniCPMModel
@@ -24,13 +24,10 @@ def _head_dim(lm: MiniCPMModel) -> int:
 
 
 class SlotKVCache:
-    """K/V of one LM for `max_batch` slots: [2, layers, slots, kv_heads, length, dim]."""
+    """K/V of one LM for `slots` slots: [2, layers, slots, kv_heads, length, dim]."""
 
-    def __init__(self, lm: MiniCPMModel, *, max_batch: int, max_length: int) -> None:
-        import_voxcpm()
-        from voxcpm.modules.minicpm4.model import apply_rotary_pos_emb
-
-        self._rotate = apply_rotary_pos_emb
+    def __init__(self, lm: MiniCPMModel, *, slots: int, max_length: int) -> None:
+        self._rotate = rotary()
         config = lm.config
         weight = lm.layers[0].self_attn.q_proj.weight
         self.lm = lm
@@ -38,7 +35,7 @@ class SlotKVCache:
         self.buffer = torch.zeros(
             2,
             config.num_hidden_layers,
-            max_batch,
+            slots,
             config.num_key_value_heads,
             max_length,
             _head_dim(lm),
@@ -61,16 +58,16 @@ class SlotKVCache:
     def step(
         self, embeds: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor, span: int
     ) -> torch.Tensor:
-        """One token per row: `embeds` [B, H] at `positions` [B] in `slots` [B] -> [B, H]."""
+        """One token per row: `embeds` [B, H] at `positions` [B] in `slots` [B] -> [B, H].
+
+        Attends over the first `span` positions of each slot (a static size: a bucket
+        above every row's position), masked per row to its own position.
+        """
         lm = self.lm
-        if span > self.max_length:
-            raise ValueError("KV cache is full")
         position_emb = lm.rope_emb(positions) if lm.rope_emb is not None else None
         if position_emb is not None:
             cos, sin = position_emb
             position_emb = (cos[:, None, None, :], sin[:, None, None, :])
-        # Attend over the longest live prefix only (`span` = max position + 1, given by the
-        # caller so that no device sync is needed); later positions are masked anyway.
         mask = torch.arange(span, device=embeds.device)[None, :] <= positions[:, None]
         mask = mask[:, None, None, :]
         hidden = embeds

@@ -2,8 +2,7 @@
 
 The token/feature layout of every prompt mode (zero-shot, continuation, reference,
 reference + continuation; 1.x continuation) and the text-length cap on `max_len`
-are taken from voxcpm itself: `_generate_with_prompt_cache` runs against a probe
-whose `_inference` records its arguments instead of generating.
+are taken from voxcpm itself (`_upstream.inference_arguments`).
 """
 
 from __future__ import annotations
@@ -12,6 +11,8 @@ from typing import Any
 
 import attrs
 import torch
+
+from voxtrio.speech.batched._upstream import feat_encoder, inference_arguments
 
 
 @attrs.frozen
@@ -27,56 +28,23 @@ class ModelInputs:
     streaming_prefix_len: int
 
 
-class _Captured(Exception):
-    def __init__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        super().__init__("inputs captured")
-        self.args = args
-        self.kwargs = kwargs
-
-
-class _InputsProbe:
-    """Stands in for the model: everything forwards, `_inference` records and stops."""
-
-    def __init__(self, tts: Any) -> None:
-        self._tts = tts
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._tts, name)
-
-    def _inference(self, *args: Any, **kwargs: Any) -> Any:
-        raise _Captured(args, kwargs)
-
-
 def model_inputs(
     tts: Any, *, text: str, prompt_cache: Any, max_len: int, ratio_threshold: float
 ) -> ModelInputs:
     """The inputs voxcpm would build for this request, without generating anything."""
-    stream = type(tts)._generate_with_prompt_cache(
-        _InputsProbe(tts),
-        target_text=text,
-        prompt_cache=prompt_cache,
-        max_len=max_len,
-        retry_badcase=False,
-        retry_badcase_ratio_threshold=ratio_threshold,
-        streaming=True,
+    args, kwargs = inference_arguments(
+        tts, text=text, prompt_cache=prompt_cache, max_len=max_len, ratio_threshold=ratio_threshold
     )
-    try:
-        next(stream)
-    except _Captured as captured:
-        text_token, text_mask, feat, feat_mask = captured.args
-        kwargs = captured.kwargs
-        return ModelInputs(
-            text=text_token,
-            text_mask=text_mask,
-            feat=feat,
-            feat_mask=feat_mask,
-            min_len=int(kwargs["min_len"]),
-            max_len=int(kwargs["max_len"]),
-            streaming_prefix_len=int(kwargs["streaming_prefix_len"]),
-        )
-    finally:
-        stream.close()
-    raise RuntimeError("voxcpm generated without calling _inference")
+    text_token, text_mask, feat, feat_mask = args
+    return ModelInputs(
+        text=text_token,
+        text_mask=text_mask,
+        feat=feat,
+        feat_mask=feat_mask,
+        min_len=int(kwargs["min_len"]),
+        max_len=int(kwargs["max_len"]),
+        streaming_prefix_len=int(kwargs["streaming_prefix_len"]),
+    )
 
 
 @attrs.frozen
@@ -95,8 +63,7 @@ def run_prefill(
 ) -> tuple[PrefillState, list[Any], list[Any]]:
     """Upstream `_inference` up to its decode loop; returns the state and both LMs' KV."""
     feat, feat_mask, text_mask = inputs.feat, inputs.feat_mask, inputs.text_mask
-    encoder = getattr(tts, "_feat_encoder_raw", tts.feat_encoder)
-    feat_embed = tts.enc_to_lm_proj(encoder(feat))
+    feat_embed = tts.enc_to_lm_proj(feat_encoder(tts)(feat))
     lm_config = tts.config.lm_config
     scale_emb = lm_config.scale_emb if lm_config.use_mup else 1.0
     text_embed = tts.base_lm.embed_tokens(inputs.text) * scale_emb
