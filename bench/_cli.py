@@ -147,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic: one replica thread per stream (the path before batching)",
     )
     p.add_argument(
+        "--profile-server",
+        metavar="DIR",
+        default=None,
+        help="synthetic: py-spy the server through each streams level (collapsed stacks per "
+        "thread, DIR/server-N-streams.txt; needs py-spy and ptrace rights)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -298,6 +305,7 @@ async def _run_synthetic(args: argparse.Namespace, argv: Sequence[str]) -> dict[
         quiet_below=args.quiet_below,
         quiet_patience=args.quiet_patience,
         batched=not args.synthetic_replicas,
+        profile_dir=args.profile_server,
     )
     print("synthetic engine: the server alone", flush=True)
     figures = await _synthetic.synthetic(options)

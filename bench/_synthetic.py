@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -41,6 +42,8 @@ class SyntheticOptions:
     quiet_below: float = 0.25
     quiet_patience: float = 10.0
     batched: bool = True
+    # py-spy each level's server (collapsed stacks per thread) into this folder.
+    profile_dir: str | None = None
 
     @property
     def chunk_seconds(self) -> float:
@@ -73,15 +76,21 @@ async def streams_level(
     text = stream_text(options.stream_chunks)
     jobs = [Job(text, seed + i, options.stream_chunks) for i in range(count)]
     arrivals = staggered_arrivals(count, options.chunk_seconds, seed=seed)
-    run = await open_loop(
-        url,
-        jobs,
-        arrivals,
-        pool_size=count,
-        pids={"server": server_pid},
-        request_timeout=options.request_timeout,
-        keep_arrivals=True,
-    )
+    async with trio.open_nursery() as nursery:
+        if options.profile_dir and server_pid is not None:
+            # The streams' steady part: from the last start to the first end.
+            seconds = max(1.0, (options.stream_chunks - 2) * options.chunk_seconds)
+            out = f"{options.profile_dir}/server-{count}-streams.txt"
+            nursery.start_soon(profile_server, server_pid, seconds, out)
+        run = await open_loop(
+            url,
+            jobs,
+            arrivals,
+            pool_size=count,
+            pids={"server": server_pid},
+            request_timeout=options.request_timeout,
+            keep_arrivals=True,
+        )
     figures = level_figures(run)
     jitter = stream_jitter(run, rtf=options.rtf)
     figures["streams"] = count
@@ -90,6 +99,27 @@ async def streams_level(
         figures["jitter_ms"]["p99"], figures["errors"]
     )
     return figures
+
+
+async def profile_server(pid: int, seconds: float, out: str) -> None:
+    """py-spy the server for `seconds` (after one chunk period) into `out`, collapsed stacks."""
+    await trio.sleep(CHUNK_SAMPLES / SAMPLE_RATE)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).parent / "py-spy"  # the venv's, when it has one
+    command = [
+        str(beside) if beside.exists() else "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--threads",
+        "--gil",
+        "--rate",
+        "250",
+    ]
+    command += ["--duration", str(round(seconds)), "--format", "raw", "--output", out]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    if done.returncode != 0:
+        print(f"  py-spy failed: {done.stderr.decode(errors='replace')[-300:]}", file=sys.stderr)
 
 
 def _rss_mb(pid: int) -> float:
