@@ -94,6 +94,11 @@ async def streams_level(
     figures = level_figures(run)
     jitter = stream_jitter(run, rtf=options.rtf)
     figures["streams"] = count
+    # The event loop's CPU per frame sent (chunks plus each stream's final frame), all in:
+    # handshakes, requests and progress messages are spread over the chunks.
+    loop_cpu = figures["usage"].get("server", {}).get("main_thread_cpu_seconds", 0.0)
+    frames = count * (options.stream_chunks + 1)
+    figures["loop_us_per_chunk"] = round(loop_cpu / frames * 1e6, 1)
     figures["jitter_ms"] = _stats.summary_ms(jitter, (50, 99, 99.9))
     figures["meets_jitter"] = _stats.meets_jitter_target(
         figures["jitter_ms"]["p99"], figures["errors"]
@@ -148,7 +153,8 @@ def _print_level(prefix: str, figures: dict[str, Any]) -> None:
     print(
         f"  {prefix} {figures['streams']:>4} streams: jitter p50 {figures['jitter_ms']['p50']} "
         f"p99 {figures['jitter_ms']['p99']} ms, {figures['errors']} errors, server CPU "
-        f"{usage['server']['cpu_cores']}, client CPU {usage['client']['cpu_cores']}",
+        f"{usage['server']['cpu_cores']} (loop {figures.get('loop_us_per_chunk')} us/chunk), "
+        f"client CPU {usage['client']['cpu_cores']}",
         flush=True,
     )
 
