@@ -42,6 +42,8 @@ class SyntheticOptions:
     quiet_below: float = 0.25
     quiet_patience: float = 10.0
     batched: bool = True
+    # After the idle connections close, wait this long before reading RSS again.
+    settle_seconds: float = 12.0
     # py-spy each level's server (collapsed stacks per thread) into this folder.
     profile_dir: str | None = None
 
@@ -176,8 +178,12 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
                 server.url, options.idle_streams, options, server_pid=server.pid
             )
             _print_level(f"with {held.opened} idle:", streams)
+            print(f"  server RSS: fresh {before:.0f} MB, held {during:.0f} MB", flush=True)
         await trio.sleep(1.0)
         after = _rss_mb(server.pid)
+        # The server hands freed heap back on its memory-trim tick (10 s by default).
+        await trio.sleep(options.settle_seconds)
+        settled = _rss_mb(server.pid)
         idle = {
             "requested": held.requested,
             "opened": held.opened,
@@ -186,6 +192,8 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
             "server_rss_before_mb": round(before, 2),
             "server_rss_held_mb": round(during, 2),
             "server_rss_after_close_mb": round(after, 2),
+            "server_rss_settled_mb": round(settled, 2),
+            "settle_seconds": options.settle_seconds,
             "per_connection_kb": round((during - before) * 1024 / max(held.opened, 1), 2),
             "streams_while_held": streams,
         }
