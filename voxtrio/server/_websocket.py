@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
+from typing import Literal
 
 import attrs
 import trio
@@ -158,7 +159,8 @@ class VoxWebSocketConnection(WebSocketConnection):
         self._limits = limits
         self._budgeted = 0  # this connection's share of the budget
         self._upload_allowed: bool | None = None  # decided once per message
-        self._direct: trio.socket.SocketType | bool | None = None  # None: not looked yet
+        # The socket for direct writes; False: none (TLS, extensions); None: not looked yet.
+        self._direct: trio.socket.SocketType | Literal[False] | None = None
 
     @property
     def local(self):  # type: ignore[no-untyped-def]
@@ -182,13 +184,10 @@ class VoxWebSocketConnection(WebSocketConnection):
         """
         if self._close_reason is not None or self._wsproto.state != ConnectionState.OPEN:
             return None
-        if self._direct is False:
-            return None
         if self._direct is None:
-            self._direct = _plain_socket(self._stream) or False
             connection = self._wsproto.connection
-            if connection is None or connection._proto.extensions:
-                self._direct = False
+            plain = connection is not None and not connection._proto.extensions
+            self._direct = (_plain_socket(self._stream) if plain else None) or False
         return self._direct or None
 
     async def abort_broken(self) -> str:

@@ -165,8 +165,8 @@ def _vector(opcode: int, size: int, parts: Sequence[Buffer]) -> list[memoryview]
     """The WebSocket header (joined to a small first part), then the parts uncopied."""
     header = message_header(opcode, size)
     if len(parts[0]) <= _JOIN_AT_MOST:
-        return [memoryview(header + parts[0]), *map(memoryview, parts[1:])]
-    return [memoryview(header), *map(memoryview, parts)]
+        return [memoryview(header + parts[0]), *(memoryview(part) for part in parts[1:])]
+    return [memoryview(header), *(memoryview(part) for part in parts)]
 
 
 def _write_some(sock: trio.socket.SocketType, parts: list[memoryview]) -> list[memoryview]:

@@ -57,7 +57,7 @@ class LoopMailbox:
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
         self._lock = threading.Lock()
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...], float]] = (
+        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
             collections.deque()
         )
         self._drain_scheduled = False
