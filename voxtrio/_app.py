@@ -16,6 +16,7 @@ from voxtrio._config import ConfigError, Settings
 from voxtrio.ops._auth import KeyStore, check_exposure
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
+from voxtrio.ops._memory import trim_after_load
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
 from voxtrio.protocol._voice_rules import supported_modes
@@ -172,6 +173,7 @@ async def run_server(
             notify("READY=1", f"STATUS=serving on {handle.url}")
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
+            nursery.start_soon(trim_after_load, settings.memory_trim_interval)
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):

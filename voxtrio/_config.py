@@ -84,6 +84,8 @@ class Settings:
     drain_timeout: float = 30.0
     progress_interval: float = 0.25
     stream_progress_interval: float = 1.0
+    # Hand freed heap back to the system (malloc_trim) this often, s; 0: never.
+    memory_trim_interval: float = 10.0
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
     allow_unauthenticated: bool = False
@@ -373,6 +375,12 @@ OPTIONS: tuple[Option, ...] = (
         "TTS_STREAM_PROGRESS_INTERVAL",
         _positive_float,
         "progress messages alongside a streaming request's audio, s",
+    ),
+    Option(
+        "memory_trim_interval",
+        "TTS_MEMORY_TRIM_INTERVAL",
+        _non_negative_float,
+        "return freed heap to the system this often once a load has gone, s (0: never)",
     ),
     Option("log_level", "LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR"),
     Option("log_format", "LOG_FORMAT", _choice("auto", "json", "console"), "auto|json|console"),

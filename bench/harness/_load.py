@@ -42,6 +42,8 @@ class Usage:
     rss_peak: int
     rss_mean: float
     threads: int
+    # The process's main thread alone (the server's event loop).
+    main_thread_cpu_seconds: float = 0.0
 
     @property
     def cores(self) -> float:
@@ -55,6 +57,7 @@ class Usage:
             "rss_peak_mb": round(self.rss_peak / 2**20, 2),
             "rss_mean_mb": round(self.rss_mean / 2**20, 2),
             "threads": self.threads,
+            "main_thread_cpu_seconds": round(self.main_thread_cpu_seconds, 3),
         }
 
 
@@ -63,6 +66,7 @@ class _Probe:
         self.process = psutil.Process(pid)
         times = self.process.cpu_times()
         self.cpu0 = times.user + times.system
+        self.main0 = self._main_thread_cpu()
         self.rss: list[int] = []
         self.sample()
 
@@ -70,6 +74,14 @@ class _Probe:
         # The process may have gone; the level reports its errors.
         with contextlib.suppress(psutil.Error):
             self.rss.append(self.process.memory_info().rss)
+
+    def _main_thread_cpu(self) -> float:
+        """CPU seconds of the thread whose id is the pid (Linux: the main thread)."""
+        with contextlib.suppress(psutil.Error):
+            for thread in self.process.threads():
+                if thread.id == self.process.pid:
+                    return float(thread.user_time + thread.system_time)
+        return 0.0
 
     def finish(self, wall: float) -> Usage:
         self.sample()
@@ -79,8 +91,9 @@ class _Probe:
             threads = self.process.num_threads()
         except psutil.Error:
             cpu, threads = 0.0, 0
+        main = max(0.0, self._main_thread_cpu() - self.main0)
         rss = self.rss or [0]
-        return Usage(cpu, wall, max(rss), sum(rss) / len(rss), threads)
+        return Usage(cpu, wall, max(rss), sum(rss) / len(rss), threads, main)
 
 
 def _busy_seconds() -> tuple[float, float]:
@@ -137,7 +150,9 @@ def merge_measurements(parts: Sequence[Measurement]) -> Measurement:
         wall = sum(u.wall for u in usages)
         mean = sum(u.rss_mean * u.wall for u in usages) / wall if wall > 0 else 0.0
         peak = max(u.rss_peak for u in usages)
-        merged.usage[name] = Usage(cpu, wall, peak, mean, max(u.threads for u in usages))
+        main = sum(u.main_thread_cpu_seconds for u in usages)
+        threads = max(u.threads for u in usages)
+        merged.usage[name] = Usage(cpu, wall, peak, mean, threads, main)
     return merged
 
 

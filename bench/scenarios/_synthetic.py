@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -47,6 +48,10 @@ class SyntheticOptions:
     quiet_below: float = 0.25
     quiet_patience: float = 10.0
     batched: bool = True
+    # After the idle connections close, wait this long before reading RSS again.
+    settle_seconds: float = 12.0
+    # py-spy each level's server (collapsed stacks per thread) into this folder.
+    profile_dir: str | None = None
 
     @property
     def chunk_seconds(self) -> float:
@@ -79,23 +84,55 @@ async def streams_level(
     text = stream_text(options.stream_chunks)
     jobs = [Job(text, seed + i, options.stream_chunks) for i in range(count)]
     arrivals = staggered_arrivals(count, options.chunk_seconds, seed=seed)
-    run = await open_loop(
-        url,
-        jobs,
-        arrivals,
-        pool_size=count,
-        pids={"server": server_pid},
-        request_timeout=options.request_timeout,
-        keep_arrivals=True,
-    )
+    async with trio.open_nursery() as nursery:
+        if options.profile_dir and server_pid is not None:
+            # The streams' steady part: from the last start to the first end.
+            seconds = max(1.0, (options.stream_chunks - 2) * options.chunk_seconds)
+            out = f"{options.profile_dir}/server-{count}-streams.txt"
+            nursery.start_soon(profile_server, server_pid, seconds, out)
+        run = await open_loop(
+            url,
+            jobs,
+            arrivals,
+            pool_size=count,
+            pids={"server": server_pid},
+            request_timeout=options.request_timeout,
+            keep_arrivals=True,
+        )
     figures = level_figures(run)
     jitter = stream_jitter(run, rtf=options.rtf)
     figures["streams"] = count
+    # The event loop's CPU per frame sent (chunks plus each stream's final frame), all in:
+    # handshakes, requests and progress messages are spread over the chunks.
+    loop_cpu = figures["usage"].get("server", {}).get("main_thread_cpu_seconds", 0.0)
+    frames = count * (options.stream_chunks + 1)
+    figures["loop_us_per_chunk"] = round(loop_cpu / frames * 1e6, 1)
     figures["jitter_ms"] = _stats.summary_ms(jitter, (50, 99, 99.9))
     figures["meets_jitter"] = _stats.meets_jitter_target(
         figures["jitter_ms"]["p99"], figures["errors"]
     )
     return figures
+
+
+async def profile_server(pid: int, seconds: float, out: str) -> None:
+    """py-spy the server for `seconds` (after one chunk period) into `out`, collapsed stacks."""
+    await trio.sleep(CHUNK_SAMPLES / SAMPLE_RATE)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    beside = Path(sys.executable).parent / "py-spy"  # the venv's, when it has one
+    command = [
+        str(beside) if beside.exists() else "py-spy",
+        "record",
+        "--pid",
+        str(pid),
+        "--threads",
+        "--gil",
+        "--rate",
+        "250",
+    ]
+    command += ["--duration", str(round(seconds)), "--format", "raw", "--output", out]
+    done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
+    if done.returncode != 0:
+        print(f"  py-spy failed: {done.stderr.decode(errors='replace')[-300:]}", file=sys.stderr)
 
 
 def _rss_mb(pid: int) -> float:
@@ -124,7 +161,8 @@ def _print_level(prefix: str, figures: dict[str, Any]) -> None:
     print(
         f"  {prefix} {figures['streams']:>4} streams: jitter p50 {figures['jitter_ms']['p50']} "
         f"p99 {figures['jitter_ms']['p99']} ms, {figures['errors']} errors, server CPU "
-        f"{usage['server']['cpu_cores']}, client CPU {usage['client']['cpu_cores']}",
+        f"{usage['server']['cpu_cores']} (loop {figures.get('loop_us_per_chunk')} us/chunk), "
+        f"client CPU {usage['client']['cpu_cores']}",
         flush=True,
     )
 
@@ -146,8 +184,12 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
                 server.url, options.idle_streams, options, server_pid=server.pid
             )
             _print_level(f"with {held.opened} idle:", streams)
+            print(f"  server RSS: fresh {before:.0f} MB, held {during:.0f} MB", flush=True)
         await trio.sleep(1.0)
         after = _rss_mb(server.pid)
+        # The server hands freed heap back on its memory-trim tick (10 s by default).
+        await trio.sleep(options.settle_seconds)
+        settled = _rss_mb(server.pid)
         idle = {
             "requested": held.requested,
             "opened": held.opened,
@@ -156,6 +198,8 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
             "server_rss_before_mb": round(before, 2),
             "server_rss_held_mb": round(during, 2),
             "server_rss_after_close_mb": round(after, 2),
+            "server_rss_settled_mb": round(settled, 2),
+            "settle_seconds": options.settle_seconds,
             "per_connection_kb": round((during - before) * 1024 / max(held.opened, 1), 2),
             "streams_while_held": streams,
         }

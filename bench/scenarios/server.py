@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthetic: one instance of one slot per stream (--max-batch 1, no batching)",
     )
     p.add_argument(
+        "--profile-server",
+        metavar="DIR",
+        default=None,
+        help="synthetic: py-spy the server through each streams level (collapsed stacks per "
+        "thread, DIR/server-N-streams.txt; needs py-spy and ptrace rights)",
+    )
+    p.add_argument(
         "--server-arg",
         action="append",
         default=[],
@@ -301,6 +308,7 @@ async def _run_synthetic(args: argparse.Namespace, argv: Sequence[str]) -> dict[
         quiet_below=args.quiet_below,
         quiet_patience=args.quiet_patience,
         batched=not args.synthetic_replicas,
+        profile_dir=args.profile_server,
     )
     print("synthetic engine: the server alone", flush=True)
     figures = await _synthetic.synthetic(options)

@@ -15,6 +15,7 @@ from voxtrio.protocol._frames import (
     AudioFrame,
     FrameError,
     FrameType,
+    StreamFrameHeads,
     decode_frame,
     encode_frame,
 )
@@ -106,3 +107,38 @@ def test_random_bytes_never_crash_the_decoder(data: bytes) -> None:
     """Garbage either decodes or raises FrameError, nothing else."""
     with contextlib.suppress(FrameError):
         decode_frame(data)
+
+
+@given(
+    request_id=st.text(max_size=40),
+    sequence=st.integers(min_value=0, max_value=10**9),
+    is_final=st.booleans(),
+    payload=st.binary(max_size=64),
+    sample_rate=st.sampled_from([8000, 16000, 48000]),
+    audio_format=st.sampled_from(["pcm16", "wav", "opus"]),
+)
+def test_stream_frame_head_is_encode_frames_prefix(
+    request_id: str,
+    sequence: int,
+    is_final: bool,
+    payload: bytes,
+    sample_rate: int,
+    audio_format: str,
+) -> None:
+    """A stream's prebuilt head plus the payload is byte for byte the frame encode_frame makes."""
+    heads = StreamFrameHeads(request_id, sample_rate, audio_format)
+    metadata = {
+        "request_id": request_id,
+        "sequence": sequence,
+        "sample_rate": sample_rate,
+        "is_final": is_final,
+        "format": audio_format,
+    }
+    head = heads.head(sequence, is_final=is_final, payload_length=len(payload))
+    assert head + payload == encode_frame(FrameType.STREAMING_CHUNK, metadata, payload)
+
+
+def test_stream_frame_heads_refuse_oversized_metadata() -> None:
+    """A request id that cannot fit a frame's metadata is refused when the heads are made."""
+    with pytest.raises(FrameError, match="metadata"):
+        StreamFrameHeads("r" * MAX_METADATA_BYTES, 48000, "pcm16")

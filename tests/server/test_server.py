@@ -321,7 +321,7 @@ async def test_server_bug_is_internal_error_for_that_request_only(
     def broken(*args: Any) -> bytes:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(voxtrio.server._native_sink, "encode_frame", broken)
+    monkeypatch.setattr(voxtrio.server._native_sink.StreamFrameHeads, "head", broken)
     async with session(synthetic_server.url) as s:
         await s.request("a", text="hi")
         await s.until_terminal("a")

@@ -54,6 +54,38 @@ def encode_frame(frame_type: FrameType, metadata: dict[str, Any], payload: bytes
     )
 
 
+class StreamFrameHeads:
+    """The heads of one stream's STREAMING_CHUNK frames, built without a dict or a JSON dump.
+
+    Only `sequence` and `is_final` change from frame to frame, so the metadata JSON is
+    two fixed byte strings around the sequence number. `head(...) + payload` is byte
+    for byte `encode_frame(STREAMING_CHUNK, metadata, payload)`, and lets a writer
+    send the payload without copying it behind the head.
+    """
+
+    def __init__(self, request_id: str, sample_rate: int, audio_format: str) -> None:
+        opening = dump_json({"request_id": request_id}).encode()
+        self._prefix = opening[:-1] + b',"sequence":'
+        self._suffixes = {
+            is_final: b","
+            + dump_json(
+                {"sample_rate": sample_rate, "is_final": is_final, "format": audio_format}
+            ).encode()[1:]
+            for is_final in (False, True)
+        }
+        if len(self._prefix) + 20 + len(self._suffixes[False]) > MAX_METADATA_BYTES:
+            raise FrameError(f"metadata would be over {MAX_METADATA_BYTES} bytes")
+
+    def head(self, sequence: int, *, is_final: bool, payload_length: int) -> bytes:
+        """Everything of the frame before its payload."""
+        meta = b"%b%d%b" % (self._prefix, sequence, self._suffixes[is_final])
+        return b"%b%b%b" % (
+            _HEAD.pack(MAGIC, FrameType.STREAMING_CHUNK, 0, len(meta)),
+            meta,
+            _LENGTH.pack(payload_length),
+        )
+
+
 def decode_frame(data: bytes | bytearray | memoryview) -> AudioFrame:
     """Parse one whole frame, refusing anything malformed or trailing."""
     view = memoryview(data)

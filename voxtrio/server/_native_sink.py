@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import trio
 
-from voxtrio.protocol._frames import FrameType, encode_frame
+from voxtrio.protocol._frames import FrameType, StreamFrameHeads, encode_frame
 from voxtrio.protocol._messages import (
     Progress,
     ProgressState,
@@ -34,6 +34,7 @@ class NativeSink:
     pieces: list[bytes] = attrs.Factory(list)
     _last_progress: tuple[str, float, str] | None = None
     _queued_reported: bool = False
+    _heads: StreamFrameHeads | None = None
 
     async def send(self, message: ServerMessage) -> None:
         await self.writer.send(dump_message(message))
@@ -50,6 +51,7 @@ class NativeSink:
 
     def opened(self, audio: AudioInfo) -> None:
         self.audio_info = audio
+        self._heads = StreamFrameHeads(self.request_id, audio.sample_rate, audio.format)
 
     async def utterance_begins(self, utterance: Utterance) -> None:
         pass
@@ -80,15 +82,10 @@ class NativeSink:
             self.pieces.append(data)
 
     async def _send_frame(self, data: bytes, *, is_final: bool) -> None:
-        assert self.audio_info is not None
-        metadata = {
-            "request_id": self.request_id,
-            "sequence": self.frames_sent,
-            "sample_rate": self.audio_info.sample_rate,
-            "is_final": is_final,
-            "format": self.audio_info.format,
-        }
-        await self.writer.send(encode_frame(FrameType.STREAMING_CHUNK, metadata, data))
+        # Per chunk: one small head (no dict, no JSON dump); the audio is not copied.
+        assert self._heads is not None
+        head = self._heads.head(self.frames_sent, is_final=is_final, payload_length=len(data))
+        await self.writer.send_frame(head, data)
         self.frames_sent += 1
         if self.first_audio_at is None and data:
             self.first_audio_at = trio.current_time()

@@ -8,6 +8,10 @@
   frame, bad close code, bad UTF-8) reaches trio-websocket as a CloseConnection event
   that it only answers when the peer sent a close, so the peer saw a TCP drop. Here it
   gets the close frame wsproto chose (1002, or 1007 for bad UTF-8).
+- Writes: `direct_socket` lets `FrameWriter` write a whole message straight to the
+  TCP socket as one vector (header, frame head, payload uncopied) under the
+  connection's stream lock, where trio-websocket builds every frame through wsproto
+  (one copy of the payload) and a chain of stream wrappers.
 - Message size: every message has the small cap; only a voice upload on the native
   endpoint may be large, and the partial messages of all connections share one byte
   budget, so parked uploads cannot take the server's memory.
@@ -20,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import struct
+from typing import Literal
 
 import attrs
 import trio
@@ -30,6 +36,8 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from voxtrio.server._activity import PeerActivity
+
+from voxtrio.server._sniff import ReplayStream
 
 _HEAD_END = b"\r\n\r\n"
 _SWITCHING = b"HTTP/1.1 101"
@@ -46,6 +54,19 @@ def _socket_fd(stream: trio.abc.Stream) -> int | None:
     """The file descriptor under a socket stream, or one that wraps one as `.stream`."""
     inner = getattr(stream, "stream", stream)
     return inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+
+
+def message_header(opcode: int, length: int) -> bytes:
+    """RFC 6455 5.2: the header of one whole (FIN), unmasked (server) message."""
+    first = 0x80 | opcode
+    if length < 126:
+        return struct.pack("!BB", first, length)
+    if length < 1 << 16:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 class HeadFirstStream(trio.abc.Stream):
@@ -157,6 +178,8 @@ class VoxWebSocketConnection(WebSocketConnection):
         self.activity = stream.activity
         self._budgeted = 0  # this connection's share of the budget
         self._upload_allowed: bool | None = None  # decided once per message
+        # The socket for direct writes; False: none (TLS, extensions); None: not looked yet.
+        self._direct: trio.socket.SocketType | Literal[False] | None = None
 
     @property
     def local(self):  # type: ignore[no-untyped-def]
@@ -165,6 +188,32 @@ class VoxWebSocketConnection(WebSocketConnection):
     @property
     def remote(self):  # type: ignore[no-untyped-def]
         return _get_stream_endpoint(self._stream.transport_stream, local=False)  # type: ignore[attr-defined]
+
+    @property
+    def stream_lock(self) -> trio.StrictFIFOLock:
+        """The lock trio-websocket holds around every write of its own (pongs, closes)."""
+        return self._stream_lock
+
+    def direct_socket(self) -> trio.socket.SocketType | None:
+        """The TCP socket, while a whole message may be written to it directly; else None.
+
+        Only an open connection without extensions (trio-websocket negotiates none, so
+        no permessage-deflate) over plain TCP: a closing one goes through wsproto,
+        which knows what may still be sent.
+        """
+        if self._close_reason is not None or self._wsproto.state != ConnectionState.OPEN:
+            return None
+        if self._direct is None:
+            connection = self._wsproto.connection
+            plain = connection is not None and not connection._proto.extensions
+            self._direct = (_plain_socket(self._stream) if plain else None) or False
+        return self._direct or None
+
+    async def abort_broken(self) -> str:
+        """The socket failed under a direct write: end the connection as trio-websocket would."""
+        with trio.CancelScope(shield=True):
+            await self._abort_web_socket()
+        return str(self._close_reason.reason if self._close_reason else "connection lost")
 
     def release_budget(self) -> None:
         self._limits.budget.give_back(self._budgeted)
@@ -231,3 +280,12 @@ class VoxWebSocketConnection(WebSocketConnection):
         finally:
             await self._recv_channel.aclose()
             self._reader_running = False
+
+
+def _plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The TCP socket under voxtrio's own plain wrappers; None for anything else (TLS)."""
+    if isinstance(stream, HeadFirstStream):
+        stream = stream.transport_stream
+    if isinstance(stream, ReplayStream):
+        stream = stream.stream
+    return stream.socket if isinstance(stream, trio.SocketStream) else None

@@ -12,6 +12,16 @@ hundreds of model threads each taking it per chunk the lock and the GIL convoy
 The mailbox's lock covers a deque append only, and one loop callback drains
 everything posted since the last one. (`trio.from_thread.run` per chunk, the
 first design, also spawned a system task per chunk.)
+
+Delivery is paced: a step hands every stream its chunk at once, and Trio runs the
+request tasks those chunks wake as one batch, in post order or reversed at random
+(its scheduler does so on purpose), so a stream's write moved from the front of the
+burst to its back from one step to the next and its gap swung by the whole burst
+(~30 ms at 1,000 streams). Each chunk instead gets a due time, when the loop takes
+it from the mailbox but at least `LoopMailbox.delivery_slot` after the chunk before
+it, and its request task writes it then. The writes leave in post order (a stable
+row order), spread over about the burst's own length, so each stream's gap is the
+step clock's gap.
 """
 
 from __future__ import annotations
@@ -33,8 +43,16 @@ class LoopMailbox:
     """Calls posted from any thread, run in order on the Trio thread, in batches.
 
     Callbacks must not raise: they run inside a `run_sync_soon` callback, where an
-    exception crashes the whole run.
+    exception crashes the whole run. While they run, `drained_at` is when the
+    loop took them (Trio clock).
     """
+
+    # Due times of successive chunks are at least this far apart: about the event
+    # loop's cost of writing one (docs/BENCHMARKS.md). 0 turns pacing off.
+    delivery_slot: float = 25e-6
+    # A chunk is never held longer than this (a burst larger than this many slots
+    # leaves its tail at once rather than stretching every later due time).
+    max_hold: float = 0.05
 
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
@@ -43,6 +61,8 @@ class LoopMailbox:
             collections.deque()
         )
         self._drain_scheduled = False
+        self.drained_at = 0.0
+        self._last_due = -float("inf")
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
         """Any thread: run `fn(*args)` on the loop after everything posted before it.
@@ -65,8 +85,16 @@ class LoopMailbox:
         with self._lock:
             calls, self._calls = self._calls, collections.deque()
             self._drain_scheduled = False
+        self.drained_at = trio.current_time()
         for fn, args in calls:
             fn(*args)
+
+    def due_time(self) -> float:
+        """Trio thread, in a callback: when the chunk it hands over should be written."""
+        now = self.drained_at
+        due = min(max(now, self._last_due + self.delivery_slot), now + self.max_hold)
+        self._last_due = due
+        return due
 
 
 @attrs.define(eq=False)
@@ -117,15 +145,20 @@ class Job:
 
     def deliver(self, item: Any) -> None:
         """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
+        due = self.mailbox.due_time() if self.mailbox.delivery_slot > 0 else 0.0
         try:
-            self.send_channel.send_nowait(item)
+            self.send_channel.send_nowait((due, item))
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             # The request has gone (or is stopping); the chunk has nowhere to go.
             self.stop_event.set()
 
 
 class ChunkStream:
-    """The request side of a job's chunks: receiving one gives its credit back."""
+    """The request side of a job's chunks: receiving one gives its credit back.
+
+    A chunk is returned at its due time (see the module's docstring), so the request
+    task writes it in its place in the step's order.
+    """
 
     def __init__(self, job: Job, receive: trio.MemoryReceiveChannel[Any]) -> None:
         self._job = job
@@ -133,10 +166,12 @@ class ChunkStream:
 
     async def receive(self) -> Any:
         """The next chunk; `trio.EndOfChannel` once the job has finished."""
-        item = await self._receive.receive()
+        due, item = await self._receive.receive()
         self._job.credits.release()
         if self._job.wake is not None:
             self._job.wake.set()
+        if due > trio.current_time():
+            await trio.sleep_until(due)
         return item
 
     def __aiter__(self) -> ChunkStream:

@@ -4,6 +4,13 @@ It measures the server alone (benchmarks, tests of the server in isolation): eac
 step sleeps `rtf` x the chunk's duration, then yields a deterministic tone whose
 pitch comes from the seed, so audio from different requests is distinguishable
 and the same seed always gives the same samples.
+
+Per chunk it does no numpy work: a tone's pitch is rounded to a grid on which the
+tone repeats every `_TONE_CHUNKS` chunks, so each chunk is a read-only view into one
+small cached cycle. The grid (3.125 Hz for 160 ms chunks) bounds the tables to a few
+hundred whatever the number of streams (17 MB at 48 kHz, all pitches), where
+one-second tables per whole-Hz pitch behind a 128-entry cache recomputed a second
+of sine per chunk beyond 128 streams.
 """
 
 from __future__ import annotations
@@ -18,17 +25,35 @@ import numpy as np
 
 from voxtrio.speech._engine import StepCallback, SynthesisSpec
 
-# Chunks computed at a time (about 1.2 MB of float32 at 48 kHz).
-_BLOCK_CHUNKS = 40
+# Pitches span 110-989 Hz; the grid is about this fine (a tone repeats every few chunks).
+_PITCH_STEP_HZ = 3.125
+_LOWEST_HZ, _PITCH_SPAN_HZ = 110, 880
+# More than every grid pitch of one chunk size: the cache never evicts in practice.
+_MAX_TONES = 1024
 
 
-@functools.lru_cache(maxsize=128)
-def _tone_table(frequency: float, sample_rate: int, chunk_samples: int) -> np.ndarray:
-    """One second and one chunk of 0.3 x sin(2 pi f t), float32, read-only (shared)."""
-    t = np.arange(sample_rate + chunk_samples) / sample_rate
-    table = (0.3 * np.sin(2 * np.pi * frequency * t)).astype(np.float32)
+def tone_period_chunks(sample_rate: int, chunk_samples: int) -> int:
+    """Chunks after which every tone repeats: the pitch grid is chunk rate / this."""
+    return max(1, round(sample_rate / chunk_samples / _PITCH_STEP_HZ))
+
+
+def seed_frequency(seed: int) -> float:
+    """The requested pitch of a seed's tone (whole Hz, before rounding to the grid)."""
+    return float(_LOWEST_HZ + seed % _PITCH_SPAN_HZ)
+
+
+@functools.lru_cache(maxsize=_MAX_TONES)
+def _tone_cycle(cycles: int, period_samples: int) -> np.ndarray:
+    """0.3 x sin over `cycles` whole cycles in `period_samples`, float32, read-only."""
+    n = np.arange(period_samples, dtype=np.float64)
+    table = (0.3 * np.sin(2 * np.pi * cycles * n / period_samples)).astype(np.float32)
     table.flags.writeable = False
     return table
+
+
+def tone_tables_computed() -> int:
+    """How many tone tables have been computed (cache misses), for tests."""
+    return _tone_cycle.cache_info().misses
 
 
 @attrs.define
@@ -64,7 +89,7 @@ class SyntheticEngine:
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
         steps = self.max_steps(spec)
-        frequency = 110.0 + (spec.seed % 880)
+        frequency = seed_frequency(spec.seed)
         chunk_seconds = self.chunk_samples / self.sample_rate
         collected: list[np.ndarray] = []
         for step in range(1, steps + 1):
@@ -85,15 +110,19 @@ class SyntheticEngine:
             yield np.concatenate(collected)
 
     def tone(self, frequency: float, step: int) -> np.ndarray:
-        """Chunk `step` (1-based) of a 0.3-amplitude sine at `frequency` (whole Hz).
+        """Chunk `step` (1-based) of a 0.3-amplitude sine near `frequency`.
 
-        A whole-Hz tone repeats every second, so each chunk is a read-only view into
-        one cached second (plus a chunk, so no view wraps around): no numpy work per
-        chunk. A model-free engine should cost next to nothing, and every numpy call
-        on a replica thread hands the GIL to the server's other threads.
+        The pitch is rounded to the grid on which the tone repeats every
+        `tone_period_chunks` chunks, so the chunk is a read-only view into one cached
+        cycle: no numpy work per chunk. A model-free engine should cost next to
+        nothing, and every numpy call on a model thread hands the GIL to the server's
+        other threads.
         """
-        table = _tone_table(frequency, self.sample_rate, self.chunk_samples)
-        start = (step - 1) * self.chunk_samples % self.sample_rate
+        period_chunks = tone_period_chunks(self.sample_rate, self.chunk_samples)
+        period_samples = period_chunks * self.chunk_samples
+        cycles = max(1, round(frequency * period_samples / self.sample_rate))
+        table = _tone_cycle(cycles, period_samples)
+        start = (step - 1) % period_chunks * self.chunk_samples
         return table[start : start + self.chunk_samples]
 
     def warm_up(self) -> None:

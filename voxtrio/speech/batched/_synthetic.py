@@ -15,7 +15,7 @@ import attrs
 import numpy as np
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech._synthetic import SyntheticEngine, seed_frequency
 from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 
 
@@ -58,7 +58,7 @@ class BatchedSynthetic:
         self.engine.generations += len(specs)
         self.engine.open_generations += len(specs)
         return [
-            SyntheticRow(spec, 110.0 + (spec.seed % 880), self.engine.max_steps(spec))
+            SyntheticRow(spec, seed_frequency(spec.seed), self.engine.max_steps(spec))
             for spec in specs
         ]
 

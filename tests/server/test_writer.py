@@ -1,0 +1,154 @@
+"""FrameWriter over a real 127.0.0.1 WebSocket: whole messages, in order, or ConnectionGone."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+from trio_websocket import WebSocketConnection, WebSocketRequest, open_websocket_url
+
+from voxtrio.server._listener import _GuardedWebSocketServer
+from voxtrio.server._websocket import (
+    MessageLimits,
+    PartialMessageBudget,
+    VoxWebSocketConnection,
+    message_header,
+)
+from voxtrio.server._writer import ConnectionGone, FrameWriter
+
+BIG = 8 * 2**20  # far more than the socket buffers hold: writes go out in parts
+
+
+@attrs.define
+class Pair:
+    writer: FrameWriter
+    server_ws: WebSocketConnection
+    client: WebSocketConnection
+
+
+@asynccontextmanager
+async def writer_pair(write_timeout: float = 5.0) -> AsyncIterator[Pair]:
+    """A FrameWriter on the server end of a real WebSocket, and the client end."""
+    accepted: trio.MemorySendChannel[WebSocketConnection]
+    accepted, take = trio.open_memory_channel[WebSocketConnection](1)
+    finished = trio.Event()
+
+    async def handler(request: WebSocketRequest) -> None:
+        await accepted.send(await request.accept())
+        await finished.wait()
+
+    limits = MessageLimits(BIG * 2, 0, frozenset(), PartialMessageBudget(BIG * 4))
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    server = _GuardedWebSocketServer(handler, listeners, limits=limits, max_message_size=BIG * 2)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        url = f"ws://127.0.0.1:{port}/tts"
+        async with open_websocket_url(url, max_message_size=BIG * 2) as client:
+            server_ws = await take.receive()
+            assert isinstance(server_ws, VoxWebSocketConnection)
+            writer = FrameWriter(
+                server_ws, write_timeout=write_timeout, activity=server_ws.activity
+            )
+            yield Pair(writer, server_ws, client)
+            finished.set()
+        nursery.cancel_scope.cancel()
+
+
+async def write_until_it_fails(writer: FrameWriter, payload: bytes, *, pause: float) -> None:
+    for _ in range(1000):
+        await writer.send_frame(b"h", payload)
+        await trio.sleep(pause)
+
+
+def test_message_header_lengths() -> None:
+    """RFC 6455: 7-bit, 16-bit and 64-bit lengths, FIN set, no mask."""
+    assert message_header(0x2, 125) == b"\x82\x7d"
+    assert message_header(0x2, 126) == b"\x82\x7e\x00\x7e"
+    assert message_header(0x1, 65536) == b"\x81\x7f" + (65536).to_bytes(8, "big")
+
+
+async def test_the_plain_tcp_connection_is_written_directly() -> None:
+    """An open connection over plain TCP offers its socket for direct writes."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair:
+            assert pair.server_ws.direct_socket() is not None  # type: ignore[attr-defined]
+
+
+async def test_a_large_frame_to_a_slow_reader_arrives_whole() -> None:
+    """A frame larger than the socket buffers is written in parts and arrives intact."""
+    payload = bytes(range(256)) * (BIG // 256)
+    with trio.fail_after(20):
+        async with writer_pair() as pair, trio.open_nursery() as nursery:
+            nursery.start_soon(pair.writer.send_frame, b"head", payload)
+            await trio.sleep(0.2)  # the writer is blocked on a full socket by now
+            message = await pair.client.get_message()
+    assert message == b"head" + payload
+    assert pair.writer.frames_sent == 1
+
+
+async def test_concurrent_writers_never_interleave() -> None:
+    """Frames from many tasks each arrive whole, in each task's own order."""
+    tasks, frames, size = 8, 20, 200_000
+    got: list[bytes] = []
+    with trio.fail_after(30):
+        async with writer_pair() as pair:
+
+            async def write(task: int) -> None:
+                for index in range(frames):
+                    head = bytes([task, index])
+                    await pair.writer.send_frame(head, bytes([task]) * size)
+
+            async with trio.open_nursery() as nursery:
+                for task in range(tasks):
+                    nursery.start_soon(write, task)
+                for _ in range(tasks * frames):
+                    got.append(bytes(await pair.client.get_message()))
+    for task in range(tasks):
+        mine = [message for message in got if message[0] == task]
+        assert [message[1] for message in mine] == list(range(frames))
+        assert all(message[2:] == bytes([task]) * size for message in mine)
+
+
+async def test_text_goes_out_as_a_text_message() -> None:
+    """A str is sent as a UTF-8 text message."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair:
+            await pair.writer.send('{"type":"progress","message":"语音"}')
+            assert await pair.client.get_message() == '{"type":"progress","message":"语音"}'
+
+
+async def test_a_reader_that_stops_fails_the_write_after_write_timeout() -> None:
+    """A client that reads nothing makes a write raise ConnectionGone once write_timeout passes."""
+    with trio.fail_after(20):
+        async with writer_pair(write_timeout=0.5) as pair:
+            began = trio.current_time()
+            with pytest.raises(ConnectionGone, match="did not read"):
+                await write_until_it_fails(pair.writer, bytes(BIG), pause=0)
+            assert trio.current_time() - began < 5
+            with pytest.raises(ConnectionGone):  # and stays broken
+                await pair.writer.send(b"more")
+
+
+async def test_a_vanished_peer_gives_connection_gone() -> None:
+    """Writing to a peer whose socket was closed raises ConnectionGone, nothing else."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair:
+            await pair.client._stream.aclose()  # no close handshake: the TCP connection drops
+            with pytest.raises(ConnectionGone):
+                await write_until_it_fails(pair.writer, bytes(65536), pause=0.001)
+
+
+async def test_a_cancelled_writer_sends_nothing() -> None:
+    """A write whose request is already cancelled raises Cancelled and sends no frame."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair:
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await pair.writer.send_frame(b"h", b"lost")
+            await pair.writer.send_frame(b"h", b"kept")
+            assert await pair.client.get_message() == b"hkept"
+    assert pair.writer.frames_sent == 1
