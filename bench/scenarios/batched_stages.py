@@ -143,4 +143,3 @@ def main(argv: list[str]) -> None:
                     f"{model.mode:>12} {rows:>5} {model.bucket_for(rows):>6} {first:>13.2f} "
                     f"{step:>8.1f} {step / rows:>12.2f} {alone:>16.1f}"
                 )
-

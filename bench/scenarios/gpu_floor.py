@@ -95,4 +95,3 @@ def main(argv: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "floor.json").write_text(json.dumps(figures, indent=2))
     print(f"floor (voxcpm generate_streaming, one stream): {figures}", flush=True)
-

@@ -163,11 +163,11 @@ async def test_a_request_id_does_not_leak_into_the_next_request_on_the_connectio
 async def test_a_saturated_server_answers_429_within_the_http_queue_wait(
     start_server: Callable[..., Any],
 ) -> None:
-    """Waiting for a replica past http_queue_timeout is 429 + Retry-After, not a hang."""
+    """Waiting for a model slot past http_queue_timeout is 429 + Retry-After, not a hang."""
     server: ServerHandle = await start_server(
         lambda: SyntheticEngine(rtf=1.0),
         workers=1,
-        batched=False,
+        max_batch=1,
         max_concurrent=4,
         queue_timeout=30.0,
         http_queue_timeout=0.5,

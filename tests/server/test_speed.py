@@ -128,12 +128,14 @@ async def test_openai_sdk_speed(synthetic_server: ServerHandle, speed: float) ->
     check pitch through the same output path.)"""
 
     def fetch() -> bytes:
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{synthetic_server.port}/v1", api_key="unused"
-        )
-        with client.audio.speech.with_streaming_response.create(
-            model="tts-1", voice="alloy", input=TEXT, response_format="pcm", speed=speed
-        ) as response:
+        with (
+            openai.OpenAI(
+                base_url=f"http://127.0.0.1:{synthetic_server.port}/v1", api_key="unused"
+            ) as client,
+            client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice="alloy", input=TEXT, response_format="pcm", speed=speed
+            ) as response,
+        ):
             return b"".join(response.iter_bytes())
 
     y = pcm(await trio.to_thread.run_sync(fetch))
@@ -144,10 +146,10 @@ async def test_openai_speed_out_of_range_is_400(synthetic_server: ServerHandle) 
     """speed 5 is a 400 naming the field, before any audio."""
 
     def post() -> None:
-        client = openai.OpenAI(
+        with openai.OpenAI(
             base_url=f"http://127.0.0.1:{synthetic_server.port}/v1", api_key="unused"
-        )
-        client.audio.speech.create(model="tts-1", voice="alloy", input="hi", speed=5.0)
+        ) as client:
+            client.audio.speech.create(model="tts-1", voice="alloy", input="hi", speed=5.0)
 
     with pytest.raises(openai.BadRequestError, match="speed"):
         await trio.to_thread.run_sync(post)

@@ -79,15 +79,17 @@ async def test_openai_response_format(
     """The OpenAI SDK with response_format ulaw_8000/alaw_8000 gets raw G.711 at 8 kHz."""
 
     def fetch() -> tuple[bytes, str]:
-        client = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{synthetic_server.port}/v1", api_key="unused"
-        )
-        with client.audio.speech.with_streaming_response.create(
-            model="tts-1",
-            voice="alloy",
-            input=TEXT,
-            response_format=fmt,  # type: ignore[arg-type]  # voxtrio's extra formats
-        ) as response:
+        with (
+            openai.OpenAI(
+                base_url=f"http://127.0.0.1:{synthetic_server.port}/v1", api_key="unused"
+            ) as client,
+            client.audio.speech.with_streaming_response.create(
+                model="tts-1",
+                voice="alloy",
+                input=TEXT,
+                response_format=fmt,  # type: ignore[arg-type]  # voxtrio's extra formats
+            ) as response,
+        ):
             return b"".join(response.iter_bytes()), response.headers["content-type"]
 
     data, content_type = await trio.to_thread.run_sync(fetch)

@@ -36,7 +36,6 @@ from wsproto.connection import ConnectionState
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from voxtrio.server._activity import PeerActivity
-
 from voxtrio.server._sniff import ReplayStream
 
 _HEAD_END = b"\r\n\r\n"
@@ -54,6 +53,7 @@ def _socket_fd(stream: trio.abc.Stream) -> int | None:
     """The file descriptor under a socket stream, or one that wraps one as `.stream`."""
     inner = getattr(stream, "stream", stream)
     return inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
+
 
 OPCODE_TEXT = 0x1
 OPCODE_BINARY = 0x2
