@@ -11,7 +11,7 @@ new state back. VoxCPM 1.x decodes a window of the last patches statelessly.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from torch import nn
 from voxtrio.speech._voxcpm_import import import_voxcpm
 
 if TYPE_CHECKING:
+    from voxcpm.modules.audiovae.audio_vae import AudioVAE as AudioVAEV1
     from voxcpm.modules.audiovae.audio_vae_v2 import AudioVAE
 
 
@@ -26,7 +27,13 @@ class _Conv:
     """One decoder conv with its causal context length and per-slot state."""
 
     def __init__(
-        self, module: nn.Module, context: int, trim: int, *, transposed: bool, max_batch: int
+        self,
+        module: nn.Conv1d | nn.ConvTranspose1d,
+        context: int,
+        trim: int,
+        *,
+        transposed: bool,
+        max_batch: int,
     ) -> None:
         self.module = module
         self.context = context
@@ -44,8 +51,8 @@ class _Conv:
         full = torch.cat([self.state[self.rows], x], dim=-1)
         self.state[self.rows] = full[:, :, -self.context :]
         if not self.transposed:
-            return nn.Conv1d.forward(self.module, full)
-        out = nn.ConvTranspose1d.forward(self.module, full)
+            return nn.Conv1d.forward(cast(nn.Conv1d, self.module), full)
+        out = nn.ConvTranspose1d.forward(cast(nn.ConvTranspose1d, self.module), full)
         left = self.context * self.module.stride[0]
         return out[..., left : -self.trim] if self.trim > 0 else out[..., left:]
 
@@ -89,8 +96,10 @@ class StreamingDecoder:
             for conv in self.convs:
                 conv.rows = slots
                 originals.append((conv.module, conv.module.forward))
-                conv.module.forward = conv.forward
-            return self.vae.decode(latents.to(torch.float32)).squeeze(1)
+                # Patched for this one call (restored below): mypy forbids assigning methods.
+                conv.module.forward = conv.forward  # type: ignore[method-assign,assignment]
+            audio: torch.Tensor = self.vae.decode(latents.to(torch.float32))
+            return audio.squeeze(1)
         finally:
             for module, original in originals:
                 module.forward = original
@@ -99,7 +108,7 @@ class StreamingDecoder:
 
 
 def decode_windows(
-    vae: nn.Module, windows: Sequence[torch.Tensor], patch_samples: int
+    vae: AudioVAEV1, windows: Sequence[torch.Tensor], patch_samples: int
 ) -> list[torch.Tensor]:
     """VoxCPM 1.x: decode each row's window [D, T*P]; keep its last patch of audio.
 
