@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
+import urllib.request
 from pathlib import Path
 
 import nox
@@ -22,26 +24,60 @@ PYTHON = _RUNNING if _RUNNING in SUPPORTED_PYTHONS else SUPPORTED_PYTHONS[0]
 nox.options.sessions = ["lint", "typecheck", "tests"]
 
 ROOT = Path(__file__).parent
-# A CPU build of torch: an unpinned `torch` pulls several GB of CUDA packages.
-# On a GPU machine set VOXTRIO_TORCH to the build you want (or "skip" to keep the
-# environment's own torch).
+# A CPU build of torch: on Linux, PyPI's `torch` is the CUDA build (several GB of
+# nvidia packages), so it comes from PyTorch's own CPU index where that answers, else
+# from the default index (a local wheel cache, or PyPI's build). On a GPU machine set
+# VOXTRIO_TORCH to the build you want (or "skip" to keep the environment's own torch).
 TORCH = os.environ.get("VOXTRIO_TORCH", "torch==2.13.0")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 VOXCPM = "voxcpm==2.0.3"
+# The default test run prints its slowest tests (issue 23: which ones make it slow).
+DURATIONS = "--durations=15"
+
+
+class _NoUvNotice(logging.Filter):
+    """nox logs "uv binary not found." on every run; these sessions use venv + pip."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "uv binary not found."
+
+
+logging.getLogger("nox").addFilter(_NoUvNotice())
+
+
+def _answers(url: str, timeout: float = 5.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout):
+            return True
+    except OSError:  # URLError, timeouts, DNS failures
+        return False
+
+
+def install_torch(session: nox.Session) -> None:
+    """torch: the CPU build from PyTorch's index where it answers, else the default index."""
+    if TORCH == "skip":
+        return
+    if "VOXTRIO_TORCH" not in os.environ and _answers(f"{TORCH_CPU_INDEX}/torch/"):
+        session.log(f"installing {TORCH} (CPU build) from {TORCH_CPU_INDEX}")
+        session.install(TORCH, "--index-url", TORCH_CPU_INDEX)
+    else:
+        session.log(f"installing {TORCH} from the default index (about 2 minutes)")
+        session.install(TORCH)
 
 
 def install_runtime(session: nox.Session, *extras: str) -> None:
     """Install voxtrio with the lean voxcpm stack (see pyproject.toml)."""
-    if TORCH != "skip":
-        session.install(TORCH)
+    install_torch(session)
     # --no-deps: voxcpm's declared dependencies are its training/demo stack.
     session.install("--no-deps", VOXCPM)
     spec = f".[{','.join(extras)}]" if extras else "."
+    session.log(f"installing voxtrio ({spec}) and its dependencies")
     session.install("-e", spec)
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """The default test run (CI): everything but the suites marked slow."""
+    """The default test run (CI): everything but the suites marked slow; the 15 slowest listed."""
     install_runtime(session, "test")
     session.run(
         "pytest",
@@ -49,6 +85,7 @@ def tests(session: nox.Session) -> None:
         "not slow and not cluster",
         # The framework plugins' suite needs their extras: `nox -s integrations`.
         "--ignore=tests/integrations",
+        DURATIONS,
         *session.posargs,
         env={"TQDM_DISABLE": "1"},
     )
@@ -118,10 +155,11 @@ def demo(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """The benchmark suite on CPU (tiny checkpoint + synthetic engine); `-- --quick` is shorter.
+    """A bench scenario: `nox -s bench -- [SCENARIO] [args]` runs `python -m bench ...`.
 
-    Writes bench/results/<date>-<engine>.json + .png and appends a table to
-    docs/BENCHMARKS.md. Arguments after `--` go to `python -m bench` (see --help).
+    With no scenario, `server`: the tiny checkpoint + synthetic engine on CPU
+    (`-- --quick` is shorter); it writes bench/results/<date>-<engine>.json + .png
+    and appends a table to docs/BENCHMARKS.md. `-- --help` lists the scenarios.
     """
     install_runtime(session)
     session.install("psutil", "matplotlib")

@@ -49,7 +49,7 @@ echo "== checkpoint ready after $(( $(date +%s) - started )) s"
 
 left=$(( BUDGET_S - ($(date +%s) - started) ))
 [ "$left" -lt 120 ] && left=120
-timeout "$left" "$PY" -m bench.batching --model "$MODEL" --device "$DEVICE" --modes batched \
+timeout "$left" "$PY" -m bench batching --model "$MODEL" --device "$DEVICE" --modes batched \
   --concurrency "$CONCURRENCY" --max-len "$MAX_LEN" --rounds 1 --max-batch 128 \
   --level-timeout 120 --out "$OUT"
 rc=$?

@@ -11,10 +11,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
+
+from bench.harness import server_command
 
 STARTUP_TIMEOUT = 90.0
 
@@ -43,21 +44,8 @@ class ServedProcess:
         ready.unlink(missing_ok=True)
         log = open(self.workdir / "server.log", "ab")  # noqa: SIM115 (the child owns it)
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voxtrio",
-                "serve",
-                "--port",
-                str(self.port),
-                "--metrics-port",
-                str(self.metrics_port),
-                "--ready-file",
-                str(ready),
-                "--log-format",
-                "json",
-                *self.flags,
-            ],
+            # The bench harness's command line: one way to start `voxtrio serve`.
+            server_command(ready, self.flags, port=self.port, side_port=self.metrics_port),
             stdout=log,
             stderr=log,
             env={**os.environ, "TQDM_DISABLE": "1"},
@@ -105,7 +93,7 @@ class ServedProcess:
         deadline = time.monotonic() + timeout
         while True:
             samples = self.metrics()
-            busy = samples["voxcpm_tts_replicas_busy"] + samples["voxcpm_tts_queue_length"]
+            busy = samples["voxcpm_tts_slots_busy"] + samples["voxcpm_tts_queue_length"]
             if busy == 0 or time.monotonic() > deadline:
                 return samples
             time.sleep(0.05)

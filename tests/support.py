@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ import attrs
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
 
+from bench.harness import server_command
 from voxtrio.protocol._frames import AudioFrame, FrameType, decode_frame
 
 TERMINAL = ("complete", "error")
@@ -166,23 +166,8 @@ async def serve_process(
     """Run `voxtrio serve` (synthetic engine unless flags say otherwise) until the block ends."""
     ready = tmp_path / "ready"
     process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "voxtrio",
-            "serve",
-            "--engine",
-            "synthetic",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-format",
-            "json",
-            *flags,
-        ],
+        # The bench harness's command line: one way to start `voxtrio serve`.
+        server_command(ready, ["--engine", "synthetic", *flags]),
         stderr=subprocess.DEVNULL,
         env={**os.environ, **(env or {})},
     )

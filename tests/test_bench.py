@@ -11,10 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bench import _stats
-from bench._client import BadFrame, RequestTiming, frame_payload_samples, frame_sample_rate
-from bench._compare import Level, combine
-from bench._load import (
+from bench.harness import _stats
+from bench.harness._client import BadFrame, RequestTiming, frame_payload_samples, frame_sample_rate
+from bench.harness._load import (
     LevelRun,
     Measurement,
     Usage,
@@ -25,13 +24,14 @@ from bench._load import (
     open_loop,
     stream_jitter,
 )
-from bench._texts import (
+from bench.harness._texts import (
     Job,
     make_jobs,
     poisson_arrivals,
     staggered_arrivals,
     stream_text,
 )
+from bench.scenarios._compare import Level, combine
 from voxtrio.protocol._frames import FrameType, encode_frame
 from voxtrio.speech._synthetic import SyntheticEngine
 
@@ -229,8 +229,8 @@ async def test_load_generator_against_an_in_process_server(
 
 
 async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> None:
-    """bench.openai_ttfb times HTTP first byte and WebSocket first audio on one server."""
-    from bench.openai_ttfb import measure
+    """The openai_ttfb scenario times HTTP first byte and WebSocket first audio on one server."""
+    from bench.scenarios.openai_ttfb import measure
 
     figures = await measure(synthetic_server.url, 2)
     assert figures["runs"] == 2
@@ -244,8 +244,8 @@ async def test_openai_ttfb_bench_measures_both_paths(synthetic_server: Any) -> N
     reason="espeak-ng is not installed (.ci/run installs it)",
 )
 def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
-    """bench.word_alignment: espeak-ng's word events against the aligner and the estimate."""
-    from bench.word_alignment import ENGLISH, Espeak, measure
+    """The word_alignment scenario: espeak-ng's word events against the aligner and the estimate."""
+    from bench.scenarios.word_alignment import ENGLISH, Espeak, measure
     from voxtrio.audio._align import SphinxAligner
 
     row = measure(Espeak(), SphinxAligner(), ENGLISH[:2], "en-us", 175)
@@ -256,8 +256,8 @@ def test_word_alignment_bench_scores_both_methods_on_espeak_speech() -> None:
 
 
 async def test_openai_ttfb_keepalive_mode_reuses_one_connection(synthetic_server: Any) -> None:
-    """bench.openai_ttfb --keepalive times requests on one connection and on new ones."""
-    from bench.openai_ttfb import measure_keepalive
+    """openai_ttfb --keepalive times requests on one connection and on new ones."""
+    from bench.scenarios.openai_ttfb import measure_keepalive
 
     figures = await measure_keepalive(synthetic_server.url, 2)
     assert figures["runs"] == 2

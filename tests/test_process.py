@@ -166,6 +166,8 @@ async def test_json_logs_are_one_object_per_line_at_debug(
     events = [json.loads(line) for line in lines]  # raises on the first line that is not JSON
     assert all(isinstance(e, dict) and "event" in e and "level" in e for e in events)
     assert any(e.get("logger") == "trio-websocket" for e in events)  # stdlib logging
-    assert any(e.get("logger") == "py.warnings" for e in events)  # torch's FutureWarning
+    # voxcpm's weight_norm FutureWarning (one per layer at every load) is filtered out;
+    # other warnings reach the log as py.warnings events (tests/test_logging.py).
+    assert not any("weight_norm" in json.dumps(e) for e in events)
     printed = [e["line"] for e in events if e["event"] == "stderr_output"]
     assert "Loaded VoxCPM2Model" in printed  # voxcpm's print(..., file=sys.stderr)

@@ -165,6 +165,7 @@ async def run_server(
                         f"http://{_url_host(settings.metrics_host or settings.host)}:{metrics_port}"
                     )
                 write_bytes_atomic(Path(settings.ready_file), ("\n".join(lines) + "\n").encode())
+            _log_addresses(settings, handle, metrics_port)
             notify("READY=1", f"STATUS=serving on {handle.url}")
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
@@ -214,6 +215,19 @@ async def open_voice_library(settings: Settings, pool: InstancePool) -> VoiceSer
         max_prompt_bytes=settings.max_prompt_bytes,
         fetch_policy=policy,
         aliases=aliases,
+    )
+
+
+def _log_addresses(settings: Settings, handle: ServerHandle, metrics_port: int | None) -> None:
+    """One line with every address a newcomer looks for: the APIs, the page, /health."""
+    http = handle.url.removeprefix("ws://").removesuffix("/tts")
+    side = _url_host(settings.metrics_host or settings.host)
+    log.info(
+        "serving",
+        websocket=handle.url,
+        openai=f"http://{http}/v1/audio/speech",
+        page=f"http://{http}/" if settings.web_page_enabled else "off (--web-page)",
+        health=f"http://{side}:{metrics_port}/health" if metrics_port is not None else "off",
     )
 
 

@@ -6,11 +6,13 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from voxtrio import __version__
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import structlog
     import trio
 
     from voxtrio._app import check_settings_exposure, serve_until_signalled
@@ -21,6 +23,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     try:
         settings = load_settings(args, os.environ)
+        _check_model_directory(settings.engine, settings.model)
         # Keys come from the environment or a file, never a flag (`ps` shows flags).
         keys = KeyStore.from_sources(
             env_value=os.environ.get("TTS_API_KEYS"), key_file=settings.api_key_file
@@ -36,10 +39,32 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         code = trio.run(serve_until_signalled, settings, keys)
     except* EngineLoadError as group:
-        print(f"voxtrio serve: the model could not be loaded: {_first(group)}", file=sys.stderr)
+        structlog.get_logger("voxtrio").error(
+            "model_load_failed", model=settings.model, error=str(_first(group)), hint=LOAD_HINT
+        )
     except* OSError as group:
         print(f"voxtrio serve: cannot listen: {_first(group)}", file=sys.stderr)
     return code
+
+
+LOAD_HINT = (
+    "--model takes a hub id (which needs the hub reachable) or a local checkpoint "
+    "directory; offline, `voxtrio tiny-model DIR` writes a random-weight one to serve"
+)
+
+
+def _check_model_directory(engine: str, model: str) -> None:
+    """A --model that names a path must be an existing directory (not a hub id then)."""
+    from voxtrio._config import ConfigError
+
+    # Hub ids are `owner/name`; more separators, or a path-like start, make it a path.
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
+    path = Path(model).expanduser()
+    if engine != "voxcpm" or not (looks_like_path or path.exists()) or path.is_dir():
+        return
+    if path.exists():
+        raise ConfigError(f"--model {model}: not a directory (give the checkpoint's directory)")
+    raise ConfigError(f"--model {model}: no such directory")
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -64,8 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser(
         "serve",
-        help="run the WebSocket TTS server",
-        description="Run the server. Flags override the environment variables shown.",
+        help="run the TTS server (WebSocket + HTTP on one port)",
+        description=(
+            "Run the TTS server: the native and DashScope WebSocket APIs, the OpenAI-"
+            "compatible HTTP API and the browser page on --port; /health, /ready and "
+            "/metrics on --metrics-port. Flags override the environment variables shown."
+        ),
     )
     add_arguments(serve)
     serve.set_defaults(func=_serve)
@@ -79,8 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser(
         "tiny-model",
         help="write a random-weight VoxCPM checkpoint (offline tests, GPU speed runs)",
-        description="Write a random-weight VoxCPM checkpoint that voxcpm's own loader reads: "
-        "for offline tests (tiny) and speed runs where no weights can be fetched (full).",
+        description=(
+            "Write a VoxCPM checkpoint with random weights that voxcpm's own loader reads: "
+            "serve it with `voxtrio serve --model DIR` when the model hub is out of reach. "
+            "It speaks noise, not words."
+        ),
     )
     from voxtrio.tools._tiny_cli import add_tiny_model_arguments, run_tiny_model
 

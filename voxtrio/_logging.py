@@ -13,6 +13,7 @@ import io
 import logging
 import sys
 import threading
+import warnings
 from typing import TextIO
 
 import structlog
@@ -78,6 +79,11 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(numeric)
+    # voxcpm's VAE builds its conv layers with torch's deprecated weight_norm: one
+    # FutureWarning per layer at every model load, upstream's code, nothing to act on.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.nn\.utils\.weight_norm` is deprecated", category=FutureWarning
+    )
     logging.captureWarnings(True)
     if capture_stderr:
         sys.stderr = StderrToLog(stream)

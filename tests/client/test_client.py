@@ -530,6 +530,17 @@ def test_tty_display_redraws_one_line_in_place() -> None:
     assert "3.0 s audio" in text
 
 
+def test_streamed_audio_is_not_shown_as_zero_percent() -> None:
+    """Audio arriving while the server reports "processing": the line says streaming, no 0%."""
+    out = io.StringIO()
+    display = ProgressDisplay(out, tty=True)
+    display.update(fake_stream("processing", 0.0, 2.5), elapsed=3.0)
+    text = out.getvalue()
+    assert "%" not in text
+    assert "streaming" in text
+    assert "2.5 s audio" in text
+
+
 async def test_plain_display_prints_a_few_lines_at_most(autojump_clock: trio.abc.Clock) -> None:
     """Without a terminal a long request prints at most PLAIN_LINES progress lines."""
     out = io.StringIO()

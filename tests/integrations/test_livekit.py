@@ -140,7 +140,7 @@ def test_closing_a_stream_mid_utterance_cancels_it_and_frees_the_slot(
             await tts.aclose()
 
     assert asyncio.run(scenario()) == 1
-    assert tiny_served.wait_idle()["voxcpm_tts_replicas_busy"] == 0
+    assert tiny_served.wait_idle()["voxcpm_tts_slots_busy"] == 0
     assert tiny_served.cancelled() == cancelled_before + 1
 
 

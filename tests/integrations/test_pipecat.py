@@ -97,7 +97,7 @@ def test_an_interruption_stops_the_audio_within_a_chunk_and_frees_the_slot(
     frames_after, second = asyncio.run(scenario())
     assert frames_after <= 1
     samples = tiny_served.wait_idle()
-    assert samples["voxcpm_tts_replicas_busy"] == 0
+    assert samples["voxcpm_tts_slots_busy"] == 0
     assert tiny_served.cancelled() == cancelled_before + 1
     assert len(second) >= 1
 

@@ -86,7 +86,13 @@ def test_broken_frames_close_only_their_connection(
 
 async def test_misbehaving_clients_leave_no_leaks(start_server: Callable[..., Any]) -> None:
     """Two rounds of 40 misbehaving clients: one terminal each, nothing left behind."""
-    figures = await runs.chaos_rounds(start_server, rounds=2, clients=40, name="clients_short")
+    figures = await runs.chaos_rounds(
+        start_server,
+        rounds=2,
+        clients=40,
+        name="clients_short",
+        settings=runs.CHAOS_SETTINGS_SHORT,
+    )
     assert runs.chaos_problems(figures) == []
 
 

@@ -25,7 +25,14 @@ import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Collection,
+    Generator,
+    Iterable,
+    Iterator,
+)
 from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from pathlib import Path
@@ -86,29 +93,42 @@ class LogEvent:
     level: str
     event: str
     error: str | None  # "Type: message" of the exception being logged, if any
+    # For the events asked for by name: their connection id, remote and reason.
+    details: dict[str, str] = attrs.field(factory=dict, eq=False)
+
+
+# What a kept event's details are drawn from.
+DETAIL_KEYS = ("connection_id", "remote", "reason")
 
 
 @contextmanager
-def watch_logs() -> Iterator[list[LogEvent]]:
+def watch_logs(also: Collection[str] = ()) -> Iterator[list[LogEvent]]:
     """Keep the server's warnings and errors (with their exception), drop everything else.
 
-    Replaces structlog's processors for the block, so an in-process server under heavy
-    load neither prints nor buffers its info lines.
+    Events named in `also` are kept at any level, with their `DETAIL_KEYS`. Replaces
+    structlog's processors for the block, so an in-process server under heavy load
+    neither prints nor buffers its info lines.
     """
     kept: list[LogEvent] = []
+    wanted = frozenset(also)
 
     def keep(logger: object, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-        if method in ("warning", "error", "exception", "critical"):
+        name = str(event_dict.get("event"))
+        if method in ("warning", "error", "exception", "critical") or name in wanted:
             error = None
             exc = sys.exc_info()[1] if event_dict.get("exc_info") else None
             if exc is not None:
                 error = describe_exception(exc)
-            kept.append(LogEvent(method, str(event_dict.get("event")), error))
+            details = {k: str(event_dict[k]) for k in DETAIL_KEYS if k in event_dict}
+            kept.append(LogEvent(method, name, error, details))
         raise structlog.DropEvent
 
     was_configured = structlog.is_configured()
     old = structlog.get_config()
-    structlog.configure(processors=[keep], cache_logger_on_first_use=False)
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, keep],
+        cache_logger_on_first_use=False,
+    )
     try:
         yield kept
     finally:
@@ -321,6 +341,23 @@ VOICE_REPLIES = ("voice_registered", "voice_list", "voice_deleted")
 # ---------------------------------------------------------------- clients
 
 
+# A client gives up on a WebSocket upgrade not answered within this (websockets' default).
+HANDSHAKE_DEADLINE = 10.0
+
+
+class HandshakeTimeout(trio.TooSlowError):
+    """The server did not answer the upgrade within HANDSHAKE_DEADLINE: the client gave up."""
+
+
+@contextmanager
+def handshake_deadline() -> Iterator[None]:
+    try:
+        with trio.fail_after(HANDSHAKE_DEADLINE):
+            yield
+    except trio.TooSlowError:
+        raise HandshakeTimeout(f"no answer to the upgrade in {HANDSHAKE_DEADLINE:g} s") from None
+
+
 @asynccontextmanager
 async def connect(
     url: str, *, max_message_size: int = CLIENT_MAX_MESSAGE
@@ -334,7 +371,7 @@ async def connect(
     stream = await trio.open_tcp_stream(host, port)
     try:
         async with trio.open_nursery() as nursery:
-            with trio.fail_after(10):
+            with handshake_deadline():
                 ws = await wrap_client_stream(
                     nursery, stream, host, path, max_message_size=max_message_size
                 )
@@ -420,6 +457,9 @@ class RawWebSocket:
         self._send_lock = trio.Lock()  # a reader answering pings may send beside a writer
         self._text: list[str] = []
         self._bytes: list[bytes] = []
+        # A slow reader: at most `receive_size` bytes per read, `read_delay` s before each.
+        self.receive_size = 1 << 20
+        self.read_delay = 0.0
 
     @classmethod
     @asynccontextmanager
@@ -444,7 +484,7 @@ class RawWebSocket:
     async def handshake(self, path: str, *, then: bytes = b"") -> None:
         """The upgrade; `then` goes in the same TCP write (RFC 6455 says wait for the 101)."""
         await self._send(self.handshake_bytes(path) + then)
-        with trio.fail_after(10):
+        with handshake_deadline():
             while True:
                 data = await self.stream.receive_some(65536)
                 if not data:
@@ -498,7 +538,8 @@ class RawWebSocket:
             if self.closed is not None:
                 return None
             try:
-                data = await self.stream.receive_some(1 << 20)
+                await trio.sleep(self.read_delay)
+                data = await self.stream.receive_some(self.receive_size)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 data = b""
             if not data:

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 FIXED = "fixed in 6fd5115"
 FIXED_LATER = "fixed in bc23cdc"
 FIXED_CODECS = "fixed in aebba92"
+FIXED_LIVENESS = "fixed (issue 24)"
 FIXED_HOSTILE = "fixed (issue 15)"
 
 # Every fault the suites found: what, where, the regression test that pins it, status.
@@ -171,6 +172,32 @@ FINDINGS: tuple[tuple[str, str, str, str], ...] = (
         "tests/stress/runs.py `chaos_rounds` (one warm-up round; now three, plus a heap check)",
         "test_hundreds_of_misbehaving_clients_leave_no_leaks",
         FIXED_HOSTILE,
+    ),
+    (
+        "The write timeout was a deadline on a whole message: a client reading an 11 MB "
+        "non-streaming WAV at ~5 MB/s was cut with 1006 although it never stopped reading",
+        "voxtrio/server/_writer.py `FrameWriter.send`, voxtrio/server/_activity.py",
+        "test_client_reading_a_large_message_slowly_is_not_dropped",
+        FIXED_LIVENESS,
+    ),
+    (
+        "The keepalive cut live peers: a pong queued behind the peer's own messages, which a "
+        "busy server had not read yet (ping floods: 'ping timeout after 18 of 57 pongs'), and "
+        "a ping queued behind megabytes of audio a client reads at its own pace (polite "
+        "clients cut, client loop lag 0.29 s)",
+        "voxtrio/server/_keepalive.py, voxtrio/server/_activity.py `PeerActivity`",
+        "test_pong_queued_behind_the_peers_own_messages_does_not_drop_it`, "
+        "`test_ping_behind_megabytes_a_client_reads_slowly_does_not_drop_it",
+        FIXED_LIVENESS,
+    ),
+    (
+        "The misbehaving-clients rounds ran 300 clients on the server's own event loop with 2 s "
+        "deadlines: a client that reads, starved by the process it shared with the server, was "
+        "cut as stalled (7-29 problems a run, polite clients closed with 1006)",
+        "tests/stress/runs.py `chaos_rounds` (clients now in their own process, the server's "
+        "default timeouts, its log matched to the clients)",
+        "test_hundreds_of_misbehaving_clients_leave_no_leaks",
+        FIXED_LIVENESS,
     ),
 )
 
@@ -333,8 +360,13 @@ def _clients_section(figures: dict[str, Any]) -> list[str]:
         "mid-frame or mid-stream (close frame, FIN or RST); text streams abandoned; never",
         "reading 19 MB of audio; reconnect storms; cancel storms (at once, later, twice, for",
         "unknown ids); pings without end; garbage beside a real request; DashScope tasks",
-        "finished, cancelled or abandoned. The server runs in-process with the synthetic",
-        "engine (2 replicas), so the audit can see its pool, connections and generators.",
+        "finished, cancelled or abandoned. The server runs in the test's process, alone on",
+        "its event loop, with the synthetic engine (2 replicas) and its own default timeouts,",
+        "so the audit can see its pool, connections and generators; each round's clients run",
+        "in a process of their own (`python -m tests.stress.chaos`), as users' clients do.",
+        "The server's log says whom it cut (ping timeout, write timeout), matched to the",
+        "clients by port: a client that reads (polite, garbage, cancel storm, ping flood,",
+        "early frame, DashScope polite) cut by the server is a failure.",
         "",
     ]
     if not fig:
@@ -360,6 +392,18 @@ def _clients_section(figures: dict[str, Any]) -> list[str]:
         f"- Cancels that got neither complete {{cancelled}} nor UNKNOWN_REQUEST: "
         f"{len(fig['unanswered_cancels'])}{_first(fig['unanswered_cancels'])}."
     )
+    if "server_cuts" in fig:
+        timeouts = ", ".join(f"{k} {v:g} s" for k, v in fig.get("timeouts", {}).items())
+        lines.append(
+            f"- Clients the server cut: {_counts(fig['server_cuts']) or 'none'}; clients that "
+            f"read among them: {len(fig['reading_clients_cut'])} ({timeouts})."
+        )
+        gave_up = fig["events"].get("gave up on a slow handshake", 0)
+        lines.append(
+            f"- Worst event-loop lag: server {fig['server_loop_lag_max_s']} s, clients "
+            f"{fig['client_loop_lag_max_s']} s; clients that gave up on a handshake not "
+            f"answered within 10 s: {gave_up}."
+        )
     return [*lines, ""]
 
 

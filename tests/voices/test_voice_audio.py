@@ -125,6 +125,42 @@ def test_pyav_decodes_what_libsndfile_refuses(monkeypatch: pytest.MonkeyPatch) -
     assert audio.duration == pytest.approx(2.0)
 
 
+def id3v24_title(title: bytes) -> bytes:
+    """An ID3v2.4 tag with one TIT2 frame declared UTF-8, holding `title` as given."""
+
+    def syncsafe(n: int) -> bytes:
+        return bytes((n >> shift) & 0x7F for shift in (21, 14, 7, 0))
+
+    body = b"\x03" + title  # encoding 3: UTF-8
+    frame = b"TIT2" + syncsafe(len(body)) + b"\x00\x00" + body
+    return b"ID3\x04\x00\x00" + syncsafe(len(frame)) + frame
+
+
+def test_pyav_decodes_a_file_whose_tags_are_not_utf8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undecodable tag bytes do not fail PyAV's open (PyAV 18 and 19 alike)."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise soundfile.LibsndfileError(1, "simulated")
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp3", options={"id3v2_version": "0"}) as container:
+        stream = container.add_stream("libmp3lame", rate=RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(voice_like(1.5)[None, :], format="fltp", layout="mono")
+        frame.sample_rate = RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = id3v24_title(b"caf\xe9 \xff\xfe") + buffer.getvalue()
+    monkeypatch.setattr(soundfile, "SoundFile", refuse)
+    audio = decode_prompt_audio(data, target_rate=RATE)
+    assert audio.duration == pytest.approx(1.5, abs=0.1)
+
+
+def test_metadata_option_matches_the_pyav_major_version() -> None:
+    """PyAV 18 is told to ignore bad tag bytes; PyAV 19 no longer takes the argument."""
+    assert _voice_audio._metadata_options("18.1.0") == {"metadata_errors": "ignore"}
+    assert _voice_audio._metadata_options("19.0.1") == {}
+
+
 def test_hash_is_of_the_input_bytes() -> None:
     """sha256 identifies the encoded input (the key for fetched prompts)."""
     data = encode(voice_like(1.5))

@@ -32,7 +32,8 @@ class Option:
     env: str | None
     parse: Callable[[str], object]
     help: str
-    metavar: str | None  # None: an on/off switch, `--x` / `--no-x`
+    metavar: str | None  # None: a true/false switch (see switch())
+    only_on: bool = False  # a switch with one flag, `--x`, and no `--no-x`
     # What --help shows as the default when the value itself (often None) says nothing.
     default_help: str | None = None
 
@@ -59,9 +60,13 @@ def setting(
     return attrs.field(default=default, metadata={_KEY: option})
 
 
-def switch(default: bool, env: str, help: str) -> bool:
-    """An on/off field: `--name` / `--no-name`, or `env` set to true/false."""
-    option = Option(env=env, parse=_parse.boolean, help=help, metavar=None)
+def switch(default: bool, env: str, help: str, *, only_on: bool = False) -> bool:
+    """A true/false field: `--name [true|false]` and `--no-name`, or `env` set to true/false.
+
+    `only_on`: the flag can only switch it on (`--name`), for settings off by default
+    that open something up; the environment variable can still say either.
+    """
+    option = Option(env=env, parse=_parse.boolean, help=help, metavar=None, only_on=only_on)
     return attrs.field(default=default, metadata={_KEY: option})
 
 
@@ -88,10 +93,22 @@ def add_arguments(
         # None means "not set"; the option's own help says what that does.
         shown = "" if default is None else f" (default: {_shown(default)})"
         help_text = f"{option.help}{shown}{env}"
-        # The flag's own default stays None, so an unset flag leaves the environment's value.
-        if option.is_switch:
-            action = argparse.BooleanOptionalAction
-            parser.add_argument(option.flag, dest=option.name, action=action, help=help_text)
+        # Every flag's own default stays None, so an unset flag leaves the environment's
+        # value; switches store text too, parsed (and refused) like the variable's.
+        if option.only_on:
+            parser.add_argument(
+                option.flag, dest=option.name, action="store_const", const="true", help=help_text
+            )
+        elif option.is_switch:
+            # `--join-steps false` keeps working beside `--no-join-steps`.
+            parser.add_argument(
+                option.flag, dest=option.name, nargs="?", const="true",
+                metavar="true|false", help=help_text,
+            )  # fmt: skip
+            parser.add_argument(
+                "--no-" + option.flag.removeprefix("--"), dest=option.name,
+                action="store_const", const="false", help=f"same as {option.flag} false",
+            )  # fmt: skip
         else:
             parser.add_argument(
                 option.flag, dest=option.name, metavar=option.metavar, help=help_text
@@ -105,9 +122,6 @@ def read_values(
     values: dict[str, Any] = {}
     for option in options(cls):
         flag_value = getattr(args, option.name, None) if args is not None else None
-        if isinstance(flag_value, bool):  # a switch: argparse already decided
-            values[option.name] = flag_value
-            continue
         if flag_value is not None:
             raw, source = str(flag_value), option.flag
         elif option.env and option.env in environ:

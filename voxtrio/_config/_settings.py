@@ -40,11 +40,11 @@ class Settings:
 
     host: str = setting(
         "127.0.0.1", "TTS_HOST", p.text, "address to listen on (loopback by default)",
-        metavar="HOST",
+        metavar="ADDRESS",
     )  # fmt: skip
     port: int = setting(
-        8765, "TTS_PORT", p.port, "port of the WebSocket and HTTP APIs (0 picks a free one)",
-        metavar="PORT",
+        8765, "TTS_PORT", p.port,
+        "port of the WebSocket and HTTP APIs and the page (0 picks a free one)", metavar="PORT",
     )  # fmt: skip
     max_connections: int = setting(
         100, "TTS_MAX_CONNECTIONS", p.positive_int, "open connections at most", metavar="N"
@@ -89,7 +89,7 @@ class Settings:
     )  # fmt: skip
     model: str = setting(
         "openbmb/VoxCPM-0.5B", "TTS_MODEL_NAME", p.text, "hub id or local model directory",
-        metavar="ID_OR_DIR",
+        metavar="HUB_ID_OR_DIR",
     )  # fmt: skip
     device: str = setting(
         "auto", "TTS_DEVICE", p.text, "auto, cpu, cuda or cuda:N", metavar="DEVICE"
@@ -97,7 +97,7 @@ class Settings:
     optimize: bool | None = setting(
         None, "TTS_OPTIMIZE", p.optional_boolean,
         "torch.compile + CUDA graphs: auto (on for CUDA), true or false",
-        metavar="auto|true|false", default_help="auto",
+        metavar="{auto,true,false}", default_help="auto",
     )  # fmt: skip
     torch_threads: int = setting(
         0, "TTS_TORCH_THREADS", p.non_negative_int,
@@ -165,14 +165,16 @@ class Settings:
     )  # fmt: skip
     write_timeout: float = setting(
         30.0, "TTS_WRITE_TIMEOUT", p.positive_float,
-        "one frame to a client that does not read, s", metavar="SECONDS",
+        "drop a client that reads nothing for this long, s", metavar="SECONDS",
     )  # fmt: skip
     ping_interval: float = setting(
         30.0, "TTS_PING_INTERVAL", p.positive_float, "server keepalive ping, s", metavar="SECONDS"
     )
     ping_timeout: float = setting(
-        10.0, "TTS_PING_TIMEOUT", p.positive_float, "wait for the pong, s", metavar="SECONDS"
-    )
+        10.0, "TTS_PING_TIMEOUT", p.positive_float,
+        "drop a peer when neither the pong nor any frame comes for this long, s",
+        metavar="SECONDS",
+    )  # fmt: skip
     idle_timeout: float = setting(
         300.0, "TTS_IDLE_TIMEOUT", p.positive_float,
         "close a connection with no message and no request for this long, s", metavar="SECONDS",
@@ -200,21 +202,23 @@ class Settings:
     )  # fmt: skip
     allow_unauthenticated: bool = switch(
         False, "TTS_ALLOW_UNAUTHENTICATED",
-        "allow listening beyond loopback with no authentication",
+        "allow listening beyond loopback with no authentication", only_on=True,
     )  # fmt: skip
     api_key_file: str | None = setting(
         None, "TTS_API_KEY_FILE", p.text,
         "API keys, one per line (reloaded on SIGHUP); TTS_API_KEYS adds comma-separated keys",
         metavar="FILE",
     )  # fmt: skip
-    metrics_enabled: bool = switch(True, "METRICS_ENABLED", "serve /metrics, /health, /ready")
+    metrics_enabled: bool = switch(
+        True, "METRICS_ENABLED", "serve /metrics, /health, /ready on the side port"
+    )
     web_page: bool | None = setting(
         None, "TTS_WEB_PAGE", p.optional_boolean,
         "the browser page at GET /: auto (on when listening on loopback), true or false",
-        metavar="auto|true|false", default_help="auto",
+        metavar="{auto,true,false}", default_help="auto",
     )  # fmt: skip
     metrics_host: str | None = setting(
-        None, "METRICS_HOST", p.text, "side port address", metavar="HOST", default_help="--host"
+        None, "METRICS_HOST", p.text, "side port address", metavar="ADDRESS", default_help="--host"
     )
     metrics_port: int = setting(
         9090, "METRICS_PORT", p.port, "side port for /metrics, /health, /ready", metavar="PORT"
@@ -228,7 +232,7 @@ class Settings:
         metavar="DIR",
     )  # fmt: skip
     allow_voice_upload: bool = switch(
-        False, "TTS_ALLOW_VOICE_UPLOAD", "let clients register and delete voices"
+        False, "TTS_ALLOW_VOICE_UPLOAD", "let clients register and delete voices", only_on=True
     )
     max_cached_prompts: int = setting(
         256, "TTS_MAX_CACHED_PROMPTS", p.positive_int, "built prompts kept (LRU)", metavar="N"
@@ -249,6 +253,7 @@ class Settings:
     prompt_url_allow_private: bool = switch(
         False, "TTS_PROMPT_URL_ALLOW_PRIVATE",
         "let prompt_wav_url reach loopback/private addresses (allow-listed hosts only)",
+        only_on=True,
     )  # fmt: skip
     prompt_url_timeout: float = setting(
         10.0, "TTS_PROMPT_URL_TIMEOUT", p.positive_float, "one prompt fetch, s", metavar="SECONDS"

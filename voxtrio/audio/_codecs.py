@@ -22,7 +22,7 @@ Codecs and containers are libav's through PyAV; resampling is libsoxr's streamin
 resampler. The encoder never holds back more audio than the codec needs, except for
 Opus: libav's Ogg muxer keeps the newest page until the next one is complete (it may
 have to mark that page end-of-stream), so the last 20 ms packet of each chunk goes out
-with the next chunk. See ``bench/codecs_bench.py`` for measured latencies.
+with the next chunk. See ``python -m bench audio_codecs`` for measured latencies.
 """
 
 from __future__ import annotations

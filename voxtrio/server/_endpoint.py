@@ -17,7 +17,9 @@ import trio
 from trio_websocket import WebSocketConnection
 
 from voxtrio._config import Settings
+from voxtrio.server._activity import PeerActivity
 from voxtrio.server._keepalive import keepalive
+from voxtrio.server._websocket import VoxWebSocketConnection
 from voxtrio.server._writer import ConnectionGone, FrameWriter
 
 # WebSocket close codes (RFC 6455, 7.4.1).
@@ -52,7 +54,9 @@ class WebSocketEndpoint(abc.ABC):
     def __init__(self, ws: WebSocketConnection, *, settings: Settings) -> None:
         self.ws = ws
         self.settings = settings
-        self.writer = FrameWriter(ws, write_timeout=settings.write_timeout)
+        # A plain trio-websocket connection (no activity notes) gets whole-message deadlines.
+        self.activity = ws.activity if isinstance(ws, VoxWebSocketConnection) else PeerActivity()
+        self.writer = FrameWriter(ws, write_timeout=settings.write_timeout, activity=self.activity)
         self.idle = trio.Event()
         self.idle.set()
         self._nursery: trio.Nursery | None = None
@@ -66,7 +70,9 @@ class WebSocketEndpoint(abc.ABC):
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(keepalive, self.ws, self.settings, self.abort, nursery.cancel_scope)
+            nursery.start_soon(
+                keepalive, self.ws, self.activity, self.settings, self.abort, nursery.cancel_scope
+            )
             try:
                 while (message := await self.next_message()) is not None:
                     await self.handle(message)

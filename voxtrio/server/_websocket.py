@@ -1,4 +1,4 @@
-"""The WebSocket connection under both endpoints: three repairs to trio-websocket 0.12.2.
+"""The WebSocket connection under both endpoints: four repairs to trio-websocket 0.12.2.
 
 - Bytes sent right behind the handshake, in the same TCP write, were lost: wsproto's
   server handshake drops h11's trailing data when it accepts, so that first frame was
@@ -11,6 +11,9 @@
 - Message size: every message has the small cap; only a voice upload on the native
   endpoint may be large, and the partial messages of all connections share one byte
   budget, so parked uploads cannot take the server's memory.
+- Liveness: every frame read and every slice of bytes the transport takes is noted in
+  a `PeerActivity`, so the write timeout and the keepalive judge the peer's progress
+  (`_activity.py`), not how long a whole message or the server's own backlog takes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from trio_websocket._impl import CloseReason, _get_stream_endpoint
 from wsproto import WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import BytesMessage, CloseConnection, TextMessage
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+
+from voxtrio.server._activity import PeerActivity
 
 _HEAD_END = b"\r\n\r\n"
 _SWITCHING = b"HTTP/1.1 101"
@@ -33,6 +38,14 @@ _MAX_REASON_BYTES = 120
 # Where an upload must say what it is: a large message is allowed only if this appears
 # within its first `small` characters.
 _VOICE_REGISTER = re.compile(r'"type"\s*:\s*"voice_register"')
+# Large messages go out in slices, each one a sign that the peer is still reading.
+_SEND_SLICE = 64 * 1024
+
+
+def _socket_fd(stream: trio.abc.Stream) -> int | None:
+    """The file descriptor under a socket stream, or one that wraps one as `.stream`."""
+    inner = getattr(stream, "stream", stream)
+    return inner.socket.fileno() if isinstance(inner, trio.SocketStream) else None
 
 
 class HeadFirstStream(trio.abc.Stream):
@@ -49,6 +62,7 @@ class HeadFirstStream(trio.abc.Stream):
         self._held = b""
         self._answered = trio.Event()
         self._switched = False
+        self.activity = PeerActivity(_socket_fd(transport_stream))
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if not self._head_done:
@@ -75,7 +89,11 @@ class HeadFirstStream(trio.abc.Stream):
         if not self._answered.is_set():
             self._switched = bytes(data[: len(_SWITCHING)]) == _SWITCHING
         try:
-            await self.transport_stream.send_all(data)
+            view = memoryview(data)
+            for start in range(0, len(view), _SEND_SLICE):
+                piece = view[start : start + _SEND_SLICE]
+                await self.transport_stream.send_all(piece)
+                self.activity.accepted(len(piece))
         finally:
             self._answered.set()
 
@@ -136,6 +154,7 @@ class VoxWebSocketConnection(WebSocketConnection):
             receive_buffer_size=receive_buffer_size,
         )
         self._limits = limits
+        self.activity = stream.activity
         self._budgeted = 0  # this connection's share of the budget
         self._upload_allowed: bool | None = None  # decided once per message
 
@@ -161,7 +180,16 @@ class VoxWebSocketConnection(WebSocketConnection):
                 await self._send(CloseConnection(code=event.code, reason=reason))
         await super()._handle_close_connection_event(event)
 
+    async def _handle_ping_event(self, event: Ping) -> None:
+        self.activity.heard()
+        await super()._handle_ping_event(event)
+
+    async def _handle_pong_event(self, event: Pong) -> None:
+        self.activity.heard()
+        await super()._handle_pong_event(event)
+
     async def _handle_message_event(self, event: BytesMessage | TextMessage) -> None:
+        self.activity.heard()
         size = len(event.data)
         if self._message_size + size > self._limits.small and not self._may_be_large(event):
             await self._refuse_message(f"message too large: over {self._limits.small} bytes")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from voxtrio.server._activity import PeerActivity
+
+# How a write timeout is reported (logs, close reason): the client read nothing.
+STALLED = "client read nothing"
+
 
 class ConnectionGone(Exception):
     """The peer closed the connection or stopped reading; nothing more can be sent."""
@@ -16,11 +21,16 @@ class FrameWriter:
     A cancelled request must not tear a half-sent frame (the next frame would be
     garbage to the client), so the send itself is shielded. It still has a named
     deadline, `write_timeout`: a client that stops reading cannot hold a request
-    (and its replica) forever.
+    (and its replica) forever. The deadline counts from the last bytes the client
+    accepted (`activity`), so a large message to a client that reads slowly but
+    steadily is delivered.
     """
 
-    def __init__(self, ws: WebSocketConnection, *, write_timeout: float) -> None:
+    def __init__(
+        self, ws: WebSocketConnection, *, write_timeout: float, activity: PeerActivity
+    ) -> None:
         self._ws = ws
+        self._activity = activity
         self._lock = trio.Lock()
         self.write_timeout = write_timeout
         self.broken: str | None = None
@@ -33,8 +43,7 @@ class FrameWriter:
         async with self._lock:
             if self.broken is not None:
                 raise ConnectionGone(self.broken)
-            deadline = trio.current_time() + self.write_timeout
-            with trio.CancelScope(shield=True, deadline=deadline) as scope:
+            with self._activity.write_deadline(self.write_timeout) as scope:
                 try:
                     await self._ws.send_message(message)
                 except ConnectionClosed as exc:
@@ -42,7 +51,7 @@ class FrameWriter:
                     raise ConnectionGone(self.broken) from None
             if scope.cancelled_caught:
                 # Part of a frame may be on the wire: the connection is unusable now.
-                self.broken = f"client did not read a frame within {self.write_timeout:g} s"
+                self.broken = f"{STALLED} for {self.write_timeout:g} s"
                 raise ConnectionGone(self.broken)
             self.frames_sent += 1
             self.bytes_sent += len(message)

@@ -83,7 +83,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{8 * wav.getsampwidth()}-bit mono",
             file=sys.stderr,
         )
+    print(next_steps(args.model), file=sys.stderr)
     return 0
+
+
+def next_steps(model: str) -> str:
+    """What to run after the demo: its checkpoint, served by the environment it ran in."""
+    command = Path(sys.executable).with_name("voxtrio")
+    if command.is_relative_to(Path.cwd()):
+        command = command.relative_to(Path.cwd())  # e.g. .nox/demo/bin/voxtrio
+    return (
+        f"demo: the checkpoint is {Path(model).resolve()} (random weights: it speaks noise)\n"
+        f"demo: serve it:  {command} serve --model {model} --device cpu\n"
+        "demo: then open http://127.0.0.1:8765/ (the page), speak with "
+        f"`{command} say 'Hello' -o hello.wav`, and check http://127.0.0.1:9090/health"
+    )
 
 
 if __name__ == "__main__":

@@ -291,17 +291,25 @@ class ProgressDisplay:
 
     def update(self, stream: SynthesisStream, elapsed: float) -> None:
         progress = stream.progress
-        state = progress.state if progress else "sending"
-        fraction = progress.progress if progress and state in ("generating", "encoding") else 0.0
+        state: str = progress.state if progress else "sending"
         audio = stream.audio_seconds
         received = "" if audio is None else f" {audio:6.1f} s audio"
-        line = f"{fraction * 100:3.0f}% {state:<10}{received} {elapsed:6.1f} s elapsed"
+        if progress and state in ("generating", "encoding"):
+            share = f"{progress.progress * 100:3.0f}%"
+        else:
+            # No share of the work is known ("queued", "processing"): none is shown, and
+            # a stream whose audio is arriving says so rather than "0% processing".
+            share = "    "
+            if audio:
+                state = "streaming"
+        line = f"{share} {state:<10}{received} {elapsed:6.1f} s elapsed"
         if self.tty:
             padding = " " * max(0, self._drawn - len(line))
             self.out.write(f"\r{line}{padding}")
             self._drawn = len(line)
         else:
             # A log file gets a line per quarter of the work, not a redraw every 100 ms.
+            fraction = progress.progress if progress else 0.0
             milestone = f"{state}:{int(fraction * 4)}"
             if milestone in self._milestones or len(self._milestones) >= PLAIN_LINES:
                 return

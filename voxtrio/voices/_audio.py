@@ -21,7 +21,7 @@ import io
 import os
 import uuid
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import attrs
 import numpy as np
@@ -198,10 +198,24 @@ def _decode_soundfile(data: bytes, *, field: str, max_seconds: float) -> tuple[n
     return np.ascontiguousarray(mono, dtype=np.float32), rate
 
 
+def _metadata_options(av_version: str) -> dict[str, Any]:
+    """`av.open` options that keep undecodable tag bytes from failing the open.
+
+    (Typed loosely: the accepted keywords differ between PyAV versions.)
+
+    PyAV 18 and older decode tags strictly unless told `metadata_errors="ignore"`;
+    PyAV 19 removed that argument (tags are decoded with surrogateescape, never raising).
+    """
+    major = int(av_version.split(".", 1)[0])
+    return {"metadata_errors": "ignore"} if major < 19 else {}
+
+
 def _decode_pyav(
     data: bytes, fmt: PromptFormat, *, field: str, max_seconds: float
 ) -> tuple[np.ndarray, int]:
     import av
+
+    options = _metadata_options(av.__version__)
 
     parts: list[np.ndarray] = []
     total = 0
@@ -209,7 +223,7 @@ def _decode_pyav(
     try:
         # The demuxer is forced to the sniffed format: FFmpeg never probes
         # (and never opens some other container hidden in the bytes).
-        with av.open(io.BytesIO(data), mode="r", format=fmt, metadata_errors="ignore") as container:
+        with av.open(io.BytesIO(data), mode="r", format=fmt, **options) as container:
             if not container.streams.audio:
                 raise VoiceAudioError(field, "has no audio stream")
             stream = container.streams.audio[0]

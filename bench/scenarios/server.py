@@ -1,4 +1,6 @@
-"""`python -m bench`: the benchmark suite (see docs/BENCHMARKS.md).
+"""voxtrio serving a model vs the same engine called directly; then the synthetic engine.
+
+`python -m bench server [args]`, or `python -m bench [args]`: the default scenario.
 
 By default: a tiny random-weight VoxCPM2 checkpoint served by voxtrio and called
 directly in-process, side by side (closed loop at concurrency 1, 4, 16 and open
@@ -22,9 +24,10 @@ from typing import Any
 
 import trio
 
-from . import _compare, _report, _synthetic
-from ._procs import raise_open_files_limit
-from ._texts import TEXT_SETS
+from ..harness import _report
+from ..harness._procs import raise_open_files_limit
+from ..harness._texts import TEXT_SETS
+from . import _compare, _synthetic
 
 ENGINES = ("tiny", "model", "synthetic")
 
@@ -56,7 +59,7 @@ def _engines(text: str) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m bench",
+        prog="python -m bench [server]",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

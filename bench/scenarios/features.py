@@ -1,6 +1,6 @@
 """Feature latencies on a real `voxtrio serve` process (the closing notes' figures).
 
-    python -m bench.features [--model DIR] [--runs 15] [--out bench/results]
+    python -m bench features [--model DIR] [--runs 15] [--out bench/results]
 
 Measures, side by side in one run, against one server on the tiny checkpoint (built
 if --model is not given): time to first audio and RTF of plain requests; time from
@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,8 @@ import numpy as np
 import soundfile
 import trio
 from trio_websocket import WebSocketConnection, open_websocket_url
+
+from ..harness import serving
 
 TEXT = "Hello from voxtrio."
 
@@ -204,56 +205,24 @@ async def measure(url: str, metrics_url: str, runs: int) -> dict[str, Any]:
     return figures
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--out", default="bench/results")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
             from voxtrio.tools._tiny_model import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", arch="voxcpm2"))
-        ready = Path(tmp) / "ready"
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "voxtrio",
-                "serve",
-                "--model",
-                model,
-                "--device",
-                "cpu",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--ready-file",
-                str(ready),
-                "--allow-voice-upload",
-                "--max-requests-per-connection",
-                "8",
-                "--log-level",
-                "WARNING",
-            ],
-            env={**os.environ, "TQDM_DISABLE": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("voxtrio serve did not start")
-                time.sleep(0.1)
-            url, metrics_url = ready.read_text().split()
-            figures = trio.run(measure, url, metrics_url, args.runs)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        flags = ["--model", model, "--device", "cpu", "--allow-voice-upload"]
+        flags += ["--max-requests-per-connection", "8", "--log-level", "WARNING"]
+        with serving(flags, workdir=Path(tmp), stop_grace=60) as server:
+            figures = trio.run(measure, server.url, server.side_url, args.runs)
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    figures["command"] = "python -m bench.features " + " ".join(sys.argv[1:])
+    figures["command"] = " ".join(["python -m bench features", *argv])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"features-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -270,7 +239,3 @@ def main() -> int:
     )
     print(f"\nwrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

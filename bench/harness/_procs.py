@@ -50,6 +50,31 @@ class ProcessFailed(RuntimeError):
     """A process under test exited or did not become ready."""
 
 
+def server_command(
+    ready: Path,
+    args: Sequence[str],
+    launcher: Sequence[str] = (sys.executable, "-m", "voxtrio"),
+    *,
+    port: int = 0,
+    side_port: int = 0,
+) -> list[str]:
+    """`<launcher> serve` announcing its URLs in `ready`, logging JSON; ports 0 = free ones."""
+    return [
+        *launcher,
+        "serve",
+        "--port",
+        str(port),
+        "--ready-file",
+        str(ready),
+        "--log-format",
+        "json",
+        # A fixed side port (9090) would collide with any other server on the machine.
+        "--metrics-port",
+        str(side_port),
+        *args,
+    ]
+
+
 @attrs.define
 class ServerProcess:
     """`python -m voxtrio serve ... --port 0 --ready-file F`, stopped with SIGTERM."""
@@ -77,20 +102,7 @@ class ServerProcess:
         workdir = Path(tempfile.mkdtemp(prefix="voxtrio-bench-"))
         ready = workdir / "ready"
         log_path = workdir / "server.log"
-        command = [
-            *launcher,
-            "serve",
-            "--port",
-            "0",
-            "--ready-file",
-            str(ready),
-            "--log-format",
-            "json",
-            # A fixed side port (9090) would collide with any other server on the machine.
-            "--metrics-port",
-            "0",
-            *args,
-        ]
+        command = server_command(ready, args, launcher)
         log = log_path.open("wb")  # handed to the child; closed here once it has it
         try:
             process: trio.Process = await nursery.start(
@@ -152,7 +164,7 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 @attrs.define
 class BaselineProcess:
-    """`python -m bench._baseline`: the engine in-process, driven by JSON lines."""
+    """`python -m bench.harness._baseline`: the engine in-process, driven by JSON lines."""
 
     process: trio.Process
     hello: dict[str, Any]
@@ -179,7 +191,7 @@ class BaselineProcess:
         command = [
             sys.executable,
             "-m",
-            "bench._baseline",
+            "bench.harness._baseline",
             "--model",
             model,
             "--device",

@@ -1,6 +1,6 @@
 """Hostile-input probe: what a running server answers to the messages of issue 15.
 
-    python -m bench.hostile_input [--engine voxcpm --model DIR] [--upload]
+    python -m bench hostile_input [--engine voxcpm --model DIR] [--upload]
 
 Starts `voxtrio serve` on 127.0.0.1 (a subprocess, its own event loop) and, per attack,
 sends its messages on a fresh connection while a bystander (another process, another
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
+
+from ..harness import serving
 
 PING_EVERY = 0.005
 
@@ -240,51 +241,32 @@ async def probe(ws_url: str, upload: bool, model: bool, log: Path) -> None:
             )
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--engine", default="synthetic")
     parser.add_argument("--model", help="VoxCPM checkpoint (with --engine voxcpm)")
     parser.add_argument("--upload", action="store_true", help="--allow-voice-upload (13.5 MB)")
     parser.add_argument("--pinger", nargs=2, metavar=("URL", "LOG"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.pinger:
         trio.run(pinger, args.pinger[0], Path(args.pinger[1]))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        ready = Path(tmp) / "ready"
-        flags = ["--engine", args.engine, "--port", "0", "--metrics-port", "0"]
-        flags += ["--ready-file", str(ready), "--log-format", "json"]
+        flags = ["--engine", args.engine]
         if args.model:
             flags += ["--model", args.model]
         if args.upload:
             flags += ["--allow-voice-upload", "--voices-dir", str(Path(tmp) / "voices")]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "voxtrio", "serve", *flags],
-            stderr=subprocess.DEVNULL,
-            env={**os.environ, "TQDM_DISABLE": "1"},
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("voxtrio serve did not start")
-                time.sleep(0.1)
-            url = ready.read_text().split()[0]
+        with serving(flags, workdir=Path(tmp)) as server:
+            url = server.url
             log = Path(tmp) / "pongs"
             # The bystander runs in its own process: the probe's own work on huge replies
             # must not count as the server's stall.
             bystander = subprocess.Popen(
-                [sys.executable, "-m", "bench.hostile_input", "--pinger", url, str(log)]
+                [sys.executable, "-m", "bench", "hostile_input", "--pinger", url, str(log)]
             )
             try:
                 trio.run(probe, url, args.upload, args.model is not None, log)
             finally:
                 bystander.kill()
                 bystander.wait()
-        finally:
-            process.kill()
-            process.wait()
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """The batched VoxCPM stages alone (no server): step time at batch 1 vs batch N.
 
-    PYTHONPATH=. python -m bench.batched_stages [--arch voxcpm2] [--rows 1,16] [--threads 1]
+    python -m bench batched_stages [--arch voxcpm2] [--rows 1,16] [--threads 1]
 
 Builds a tiny (or --size full) random-weight checkpoint, loads it through voxcpm's
 loader, and times `BatchedVoxCPM.step` for every row count, split (inside the same
@@ -105,7 +105,7 @@ def time_decode(engine: VoxCPMEngine, rows: int, steps: int, device: torch.devic
     return _median_ms(samples)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="voxcpm2", choices=["voxcpm2", "voxcpm"])
     parser.add_argument("--size", default="tiny", choices=["tiny", "full"])
@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--model", help="an existing checkpoint directory (default: build one)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     counts = [int(n) for n in args.rows.split(",")]
     with tempfile.TemporaryDirectory() as scratch:
@@ -143,7 +143,3 @@ def main() -> None:
                 f"{rows:>5} {step:>8.1f} {rest:>9.1f} {decode:>10.1f} {alone:>16.1f} "
                 f"{step / rows:>12.2f}"
             )
-
-
-if __name__ == "__main__":
-    main()

@@ -1,6 +1,6 @@
 """Batched step loop vs one generation at a time (`--max-batch 1`), side by side.
 
-    PYTHONPATH=. python -m bench.batching [--device cpu] [--size tiny] \
+    python -m bench batching [--device cpu] [--size tiny] \
         [--concurrency 1,4,16,32] [--modes replica,batched] [--out DIR]
 
 Per mode, one `voxtrio serve` process (one model instance) on a never-stopping
@@ -22,10 +22,10 @@ from typing import Any
 
 import trio
 
-from ._cli import ensure_checkpoint
-from ._load import closed_loop, level_figures
-from ._procs import ServerProcess, raise_open_files_limit
-from ._texts import make_jobs
+from ..harness._load import closed_loop, level_figures
+from ..harness._procs import ServerProcess, raise_open_files_limit
+from ..harness._texts import make_jobs
+from .server import ensure_checkpoint
 
 
 def _ints(text: str) -> list[int]:
@@ -33,7 +33,7 @@ def _ints(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.batching", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m bench batching", description=__doc__)
     p.add_argument("--arch", choices=("voxcpm2", "voxcpm"), default="voxcpm2")
     p.add_argument("--size", choices=("tiny", "full"), default="tiny")
     p.add_argument("--model", type=Path, help="an existing model directory instead")
@@ -124,12 +124,12 @@ def loop_stats(log_path: Path) -> dict[str, Any] | None:
     return None
 
 
-async def main(argv: list[str] | None = None) -> dict[str, Any]:
+async def run(argv: list[str]) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     raise_open_files_limit()
     model = args.model or ensure_checkpoint(args.arch, args.size)
     result: dict[str, Any] = {
-        "command": " ".join([sys.executable, "-m", "bench.batching", *(argv or sys.argv[1:])]),
+        "command": " ".join([sys.executable, "-m", "bench", "batching", *argv]),
         "arch": args.arch,
         "size": args.size,
         "device": args.device,
@@ -142,5 +142,5 @@ async def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":
-    trio.run(main)
+def main(argv: list[str]) -> None:
+    trio.run(run, argv)

@@ -15,9 +15,9 @@ from typing import Any, Literal
 import attrs
 import trio
 
-from . import _stats
-from ._client import RequestTiming
-from ._load import (
+from ..harness import _stats
+from ..harness._client import RequestTiming
+from ..harness._load import (
     LevelRun,
     closed_loop,
     concatenate,
@@ -28,8 +28,8 @@ from ._load import (
     request,
     wait_for_quiet,
 )
-from ._procs import BaselineProcess, ServerProcess
-from ._texts import Job, make_jobs, poisson_arrivals
+from ..harness._procs import BaselineProcess, ServerProcess
+from ..harness._texts import Job, make_jobs, poisson_arrivals
 
 #: Open-loop "auto" rate: this fraction of the engine's measured capacity.
 AUTO_RATE_LOAD = 0.7

@@ -19,10 +19,16 @@ import attrs
 import psutil
 import trio
 
-from . import _stats
-from ._load import idle_connections, level_figures, open_loop, stream_jitter, wait_for_quiet
-from ._procs import ServerProcess
-from ._texts import Job, staggered_arrivals, stream_text
+from ..harness import _stats
+from ..harness._load import (
+    idle_connections,
+    level_figures,
+    open_loop,
+    stream_jitter,
+    wait_for_quiet,
+)
+from ..harness._procs import ServerProcess
+from ..harness._texts import Job, staggered_arrivals, stream_text
 
 CHUNK_SAMPLES = 7680
 SAMPLE_RATE = 48000

@@ -1,6 +1,6 @@
 """HTTP attack families on the shared port (issue 24): answers, RSS, a bystander's gaps.
 
-    python -m bench.http_attacks [--flood-connections 60]
+    python -m bench http_attacks [--flood-connections 60]
 
 Starts two `voxtrio serve` subprocesses on 127.0.0.1 (synthetic engine, voice upload
 on): one with an API key, one without (the loopback default). A bystander process
@@ -17,7 +17,6 @@ import argparse
 import collections
 import contextlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import trio
 from trio_websocket import open_websocket_url
+
+from ..harness import RunningServer, serving
 
 KEY = "sk-bench-0123456789abcdef"
 SPEECH = json.dumps({"input": "Hi there.", "response_format": "pcm"}).encode()
@@ -417,72 +418,48 @@ async def _sample_rss(pid: int, peak: list[float]) -> None:
         await trio.sleep(0.05)
 
 
-def start_server(tmp: Path, name: str, keyed: bool) -> tuple[subprocess.Popen[bytes], str, Path]:
-    ready = tmp / f"{name}.ready"
-    log = tmp / f"{name}.log"
-    flags = ["--engine", "synthetic", "--synthetic-rtf", "0.5", "--port", "0"]
-    flags += ["--metrics-port", "0", "--ready-file", str(ready), "--log-format", "json"]
+def start_server(stack: contextlib.ExitStack, tmp: Path, name: str, keyed: bool) -> RunningServer:
+    flags = ["--engine", "synthetic", "--synthetic-rtf", "0.5"]
     flags += ["--allow-voice-upload", "--voices-dir", str(tmp / f"{name}-voices")]
     flags += ["--write-timeout", "2"]
-    env = {**os.environ, "TQDM_DISABLE": "1"}
-    env.pop("TTS_API_KEYS", None)
-    if keyed:
-        env["TTS_API_KEYS"] = KEY
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "voxtrio", "serve", *flags], stdout=out, stderr=out, env=env
-        )
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"voxtrio serve ({name}) did not start; see {log}")
-        time.sleep(0.1)
-    return process, ready.read_text().split()[0], log
+    # An operator's TTS_API_KEYS must not lock the open server.
+    env = {"TTS_API_KEYS": KEY if keyed else None}
+    return stack.enter_context(serving(flags, env=env, workdir=tmp, name=name))
 
 
-def main() -> None:
+def _killed(process: subprocess.Popen[bytes]) -> None:
+    process.kill()
+    process.wait()
+
+
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flood-connections", type=int, default=60)
     parser.add_argument("--bystander", nargs=2, metavar=("URL", "LOG"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.bystander:
         trio.run(bystander, args.bystander[0], Path(args.bystander[1]))
         return
-    with tempfile.TemporaryDirectory() as tmp_name:
+    with tempfile.TemporaryDirectory() as tmp_name, contextlib.ExitStack() as stack:
         tmp = Path(tmp_name)
-        processes: list[subprocess.Popen[bytes]] = []
         servers: dict[str, tuple[Target, int, Path, Path]] = {}
-        try:
-            for name, keyed in (("open", False), ("keyed", True)):
-                process, url, log = start_server(tmp, name, keyed)
-                processes.append(process)
-                port = int(url.rsplit(":", 1)[1].split("/")[0])
-                gaps = tmp / f"{name}.gaps"
-                # The bystander runs in its own process: the attacker's work is not its gap.
-                ws_url = url + (f"?api_key={KEY}" if keyed else "")
-                processes.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            "-m",
-                            "bench.http_attacks",
-                            "--bystander",
-                            ws_url,
-                            str(gaps),
-                        ]
-                    )
-                )
-                servers[name] = (Target(port, keyed, log), process.pid, gaps, log)
-            time.sleep(2.0)
-            for name, (_, _, gaps, _) in servers.items():
-                baseline = worst_gap_ms(gaps, 0, time.time())
-                print(f"bystander baseline worst gap ({name} server): {baseline:.0f} ms")
-            trio.run(run_attacks, servers, args.flood_connections)
-        finally:
-            for process in reversed(processes):
-                process.kill()
-                process.wait()
-
-
-if __name__ == "__main__":
-    main()
+        for name, keyed in (("open", False), ("keyed", True)):
+            server = start_server(stack, tmp, name, keyed)
+            gaps = tmp / f"{name}.gaps"
+            # The bystander runs in its own process: the attacker's work is not its gap.
+            ws_url = server.url + (f"?api_key={KEY}" if keyed else "")
+            bystander_process = subprocess.Popen(
+                [sys.executable, "-m", "bench", "http_attacks", "--bystander", ws_url, str(gaps)]
+            )
+            stack.callback(_killed, bystander_process)
+            servers[name] = (
+                Target(server.port, keyed, server.log_path),
+                server.pid,
+                gaps,
+                server.log_path,
+            )
+        time.sleep(2.0)
+        for name, (_, _, gaps, _) in servers.items():
+            baseline = worst_gap_ms(gaps, 0, time.time())
+            print(f"bystander baseline worst gap ({name} server): {baseline:.0f} ms")
+        trio.run(run_attacks, servers, args.flood_connections)

@@ -1,6 +1,6 @@
 """The step loop's scheduling alone, on a modelled clock: first audio with and without join steps.
 
-    PYTHONPATH=. python -m bench.scheduler_sim [--concurrency 1,4,16,32] [--rounds 4]
+    python -m bench scheduler_sim [--concurrency 1,4,16,32] [--rounds 4]
         [--chunks 24] [--step-ms 22.8,71.8] [--prefill-ms 14] [--flat]
 
 A model of time, not a measurement: it runs the real `Scheduler` against a model
@@ -106,8 +106,8 @@ def _p95(values: Sequence[float]) -> float:
 _AUDIO = np.ones(1, np.float32)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m bench.scheduler_sim", description=__doc__)
+def main(argv: list[str]) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench scheduler_sim", description=__doc__)
     p.add_argument("--concurrency", default="1,4,16,32")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--chunks", type=int, default=24)
@@ -115,13 +115,9 @@ def main() -> None:
     p.add_argument("--step-ms", default="22.8,71.8", help="step ms at 1 and at 16 rows")
     p.add_argument("--prefill-ms", type=float, default=14.0, help="prefill ms per row")
     p.add_argument("--flat", action="store_true", help="every step costs the 1-row time")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.step_ms = [float(v) for v in args.step_ms.split(",")]
     for users in (int(c) for c in args.concurrency.split(",")):
         for join in (False, True):
             figures = simulate(args, users, join=join)
             print(f"{'join' if join else 'no-join':8s} c={users:<4d} {figures}", flush=True)
-
-
-if __name__ == "__main__":
-    main()

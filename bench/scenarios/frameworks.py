@@ -1,6 +1,6 @@
 """Pipecat and LiveKit: the voxtrio plugins vs each framework's OpenAI TTS, same server.
 
-    python -m bench.frameworks [--model DIR] [--turns 20]
+    python -m bench frameworks [--model DIR] [--turns 20]
 
 One `voxtrio serve` (the tiny checkpoint on CPU, built if --model is not given). Each
 turn is one LLM reply pushed token by token (20 ms apart, as an LLM streams), then an
@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +36,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from ..harness import serving
 
 TOKENS = ["Hel", "lo", " there", ".", " How", " are", " you", " to", "day", "?"]
 TOKEN_GAP_S = 0.02
@@ -48,7 +49,7 @@ def server_idle(metrics_url: str) -> bool:
         text = response.read().decode()
     busy = 0.0
     for line in text.splitlines():
-        if line.startswith(("voxcpm_tts_replicas_busy ", "voxcpm_tts_queue_length ")):
+        if line.startswith(("voxcpm_tts_slots_busy ", "voxcpm_tts_queue_length ")):
             busy += float(line.rsplit(" ", 1)[1])
     return busy == 0
 
@@ -231,40 +232,28 @@ async def measure(
     return figures
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
     parser.add_argument("--turns", type=int, default=20)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--only", default="", help="run the services whose name contains this")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None:
             from voxtrio.tools._tiny_model import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", arch="voxcpm2"))
-        ready = Path(tmp) / "ready"
-        command = [sys.executable, "-m", "voxtrio", "serve", "--model", model, "--device", "cpu"]
-        command += ["--port", "0", "--metrics-port", "0", "--ready-file", str(ready)]
-        command += ["--log-level", "WARNING"]
-        server = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("voxtrio serve did not start")
-                time.sleep(0.1)
-            ws_url, metrics_base = ready.read_text().split()[:2]
-            http_base = ws_url.replace("ws://", "http://").removesuffix("/tts") + "/v1"
+        flags = ["--model", model, "--device", "cpu", "--log-level", "WARNING"]
+        with serving(flags, workdir=Path(tmp), stop_grace=60) as server:
+            ws_url, metrics_base = server.url, server.side_url
+            http_base = server.http_base + "/v1"
             load_before = os.getloadavg()
             figures = asyncio.run(
                 measure(ws_url, http_base, metrics_base + "/metrics", args.turns, args.only)
             )
             load_after = os.getloadavg()
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
     report = {
         "figures": figures,
         "machine": {
@@ -273,7 +262,7 @@ def main() -> int:
             "load_before": load_before,
             "load_after": load_after,
         },
-        "command": "python -m bench.frameworks " + " ".join(sys.argv[1:]),
+        "command": " ".join(["python -m bench frameworks", *argv]),
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -286,7 +275,3 @@ def main() -> int:
         print(f"| {name} | {row} |")
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

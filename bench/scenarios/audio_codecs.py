@@ -1,6 +1,6 @@
 """Latency and cost of voxtrio's streaming encoders, one row per format and output rate.
 
-    python bench/codecs_bench.py [--chunks 200] [--chunk 7680] [--input-rate 48000]
+    python -m bench audio_codecs [--chunks 200] [--chunk 7680] [--input-rate 48000]
 
 Input: a synthetic voiced-speech-like signal (harmonics of a gliding 90-220 Hz pitch
 under a syllable envelope, plus a little noise) at the model rate, fed in chunks the
@@ -100,7 +100,7 @@ def bench(fmt: AudioFormat, input_rate: int, output_rate: int, chunk: int, chunk
     )
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--chunks", type=int, default=200, help="chunks per row")
     parser.add_argument("--chunk", type=int, default=7680, help="samples per chunk")
@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument(
         "--rates", type=int, nargs="+", default=[48000, 24000, 16000], help="output rates"
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print(
         f"input {args.input_rate} Hz, {args.chunk}-sample chunks "
         f"({args.chunk / args.input_rate * 1000:.0f} ms), {args.chunks} chunks per row"
@@ -122,7 +122,3 @@ def main() -> None:
             print(bench(fmt, args.input_rate, rate, args.chunk, args.chunks))
     for fmt, rate in FIXED_RATE_FORMATS.items():  # telephony: the rate is in the name
         print(bench(fmt, args.input_rate, rate, args.chunk, args.chunks))  # type: ignore[arg-type]
-
-
-if __name__ == "__main__":
-    main()

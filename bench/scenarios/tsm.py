@@ -1,6 +1,6 @@
 """Quality, latency and cost of `speed` (voxtrio.audio._tsm), one row per rate and speed.
 
-    python bench/tsm_bench.py [--seconds 10] [--rates 24000 48000]
+    python -m bench tsm [--seconds 10] [--rates 24000 48000]
 
 Input: the synthetic engine's tones (110, 440 and 989 Hz at 0.3) and
 codecs_bench's speech-like signal, fed in the engine's 160 ms chunks. Per row:
@@ -21,8 +21,9 @@ import time
 
 import numpy as np
 
-from bench.codecs_bench import speech_like
 from voxtrio.audio._tsm import TempoStretch, output_seconds
+
+from .audio_codecs import speech_like
 
 SPEEDS = (0.25, 0.5, 0.75, 1.25, 1.5, 2.0, 3.0, 4.0)
 CHUNK_SECONDS = 0.16
@@ -81,16 +82,12 @@ def row(speed: float, rate: int, seconds: float) -> str:
     )
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--rates", type=int, nargs="+", default=[24000, 48000])
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     print("  rate speed   len %  pitch %   seam  first ms  onset ms  cpu ms/s")
     for rate in args.rates:
         for speed in SPEEDS:
             print(row(speed, rate, args.seconds))
-
-
-if __name__ == "__main__":
-    main()

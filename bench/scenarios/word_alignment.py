@@ -1,6 +1,6 @@
 """Word-time error and cost of the aligner (pocketsphinx) and the estimate, on real speech.
 
-    python -m bench.word_alignment [--rates 140 175 220] [--json out.json]
+    python -m bench word_alignment [--rates 140 175 220] [--json out.json]
 
 Reference: espeak-ng (a formant synthesizer, `apt-get install espeak-ng`) driven
 through its C library, which reports where each word starts in the audio it makes
@@ -22,7 +22,6 @@ import argparse
 import ctypes
 import json
 import statistics
-import sys
 import time
 from typing import Any
 
@@ -190,7 +189,7 @@ def _summary(errors: list[float], cpu: float, audio_seconds: float) -> dict[str,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", type=int, nargs="+", default=[140, 175, 220])
     parser.add_argument("--json", help="also write the rows here")
@@ -207,14 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as out:
             json.dump(
                 {
-                    "command": "python -m bench.word_alignment " + " ".join(sys.argv[1:]),
+                    "command": " ".join(["python -m bench word_alignment", *argv]),
                     "rows": rows,
                 },
                 out,
                 indent=2,
             )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """Time to first audio: OpenAI-compatible HTTP vs the native WebSocket, side by side.
 
-    python -m bench.openai_ttfb [--model DIR | --engine synthetic] [--runs 20]
+    python -m bench openai_ttfb [--model DIR | --engine synthetic] [--runs 20]
 
 One `voxtrio serve` process (the tiny checkpoint, built if --model is not given, or
 the synthetic engine); the same text over both paths, alternating, one request at a
@@ -9,7 +9,7 @@ the first body byte, then it hangs up. WebSocket: from opening a fresh connectio
 sending `tts_request` (pcm16, 24 kHz) to the first audio frame, then it cancels.
 Both include connecting (the WebSocket path its upgrade handshake too).
 
-    python -m bench.openai_ttfb --keepalive [--model DIR] [--runs 20]
+    python -m bench openai_ttfb --keepalive [--model DIR] [--runs 20]
 
 HTTP keep-alive: `runs` sequential requests on one persistent connection vs the same
 number each on a new connection, alternating the two series request by request.
@@ -25,8 +25,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,6 +33,8 @@ from urllib.parse import urlsplit
 import h11
 import trio
 from trio_websocket import open_websocket_url
+
+from ..harness import serving
 
 TEXT = "Hello from voxtrio."
 PAUSE_S = 0.3
@@ -186,7 +186,7 @@ async def measure(url: str, runs: int) -> dict[str, object]:
     }
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model")
     parser.add_argument("--engine", choices=("voxcpm", "synthetic"), default="voxcpm")
@@ -197,33 +197,22 @@ def main() -> int:
         action="store_true",
         help="HTTP on one kept-alive connection vs a new connection per request",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
         if model is None and args.engine == "voxcpm":
             from voxtrio.tools._tiny_model import build_checkpoint
 
             model = str(build_checkpoint(Path(tmp) / "tiny", arch="voxcpm2"))
-        ready = Path(tmp) / "ready"
-        command = [sys.executable, "-m", "voxtrio", "serve", "--engine", args.engine]
-        command += ["--model", model] if model else []
-        command += ["--device", "cpu", "--port", "0", "--metrics-port", "0"]
-        command += ["--ready-file", str(ready), "--log-level", "WARNING"]
-        server = subprocess.Popen(command, env={**os.environ, "TQDM_DISABLE": "1"})
-        try:
-            deadline = time.monotonic() + 120
-            while not ready.exists():
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("voxtrio serve did not start")
-                time.sleep(0.1)
-            url = ready.read_text().split()[0]
-            figures = trio.run(measure_keepalive if args.keepalive else measure, url, args.runs)
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
+        flags = ["--engine", args.engine]
+        flags += ["--model", model] if model else []
+        flags += ["--device", "cpu", "--log-level", "WARNING"]
+        with serving(flags, workdir=Path(tmp), stop_grace=60) as server:
+            run = measure_keepalive if args.keepalive else measure
+            figures = trio.run(run, server.url, args.runs)
     figures["engine"] = args.engine
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
-    figures["command"] = "python -m bench.openai_ttfb " + " ".join(sys.argv[1:])
+    figures["command"] = " ".join(["python -m bench openai_ttfb", *argv])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = "http-keepalive" if args.keepalive else "openai-ttfb"
@@ -233,7 +222,3 @@ def main() -> int:
     print(json.dumps(figures, indent=2))
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
