@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 from voxtrio._cli import build_parser, main
-from voxtrio._config import ConfigError, load_settings, settings_from_env
+from voxtrio._config import OPTIONS, ConfigError, Settings, load_settings, settings_from_env
 
 
 def serve_help() -> str:
@@ -65,13 +66,47 @@ def test_serve_is_described_as_websocket_and_http_on_one_port() -> None:
 
 
 @pytest.mark.parametrize(
-    ("argv", "batched"),
-    [([], True), (["--batched"], True), (["--no-batched"], False), (["--batched", "false"], False)],
+    ("argv", "join_steps"),
+    [
+        ([], True),
+        (["--join-steps"], True),
+        (["--no-join-steps"], False),
+        (["--join-steps", "false"], False),
+    ],
 )
-def test_boolean_settings_are_flags(argv: list[str], batched: bool) -> None:
-    """--batched / --no-batched switch batching; `--batched false` still works."""
+def test_boolean_settings_are_flags(argv: list[str], join_steps: bool) -> None:
+    """--join-steps / --no-join-steps switch join steps; `--join-steps false` still works."""
     args = build_parser().parse_args(["serve", *argv])
-    assert load_settings(args, {}).batched is batched
+    assert load_settings(args, {}).join_steps is join_steps
+
+
+def serve_args(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["serve", *argv])
+
+
+def test_every_setting_is_declared_with_its_option() -> None:
+    """Each Settings field carries its flag and help, so none is left without one."""
+    assert [option.name for option in OPTIONS] == [field.name for field in attrs.fields(Settings)]
+
+
+def test_a_switch_flag_overrides_its_environment_variable() -> None:
+    """`--no-join-steps` turns join steps off over the environment's `true`."""
+    settings = load_settings(serve_args("--no-join-steps"), {"TTS_JOIN_STEPS": "true"})
+    assert settings.join_steps is False
+    assert load_settings(serve_args("--allow-voice-upload"), {}).allow_voice_upload is True
+
+
+def test_an_unset_switch_leaves_the_environment_value() -> None:
+    """A switch not given on the command line does not override its variable."""
+    assert load_settings(serve_args(), {"TTS_JOIN_STEPS": "false"}).join_steps is False
+
+
+def test_a_bad_flag_value_names_the_flag() -> None:
+    """An invalid value is refused with the flag it came from, over a valid variable."""
+    with pytest.raises(ConfigError, match=r"invalid --port='70000': must be a port number"):
+        load_settings(serve_args("--port", "70000"), {"TTS_PORT": "1"})
+    with pytest.raises(ConfigError, match=r"invalid --join-steps='maybe': expected true/false"):
+        load_settings(serve_args("--join-steps", "maybe"), {})
 
 
 def test_tiny_model_help_describes_every_argument() -> None:

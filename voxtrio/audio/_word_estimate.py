@@ -41,7 +41,7 @@ def speech_mask(audio: np.ndarray, sample_rate: int) -> np.ndarray:
         return np.zeros(0, bool)
     power = np.mean(np.square(audio[: frames * hop].astype(np.float64).reshape(frames, hop)), 1)
     level = 10 * np.log10(power + 1e-12)
-    mask = level > max(level.max() + SPEECH_FLOOR_DB, -80.0)
+    mask: np.ndarray = level > max(level.max() + SPEECH_FLOOR_DB, -80.0)
     # Fill short gaps between speech frames.
     speech = np.flatnonzero(mask)
     min_gap = round(MIN_PAUSE_SECONDS / FRAME_SECONDS)

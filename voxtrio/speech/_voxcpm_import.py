@@ -226,7 +226,7 @@ def _gain(waveform: torch.Tensor, gain_db: float | torch.Tensor = 1.0) -> torch.
         return waveform * torch.pow(10.0, gain_db / 20.0).to(waveform.dtype)
     if gain_db == 0:
         return waveform
-    return waveform * (10.0 ** (gain_db / 20.0))
+    return waveform * math.pow(10.0, gain_db / 20.0)
 
 
 def _biquad(

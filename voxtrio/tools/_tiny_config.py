@@ -155,7 +155,9 @@ def _voxcpm_config(size: str) -> dict[str, Any]:
     }
 
 
-def model_config(arch: str = "voxcpm2", size: str = "tiny", *, dtype: str | None = None) -> dict:
+def model_config(
+    arch: str = "voxcpm2", size: str = "tiny", *, dtype: str | None = None
+) -> dict[str, Any]:
     """The ``config.json`` content (without the builder record) for ``arch`` and ``size``."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"arch must be one of {ARCHITECTURES}, not {arch!r}")
@@ -169,7 +171,7 @@ def model_config(arch: str = "voxcpm2", size: str = "tiny", *, dtype: str | None
     return config
 
 
-def full_config(arch: str) -> dict:
+def full_config(arch: str) -> dict[str, Any]:
     """The released model's ``config.json`` shapes for ``arch`` (bfloat16)."""
     return model_config(arch, "full")
 

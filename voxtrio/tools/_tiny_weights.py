@@ -31,7 +31,7 @@ StopPolicy = Literal["never", "always", "random"]
 """
 
 
-def parameter_count(config: dict) -> int:
+def parameter_count(config: dict[str, Any]) -> int:
     """Parameters of the model ``config`` describes, VAE included, allocating no weights."""
     cfg = copy.deepcopy(config)
     # The static KV caches are allocated on an explicit device, outside the meta
@@ -43,7 +43,7 @@ def parameter_count(config: dict) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def instantiate(config: dict) -> tuple[Any, Any]:
+def instantiate(config: dict[str, Any]) -> tuple[Any, Any]:
     """voxcpm's real model (with its VAE as ``.audio_vae``) for ``config``, on CPU."""
     import_voxcpm()
     if config.get("architecture", "voxcpm") == "voxcpm2":

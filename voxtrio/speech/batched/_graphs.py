@@ -68,6 +68,10 @@ def _raise_recompile_limit(limit: int) -> None:
     setattr(config, name, max(getattr(config, name), limit))
 
 
+# A captured graph, its static inputs (tensors copied into, other values as given), outputs.
+_Captured = tuple[torch.cuda.CUDAGraph, list[object], tuple[torch.Tensor, ...]]
+
+
 class Runner:
     """Runs one device function in a mode; compiled or captured once per shape."""
 
@@ -75,7 +79,7 @@ class Runner:
         self.fn = fn
         self.mode = mode
         self._pool = pool
-        self._graphs: dict[tuple[object, ...], tuple[torch.cuda.CUDAGraph, list, tuple]] = {}
+        self._graphs: dict[tuple[object, ...], _Captured] = {}
         self._call: Fn = fn
         if mode == "inductor":
             _raise_recompile_limit(256)  # buckets x spans, each its own static graph
@@ -88,7 +92,8 @@ class Runner:
 
     def __call__(self, *args: object) -> tuple[torch.Tensor, ...]:
         if self.mode != "cuda-graphs":
-            return self._call(*args)
+            result: tuple[torch.Tensor, ...] = self._call(*args)
+            return result
         key = tuple(
             (a.shape, a.dtype) if isinstance(a, torch.Tensor) else ("value", a) for a in args
         )
@@ -100,9 +105,9 @@ class Runner:
         graph.replay()
         return outputs
 
-    def _capture(self, key: tuple[object, ...], args: tuple[object, ...]) -> tuple:
+    def _capture(self, key: tuple[object, ...], args: tuple[object, ...]) -> _Captured:
         inputs = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # allocator and kernels warm before capture
             for _ in range(2):

@@ -15,12 +15,16 @@ from torch.nn import functional as F
 from voxtrio.speech.batched._upstream import rotary
 
 if TYPE_CHECKING:
-    from voxcpm.modules.minicpm4.model import MiniCPMModel
+    from voxcpm.modules.minicpm4.model import (
+        MiniCPMAttention,
+        MiniCPMDecoderLayer,
+        MiniCPMModel,
+    )
 
 
 def _head_dim(lm: MiniCPMModel) -> int:
     config = lm.config
-    return config.kv_channels or config.hidden_size // config.num_attention_heads
+    return int(config.kv_channels or config.hidden_size // config.num_attention_heads)
 
 
 class SlotKVCache:
@@ -86,11 +90,12 @@ class SlotKVCache:
             hidden = residual + _scaled(layer, attn_out)
             residual = hidden
             hidden = residual + _scaled(layer, layer.mlp(layer.post_attention_layernorm(hidden)))
-        return lm.norm(hidden)
+        normed: torch.Tensor = lm.norm(hidden)
+        return normed
 
     def _attention(
         self,
-        attn: torch.nn.Module,
+        attn: MiniCPMAttention,
         hidden: torch.Tensor,
         layer: int,
         slots: torch.Tensor,
@@ -116,10 +121,12 @@ class SlotKVCache:
             query.contiguous(), keys, values, attn_mask=mask, enable_gqa=True
         )
         out = out.transpose(1, 2).reshape(rows, attn.num_heads * attn.head_dim)
-        return attn.o_proj(out)
+        projected: torch.Tensor = attn.o_proj(out)
+        return projected
 
 
-def _scaled(layer: torch.nn.Module, delta: torch.Tensor) -> torch.Tensor:
+def _scaled(layer: MiniCPMDecoderLayer, delta: torch.Tensor) -> torch.Tensor:
     if layer.use_mup:
-        return delta * (layer.scale_depth / math.sqrt(layer.num_hidden_layers))
+        scaled: torch.Tensor = delta * (layer.scale_depth / math.sqrt(layer.num_hidden_layers))
+        return scaled
     return delta

@@ -11,8 +11,8 @@ state back. VoxCPM 1.x decodes a window of the last patches statelessly.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
@@ -97,7 +97,8 @@ class StreamingDecoder:
         self.vae = _sharing_copy(vae)
         self._rows = _Rows()
         self.convs = [
-            _StatefulConv(conv, self._rows, slots=slots) for conv in causal_convs(self.vae.decoder)
+            _StatefulConv(conv, self._rows, slots=slots)
+            for conv in causal_convs(cast(nn.Module, self.vae.decoder))
         ]
         for conv in self.convs:
             # The copy's module, not voxcpm's.
@@ -114,7 +115,8 @@ class StreamingDecoder:
         """latents [B, D, P] for streams in `slots` -> audio [B, samples]."""
         self._rows.slots = slots
         try:
-            return self.vae.decode(latents.to(torch.float32), sr_cond).squeeze(1)
+            decode = cast(Callable[..., torch.Tensor], self.vae.decode)
+            return decode(latents.to(torch.float32), sr_cond).squeeze(1)
         finally:
             self._rows.slots = None
 
@@ -132,7 +134,8 @@ def decode_windows(
         by_length.setdefault(window.size(-1), []).append(index)
     for indices in by_length.values():
         batch = torch.stack([windows[i] for i in indices]).to(torch.float32)
-        audio = vae.decode(batch)[..., -patch_samples:].squeeze(1)
+        decode = cast(Callable[..., torch.Tensor], vae.decode)
+        audio = decode(batch)[..., -patch_samples:].squeeze(1)
         for row, index in enumerate(indices):
             out[index] = audio[row]
     return [audio for audio in out if audio is not None]
