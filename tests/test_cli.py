@@ -113,7 +113,11 @@ def test_tiny_model_help_describes_every_argument() -> None:
     """`voxtrio tiny-model --help` explains the directory and each flag."""
     text = subcommand_help("tiny-model")
     assert "voxtrio serve --model DIR" in text
-    for fragment in ("where to write the checkpoint", "model architecture", "seed of the random"):
+    for fragment in (
+        "where to write the checkpoint",
+        "model family",
+        "random seed for the weights",
+    ):
         assert fragment in text
 
 

@@ -23,7 +23,7 @@ import torch
 
 from voxtrio.speech._voxcpm_import import import_voxcpm
 
-from ._texts import TEXT_SETS
+from ..harness._texts import TEXT_SETS
 from .batching import gpu_memory_mib
 
 
