@@ -174,7 +174,9 @@ async def test_a_saturated_server_answers_429_within_the_http_queue_wait(
     )
     async with (
         httpx.AsyncClient(timeout=10) as client,
-        client.stream("POST", speech_url(server), json={"input": "A long text. " * 20}) as busy,
+        # One sentence: a long text is spoken sentence by sentence, and a request waits
+        # for a slot again between two of them.
+        client.stream("POST", speech_url(server), json={"input": "a long text " * 20}) as busy,
     ):
         assert busy.status_code == 200
         started = trio.current_time()

@@ -11,6 +11,7 @@ import trio
 from trio_websocket import WebSocketConnection, WebSocketRequest, open_websocket_url
 
 from voxtrio.server._listener import _GuardedWebSocketServer
+from voxtrio.server._pending import PendingRequests
 from voxtrio.server._websocket import (
     MessageLimits,
     PartialMessageBudget,
@@ -43,7 +44,13 @@ async def writer_pair(write_timeout: float = 5.0) -> AsyncIterator[Pair]:
     limits = MessageLimits(BIG * 2, 0, frozenset(), PartialMessageBudget(BIG * 4))
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
-    server = _GuardedWebSocketServer(handler, listeners, limits=limits, max_message_size=BIG * 2)
+    server = _GuardedWebSocketServer(
+        handler,
+        listeners,
+        limits=limits,
+        pending=PendingRequests(8),
+        max_message_size=BIG * 2,
+    )
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         url = f"ws://127.0.0.1:{port}/tts"
@@ -126,7 +133,7 @@ async def test_a_reader_that_stops_fails_the_write_after_write_timeout() -> None
     with trio.fail_after(20):
         async with writer_pair(write_timeout=0.5) as pair:
             began = trio.current_time()
-            with pytest.raises(ConnectionGone, match="did not read"):
+            with pytest.raises(ConnectionGone, match="read nothing"):
                 await write_until_it_fails(pair.writer, bytes(BIG), pause=0)
             assert trio.current_time() - began < 5
             with pytest.raises(ConnectionGone):  # and stays broken
