@@ -20,6 +20,7 @@ from pipecat.frames.frames import (  # noqa: E402
     TTSTextFrame,
 )
 
+import voxtrio.aioclient  # noqa: E402
 from tests.integrations.pipecat_harness import pipeline  # noqa: E402
 from voxtrio.integrations.pipecat import VoxtrioTTSService  # noqa: E402
 
@@ -161,20 +162,26 @@ def test_a_turn_against_a_server_that_is_down_fails_once_not_per_token() -> None
 
 
 def test_first_audio_later_than_pipecats_context_timeout_still_plays(tmp_path: Path) -> None:
-    """A request slower to start than Pipecat's 3 s audio-context timeout (a queue, a long
-    voice prompt) keeps its context: the audio and the TTSStoppedFrame still come out."""
-    # The synthetic engine at 25x slower than real time: 4 s to the first 0.16 s chunk.
+    """A request slower to start than Pipecat's 3 s audio-context timeout (here: queued
+    behind another on the only slot) keeps its context: its audio and TTSStoppedFrame
+    still come out."""
+    # One slot, real-time synthetic chunks: a 100-character request holds it for 4 s.
     slow = ServedProcess(
-        tmp_path, "--engine", "synthetic", "--synthetic-rtf", "25", "--batched", "false"
+        tmp_path, "--engine", "synthetic", "--synthetic-rtf", "1", "--max-batch", "1"
     )
     slow.start()
 
     async def scenario() -> tuple[list[TTSAudioRawFrame], float]:
-        async with pipeline(service(slow.url, params={})) as run:
-            started = time.monotonic()
-            audio = await run.turn(["Hi", "."])
-            assert not run.error_texts()
-            return audio, time.monotonic() - started
+        async with (
+            voxtrio.aioclient.connect(slow.url) as other,
+            other.synthesize("a long text that keeps the only model slot busy " * 2) as held,
+        ):
+            await anext(aiter(held))  # its first chunk: it holds the slot now
+            async with pipeline(service(slow.url, params={})) as run:
+                started = time.monotonic()
+                audio = await run.turn(["Hi", "."])
+                assert not run.error_texts()
+                return audio, time.monotonic() - started
 
     try:
         audio, seconds = asyncio.run(scenario())
