@@ -198,6 +198,8 @@ async def test_shutdown_with_rows_running_stops_each_once_and_ends_the_thread() 
                     await trio.sleep(0.001)
                 instance.shutdown()
         assert all(job.stopped for job in jobs)
+        # The jobs end before the loop thread returns: give it a moment to exit.
+        await trio.to_thread.run_sync(instance.thread.join, 10)
         assert not instance.thread.is_alive()
 
 
