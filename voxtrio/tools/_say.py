@@ -183,7 +183,9 @@ def run_say(args: argparse.Namespace) -> int:
         print(f"voxtrio say: {exc}", file=err)
         return EXIT_USAGE
     try:
-        status: int = trio.run(say, job, err)
+        # Ctrl-C lands in the main task at a checkpoint, never inside the client's tasks
+        # or a shielded send, so the request is always cancelled and answered.
+        status: int = trio.run(say, job, err, restrict_keyboard_interrupt_to_checkpoints=True)
     except KeyboardInterrupt:  # outside the request (connecting, writing the file)
         print("voxtrio say: interrupted", file=err)
         return EXIT_INTERRUPTED
