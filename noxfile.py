@@ -99,6 +99,9 @@ def integrations(session: nox.Session) -> None:
     CI=true a missing framework fails rather than skips.
     """
     install_runtime(session, "test", "pipecat", "livekit")
+    # docs/OPENAI.md's LiveKit snippet (tests/integrations/test_openai_examples.py) uses
+    # LiveKit's own OpenAI plugin: the tests need it, voxtrio[livekit] does not.
+    session.install("livekit-plugins-openai==1.8.9")
     session.run("pytest", "tests/integrations", *session.posargs, env={"TQDM_DISABLE": "1"})
 
 
