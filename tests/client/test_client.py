@@ -483,13 +483,21 @@ def test_say_exits_2_on_an_out_of_range_parameter(
     assert "--cfg-value" in capsys.readouterr().err
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 async def test_say_ctrl_c_cancels_the_request(start_server: StartServer, tmp_path: Path) -> None:
     """SIGINT during `voxtrio say` cancels the request, writes nothing and exits 130."""
     server = await start_server(paced(1.0))
     out = tmp_path / "long.wav"
     command = [sys.executable, "-m", "voxtrio", "say", "x" * 400, "-o", str(out)]
     command += ["--url", server.url]
-    process = await trio.lowlevel.open_process(command, stderr=subprocess.PIPE)
+    # A child inherits an ignored SIGINT (some test runners and libraries leave it so):
+    # give it the default disposition, as a terminal's Ctrl-C would find it.
+    process = await trio.lowlevel.open_process(
+        command, stderr=subprocess.PIPE, preexec_fn=_default_sigint
+    )
     assert process.stderr is not None
     err = b""
     with trio.fail_after(10):
