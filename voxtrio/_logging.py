@@ -95,7 +95,7 @@ class StderrToLog(io.TextIOBase):
     def __init__(self, target: TextIO) -> None:
         self.target = target
         self._pending = ""
-        self._lock = threading.Lock()  # replica threads print too
+        self._lock = threading.Lock()  # model instance threads print too
         self._log = structlog.get_logger("voxtrio.stderr")
 
     def writable(self) -> bool:

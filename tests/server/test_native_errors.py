@@ -32,7 +32,7 @@ def test_queue_timeout_is_rate_limited_with_queue_scope() -> None:
     """QueueTimeout: RATE_LIMITED, scope queue, the deadline in the message."""
     error = native_error(QueueTimeout(2.5), "r")
     assert error.code is ErrorCode.RATE_LIMITED
-    assert error.message == "no replica became free within 2.5 s"
+    assert error.message == "no generation slot became free within 2.5 s"
     assert error.details == {"scope": "queue", "retry_after_ms": 1000}
 
 

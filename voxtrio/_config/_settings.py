@@ -134,12 +134,13 @@ class Settings:
         30.0, "TTS_QUEUE_TIMEOUT", p.positive_float, "wait for a free generation slot, s",
         metavar="SECONDS",
     )  # fmt: skip
-    # HTTP's wait for a replica: well under the clients' own read timeouts (LiveKit's
+    # HTTP's wait for a slot: well under the clients' own read timeouts (LiveKit's
     # 30 s, often less behind proxies) so a saturated server answers 429 + Retry-After
     # before the client gives up on its own.
     http_queue_timeout: float = setting(
         10.0, "TTS_HTTP_QUEUE_TIMEOUT", p.positive_float,
-        "wait for a replica on the HTTP API before 429 + Retry-After, s (at most queue-timeout)",
+        "wait for a free generation slot on the HTTP API before 429 + Retry-After, s "
+        "(at most queue-timeout)",
         metavar="SECONDS",
     )  # fmt: skip
     # Idle wait for the next request on a kept-alive HTTP connection. Long enough to

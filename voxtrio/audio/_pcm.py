@@ -28,7 +28,7 @@ def check_finite(chunk: npt.ArrayLike) -> None:
     x = np.asarray(chunk)
     if x.dtype in (np.float32, np.float16) and x.ndim == 1:
         # One pass instead of isfinite + all (each numpy call here hands the GIL to
-        # other replica threads): a float64 sum of float32 values is finite exactly
+        # other model threads): a float64 sum of float32 values is finite exactly
         # when every value is (|x| < 3.5e38, so no overflow), and NaN/inf propagate.
         finite = math.isfinite(np.add.reduce(x, dtype=np.float64))
     else:

@@ -202,7 +202,7 @@ class DashScopeConnection(WebSocketEndpoint):
             )
 
     async def _stop_task(self, outcome: str) -> None:
-        """Stop the worker and wait until it has really stopped (its replica is free)."""
+        """Stop the worker and wait until it has really stopped (its slot is free)."""
         task = self.task
         if task is None:
             return

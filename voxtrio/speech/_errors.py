@@ -32,10 +32,10 @@ class Overloaded(SpeechError):
 
 
 class QueueTimeout(SpeechError):
-    """Admitted, but no replica became free within the queue deadline."""
+    """Admitted, but no generation slot became free within the queue deadline."""
 
     def __init__(self, timeout: float) -> None:
-        super().__init__(f"no replica became free within {timeout:g} s")
+        super().__init__(f"no generation slot became free within {timeout:g} s")
         self.timeout = timeout
 
 

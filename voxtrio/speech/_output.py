@@ -1,7 +1,7 @@
 """One request's output stream: the encoder (and speed/pitch stretcher) from start to end.
 
 `speak` owns an `OutputStream` for its whole life: it opens it from an `OutputSpec`,
-hands `transform` to the replica thread (check, stretch, encode next to the model),
+hands `transform` to the model instance's thread (check, stretch, encode next to the model),
 and runs everything else the encoder does (silence, the stretcher's tail, the final
 flush) on a worker thread. Nothing here runs codec work on the event loop, and
 nothing is used by two threads at once: between generations no job holds it.
@@ -106,7 +106,7 @@ class OutputStream:
         return output_seconds(model_seconds, self.speed)
 
     def transform(self, chunk: np.ndarray) -> EncodedAudio:
-        """Replica thread, per chunk: refuse NaN/inf, stretch, encode."""
+        """Model instance thread, per chunk: refuse NaN/inf, stretch, encode."""
         before = self.encoder.samples_out
         if self._stretch is not None:
             check_finite(chunk)  # before the stretcher smears a NaN over its window

@@ -1,8 +1,8 @@
-"""Per-replica random streams for voxcpm, so a seed reproduces audio under concurrency.
+"""Per-thread random streams for voxcpm, so a seed reproduces audio under concurrency.
 
 voxcpm 2.0.3 takes no seed and draws its diffusion noise from torch's global
-generator, which every replica thread shares: seeding it before a call is only
-reproducible while one generation runs at a time. We give each replica thread its
+generator, which every model thread shares: seeding it before a call is only
+reproducible while one generation runs at a time. We give each model thread its
 own `torch.Generator` and route the random draws of voxcpm's sampling modules to
 it, through a stand-in for the `torch` name in just those modules.
 """

@@ -1,11 +1,11 @@
-"""Speak a sequence of utterances through the replica pool into one encoded stream.
+"""Speak a sequence of utterances through the instance pool into one encoded stream.
 
 The one speech path of both endpoints: the native protocol (one text, or sentences
 streamed in) and DashScope (sentences, SSML breaks). Each utterance is one
-generation on whichever replica is free; all of them feed one `OutputStream`, so
+generation on whichever model instance has a free slot; all of them feed one `OutputStream`, so
 the client gets one continuous stream in its format (one WAV header, one Ogg
 stream). `speak` owns that stream's whole life: it opens it, lends its `transform`
-to the replica thread (encoding next to the model), and finishes or closes it.
+to the instance's thread (encoding next to the model), and finishes or closes it.
 What happened goes to a `SpeechSink`; failures are `SpeechError`s.
 """
 
@@ -59,13 +59,13 @@ class SpeechSink(Protocol):
         """The output stream exists (called once, before any other event)."""
 
     async def utterance_begins(self, utterance: Utterance) -> None:
-        """The utterance is next: before its silence and before it waits for a replica."""
+        """The utterance is next: before its silence and before it waits for a slot."""
 
     async def waiting(self, utterance: Utterance) -> None:
-        """No replica is free: the utterance waits for one."""
+        """No slot is free: the utterance waits for one."""
 
     async def utterance_started(self, utterance: Utterance) -> None:
-        """The utterance started (for a text: its job is already on a replica)."""
+        """The utterance started (for a text: its job is already on a slot)."""
 
     async def audio(self, data: bytes) -> None: ...
 
@@ -215,7 +215,7 @@ async def generate_utterance(
     progress: ProgressIntervals,
     capture: list[np.ndarray] | None = None,
 ) -> bytes:
-    """One generation on a free replica; its encoded audio goes to `sink.audio`.
+    """One generation on a free slot; its encoded audio goes to `sink.audio`.
 
     Progress (see `ProgressIntervals`): a streaming generation reports it after an
     audio piece, so it needs no timer task; a non-streaming one from a timer.
@@ -234,7 +234,7 @@ async def generate_utterance(
     ) as (job, pieces):
         if stats.first_job_at is None:
             stats.first_job_at = trio.current_time()
-        # Told once the job is on its replica: the model starts while this is sent.
+        # Told once the job is on its slot: the model starts while this is sent.
         await sink.utterance_started(utterance)
         interval = progress.streaming if spec.streaming else progress.timer
         reporter = ProgressReporter(job, partial(sink.progress, utterance), interval)

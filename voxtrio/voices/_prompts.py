@@ -25,7 +25,7 @@ PromptCache = dict[str, Any]
 
 
 class PromptBuilder(Protocol):
-    """Build voxcpm's prompt cache for a WAV file (runs on the calling replica's thread)."""
+    """Build voxcpm's prompt cache for a WAV file (runs on the calling instance's thread)."""
 
     def __call__(self, mode: VoiceMode, wav_path: str, prompt_text: str | None) -> PromptCache: ...
 

@@ -1,7 +1,7 @@
 """Voices on the Trio side: the voice_* messages and a request's voice fields.
 
 Decoding and disk I/O run in worker threads behind a small capacity limit; prompt
-features are built on the replica thread that needs them (`VoxCPMEngine`).
+features are built on the model instance thread that needs them (`VoxCPMEngine`).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ on any other, without polling.
 Threads: metadata (``get``, ``list``) is for the Trio thread and takes a lock for a
 few dict operations only. ``register``, ``delete`` and ``load_all`` do disk I/O: run
 them with ``trio.to_thread.run_sync``; a second lock serialises them. ``prompt_for``
-runs on a replica thread with that replica's builder (its model); builds run outside
+runs on a model instance's thread with that instance's builder (its model); builds run outside
 every lock, and concurrent misses on one key build once (the others wait for it).
 """
 
@@ -175,7 +175,7 @@ class VoiceStore:
         for voice_id, entry in sorted(entries.items()):
             self._sync_one(voice_id, entry)
 
-    # ------------------------------------------------------------ prompts (replica threads)
+    # ------------------------------------------------------------ prompts (instance threads)
 
     def prompt_for(
         self, voice_id: str, build: PromptBuilder, *, field: str = "voice_id"

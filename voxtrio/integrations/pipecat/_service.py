@@ -185,7 +185,7 @@ class VoxtrioTTSService(TTSService):
         """Refresh the turn's audio context while its request runs.
 
         Pipecat ends an audio context that gets nothing for `stop_frame_timeout_s`
-        (3 s); a request waiting for a replica, or prefilling a long voice prompt on a
+        (3 s); a request waiting for a free slot, or prefilling a long voice prompt on a
         slow machine, can take longer than that to its first audio.
         """
         interval = max(0.1, self._stop_frame_timeout_s / 3)

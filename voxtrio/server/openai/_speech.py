@@ -1,12 +1,12 @@
 """`POST /v1/audio/speech`: one OpenAI speech request through the same speech path as /tts.
 
-The text goes through `speak` and the replica pool like a native request: same
+The text goes through `speak` and the instance pool like a native request: same
 admission (429 past the limit), same encoder, same metrics. The response head
-leaves once the job is on a replica (so admission errors still get their status);
+leaves once the job is on a slot (so admission errors still get their status);
 every encoded piece then leaves as one HTTP chunk, or one SSE `speech.audio.delta`
-event. A client that goes away cancels the request, which frees its replica.
+event. A client that goes away cancels the request, which frees its slot.
 
-The wait for a replica is bounded by `http_queue_timeout` (shorter than the
+The wait for a free slot is bounded by `http_queue_timeout` (shorter than the
 native protocol's `queue_timeout`): an HTTP client cannot be told it is queued,
 so it must get its 429 + Retry-After before its own read timeout fires.
 """
@@ -61,8 +61,8 @@ class HttpSpeechSink:
     output: OutputFormat
     sse: bool
     first_audio_at: float | None = None
-    queue_wait_s: float = math.inf  # the HTTP route's bound on a wait for a replica
-    # Armed while the request waits for a replica before its response began.
+    queue_wait_s: float = math.inf  # the HTTP route's bound on a wait for a slot
+    # Armed while the request waits for a slot before its response began.
     queue_scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
 
     def opened(self, audio: AudioInfo) -> None:
