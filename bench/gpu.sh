@@ -4,7 +4,7 @@
 #   on the GPU:   bash bench/gpu.sh                   (device run with carry [".whl"])
 # Installs the carried wheels into /tmp/site, builds a full-size random-weight VoxCPM2
 # (`voxtrio tiny-model --size full`), measures the floor (voxcpm's own
-# generate_streaming, optimize=True, one stream: bench/gpu_floor.py), then serves it
+# generate_streaming, optimize=True, one stream: bench/scenarios/gpu_floor.py), then serves it
 # batched with --compile off and --compile on (CUDA graphs per bucket) and runs closed
 # loops at c = 1, 16, 64, 128. One table ($OUT/gpu.md, also printed): first audio
 # p50/p95, per-request RTF p50/p95, audio s/s, GPU memory, the card's name.

@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint size for --engine tiny: full = the released model's shapes (GPU)",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (server + baseline)")
-    p.add_argument("--workers", type=_ints, default=[1], help="replica counts, e.g. 1,4")
+    p.add_argument("--workers", type=_ints, default=[1], help="model instance counts, e.g. 1,4")
     p.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="closed-loop levels")
     p.add_argument(
         "--rate",

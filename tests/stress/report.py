@@ -361,7 +361,8 @@ def _clients_section(figures: dict[str, Any]) -> list[str]:
         "reading 19 MB of audio; reconnect storms; cancel storms (at once, later, twice, for",
         "unknown ids); pings without end; garbage beside a real request; DashScope tasks",
         "finished, cancelled or abandoned. The server runs in the test's process, alone on",
-        "its event loop, with the synthetic engine (2 replicas) and its own default timeouts,",
+        "its event loop, with the synthetic engine (2 model instances) and its own default",
+        "timeouts,",
         "so the audit can see its pool, connections and generators; each round's clients run",
         "in a process of their own (`python -m tests.stress.chaos`), as users' clients do.",
         "The server's log says whom it cut (ping timeout, write timeout), matched to the",
@@ -418,7 +419,8 @@ def _faults_section(figures: dict[str, Any]) -> list[str]:
     fig = figures.get("faults_scheduled")
     if fig:
         lines.append(
-            f"- On a schedule (3 replicas, 20 connections): {_n(fig['requests'])} requests, "
+            "- On a schedule (3 model instances of one slot each, 20 connections): "
+            f"{_n(fig['requests'])} requests, "
             f"faults injected {_counts(fig['faults'])}; outcomes {_counts(fig['outcomes'])}: "
             "each fault failed exactly its own request with GENERATION_FAILED."
         )
@@ -427,8 +429,8 @@ def _faults_section(figures: dict[str, Any]) -> list[str]:
         lines.append(
             f"- Hangs: {fig['hangs']} in a row, each reported by /health as 503 `stalled` "
             f"{', '.join(f'{s:g}' for s in fig['seconds_to_503'])} s after it began "
-            f"(stall timeout {fig['stall_timeout_s']:g} s); the other replicas served "
-            "meanwhile; a cancel still answered after --stop-timeout; the hung replica was "
+            f"(stall timeout {fig['stall_timeout_s']:g} s); the other instances served "
+            "meanwhile; a cancel still answered after --stop-timeout; the hung slot was "
             "never handed a second job and came back once its generation ended."
         )
     fig = figures.get("faults_tiny_checkpoint")
@@ -499,7 +501,7 @@ def _soak_section(soak: dict[str, Any] | None, png: Path | None) -> list[str]:
     lines += [
         f"`{soak.get('command', 'python -m tests.stress.soak')}`: {config['duration']:g} s of "
         f"mixed load from {config['clients']} client loops on `voxtrio serve` with the "
-        f"{config['engine']} engine ({config['workers']} replicas), warm-up "
+        f"{config['engine']} engine ({config['workers']} model instances), warm-up "
         f"{config['warmup_s']:g} s.",
         "",
         f"- Requests: {_n(soak['requests'])} ({_counts(soak['by_action'])}).",
@@ -548,7 +550,7 @@ def _policy_section() -> list[str]:
         "  `pool.waiting == 0`, and every engine's `open_generations == 0`;",
         "- the live gauges on /metrics (`voxcpm_tts_active_connections`, `_running_tasks`,",
         "  `_queue_length`, `_slots_busy`) read 0, parsed with prometheus_client;",
-        "- threads: the replica threads are long-lived by design, so exactly `workers` of",
+        "- threads: the model instances' threads are long-lived by design, so exactly `workers` of",
         "  them, the same objects, all alive; any other thread started since the server",
         "  started is a leak, except trio's idle thread-cache workers (named `Trio thread N`),",
         "  which trio reuses and ends after 10 s idle. A cached worker that is running",
@@ -574,7 +576,8 @@ def _findings_section() -> list[str]:
         "## Faults found",
         "",
         "Found by these suites while they were written. Each has a regression test in",
-        "`tests/test_reliability.py`, named after what it caught, that failed before its fix.",
+        "`tests/server/test_reliability.py`, named after what it caught, that failed before its",
+        "fix.",
         "A fault not fixed yet has its test marked `xfail(strict=True)`: it XPASSes (and so",
         "fails) once the fix lands, and then the marker goes.",
         "",
@@ -591,7 +594,7 @@ def _findings_section() -> list[str]:
         "once). Only that connection is affected.",
         "",
         "By design, not a fault: a generation that hangs holds its request until the client",
-        "cancels or leaves (the cancel is answered after --stop-timeout, the replica stays",
+        "cancels or leaves (the cancel is answered after --stop-timeout, its slot stays",
         "taken until its thread really ends); /health turns 503 after --stall-timeout so the",
         "watchdog restarts the process.",
     ]

@@ -525,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.stress.soak", description=__doc__)
     parser.add_argument("--duration", type=float, default=120.0, help="seconds of load (120)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent client loops (4)")
-    parser.add_argument("--workers", type=int, default=2, help="server replicas (2)")
+    parser.add_argument("--workers", type=int, default=2, help="model instances (2)")
     parser.add_argument("--engine", choices=["tiny", "synthetic"], default="tiny")
     parser.add_argument("--model", type=Path, help="a tiny checkpoint directory (built if absent)")
     parser.add_argument("--seed", type=int, default=0)
