@@ -43,8 +43,8 @@ class SentenceWords:
 def playback_scale(output: OutputSpec) -> float:
     """Seconds the client hears per second the model made.
 
-    The ONE place a tempo change reaches word times: DashScope's `rate` today; a
-    `speed` option multiplies in here too (rate 2.0 or speed 2.0: times halve).
+    The ONE place a tempo change reaches word times: the native and OpenAI `speed` and
+    DashScope's `rate` are the output's one `rate` (2.0: times halve).
     """
     return 1.0 / output.rate
 
