@@ -1,7 +1,7 @@
 """The direct-engine baseline: the engine called in-process, no sockets, no server.
 
-`python -m bench._baseline --model DIR --workers W` loads W `VoxCPMEngine`s, each
-built, warmed and used by its own thread (as the server's replicas are), then
+`python -m bench.harness._baseline --model DIR --workers W` loads W `VoxCPMEngine`s, each
+built, warmed and used by its own thread (as the server's model instances are), then
 answers JSON-lines commands on stdin/stdout. A `run` command replays a level the
 way the load generator drives the server:
 

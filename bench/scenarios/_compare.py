@@ -102,7 +102,7 @@ def server_arguments(options: CompareOptions, workers: int) -> list[str]:
         "--workers",
         str(workers),
         # Admission must not refuse what the bench deliberately queues: at
-        # concurrency N every request waits for one of W replicas.
+        # concurrency N every request may wait for a slot.
         "--max-concurrent",
         str(peak * 2),
         "--max-connections",

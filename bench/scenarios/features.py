@@ -201,7 +201,7 @@ async def measure(url: str, metrics_url: str, runs: int) -> dict[str, Any]:
             nursery.start_soon(lambda i=i: request(url, f"m{i}", text=long_text, seed=i))
         await trio.sleep(1.0)
         figures["metrics_scrape_during_4_requests"] = await scrape(metrics_url)
-        nursery.cancel_scope.cancel()  # the clients leave; the server frees their replicas
+        nursery.cancel_scope.cancel()  # the clients leave; the server frees their slots
     return figures
 
 

@@ -12,7 +12,7 @@ interruption once audio is flowing and the reply is fully sent:
 - interruption -> last audio frame: Pipecat, from queueing an InterruptionFrame to the
   last audio frame that still left the service (0 if none did); LiveKit, from calling
   the stream's aclose() to its return (no frame can follow it).
-- interruption -> slot free: to the server's metrics showing no busy replica and no
+- interruption -> slot free: to the server's metrics showing no busy slot and no
   queue (polled every 20 ms), i.e. until generation really stopped.
 
 The OpenAI services go through `POST /v1/audio/speech` on the same port (Pipecat:

@@ -168,7 +168,7 @@ async def measure(url: str, runs: int) -> dict[str, object]:
     ws_times, http_times = [], []
     for _ in range(runs):
         # Each request stops after its first audio (cancel / hang-up); the pause lets
-        # the replica finish stopping, so neither path waits in the queue.
+        # the slot finish stopping, so neither path waits in the queue.
         ws_times.append(await websocket_ttfa(url))
         await trio.sleep(PAUSE_S)
         http_times.append(await http_ttfb(host, port))
