@@ -9,8 +9,11 @@ events as frames and `progress`), `_native_errors` (speech errors become protoco
 errors, in one place). DashScope duplex (`/api-ws/v1/inference`): `_dashscope`,
 `_dashscope_task`, `_dashscope_audio`. Shared WebSocket plumbing: `_endpoint` (the
 lifecycle every endpoint shares), `_websocket` (repairs to trio-websocket),
-`_writer` (serialised writes), `_keepalive` (ping/pong deadlines). `openai/` is the
-OpenAI-compatible HTTP API; `web/` the browser page's static files.
+`_writer` (serialised writes), `_keepalive` (ping/pong deadlines), `_activity` (when
+a peer last showed life; write deadlines that count its progress). Shared by both
+protocols: `_pending` (connections still sending their request), `_origin` (browser
+Origin and Host checks). `openai/` is the OpenAI-compatible HTTP API; `web/` the
+browser page's static files.
 
 May import the layers below it: `voxtrio.ops`, `voxtrio.speech`, `voxtrio.voices`,
 `voxtrio.audio`, `voxtrio.protocol`, `voxtrio._config`, plus Trio, trio-websocket,
