@@ -85,7 +85,7 @@ def where(doc: Path, line: int) -> str:
 
 
 def module_path_exists(token: str) -> bool:
-    """`server/_listener`, `speech/_replicas.ReplicaPool.run`: a voxtrio module (and name)."""
+    """`server/_listener`, `speech/_pool.InstancePool.run`: a voxtrio module (and name)."""
     head, *attributes = token.split(".")
     for base in (ROOT / "voxtrio" / head, ROOT / head):
         if base.is_dir() and not attributes:
