@@ -276,8 +276,10 @@ class Settings:
         metavar="ORIGINS", default_help="the server's own origin",
     )  # fmt: skip
     ready_file: str | None = setting(
-        None, None, p.text, "write the server's URL to this file once it is ready", metavar="FILE"
-    )
+        None, None, p.text,
+        "write the server's URL (then the side port's) to this file once it is ready",
+        metavar="FILE",
+    )  # fmt: skip
 
     @property
     def progress_intervals(self) -> ProgressIntervals:
