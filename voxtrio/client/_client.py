@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
-
-import attrs
+from typing import Any
 
 from voxtrio.client._connection import ClientConnection
-from voxtrio.client._errors import SynthesisCancelled, SynthesisError
 from voxtrio.client._results import Speech
 from voxtrio.client._streams import SynthesisStream, TextStream
-from voxtrio.protocol._messages import Mode, SynthesisOptions, TtsParams
-
-_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(TtsParams)) - {"text", "mode"}
-_STREAM_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(SynthesisOptions))
+from voxtrio.protocol._client_errors import SynthesisCancelled, SynthesisError
+from voxtrio.protocol._client_outgoing import request_params
+from voxtrio.protocol._messages import Mode
 
 
 class VoxtrioClient:
@@ -88,8 +84,7 @@ class VoxtrioClient:
         unknown name is a TypeError here. Leaving the context before the end
         cancels the request and waits for its terminal message (`cancel_timeout`).
         """
-        _check_names(params, _PARAM_NAMES)
-        body = {"text": text, "mode": mode, **_given(params)}
+        body = {"text": text, "mode": mode, **request_params(params)}
         request = await self._connection.open_request("tts_request", request_id, body)
         stream = SynthesisStream(self._connection, request)
         try:
@@ -106,10 +101,8 @@ class VoxtrioClient:
         `params` as for `synthesize`, but there is no text and no mode. Leaving
         the context before the request completed cancels it.
         """
-        _check_names(params, _STREAM_PARAM_NAMES)
-        request = await self._connection.open_request(
-            "text_stream_start", request_id, _given(params)
-        )
+        body = request_params(params)
+        request = await self._connection.open_request("text_stream_start", request_id, body)
         stream = TextStream(self._connection, request)
         try:
             yield stream
@@ -149,14 +142,3 @@ class VoxtrioClient:
     async def aclose(self) -> None:
         """Close the connection (1000), waiting at most `close_timeout` for the handshake."""
         await self._connection.aclose()
-
-
-def _check_names(params: Mapping[str, Any], known: frozenset[str]) -> None:
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise TypeError(f"unknown synthesis parameter(s): {', '.join(unknown)}")
-
-
-def _given(params: Mapping[str, Any]) -> dict[str, Any]:
-    # None means "the server's default": leave the key out.
-    return {name: value for name, value in params.items() if value is not None}

@@ -18,10 +18,7 @@ connection with 1002: after that nothing it says can be trusted.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-import uuid
 from collections import deque
 from typing import Any, Final, NoReturn
 
@@ -29,24 +26,28 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from voxtrio.client._errors import (
+from voxtrio.client._incoming import parse_server_message
+from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
     SynthesisError,
     VoxtrioClientError,
     clone_failure,
-    known_code,
+    synthesis_error,
 )
-from voxtrio.client._incoming import (
-    StreamingChunkMetadata,
-    WholeAudioMetadata,
-    parse_server_message,
-    structure_payload,
+from voxtrio.protocol._client_incoming import decode_audio_frame
+from voxtrio.protocol._client_outgoing import (
+    PingStamps,
+    cancel_message,
+    encode_message,
+    opening_message,
+    ping_message,
+    timeout_message,
 )
-from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._client_requests import RequestTable
 from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
 from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult, Words
 
 log = logging.getLogger("voxtrio.client")
@@ -90,11 +91,9 @@ class ClientConnection:
         self._ws_closed = trio.Event()
         self._nursery = nursery
         self._queue_size = message_queue_size
-        self._requests: dict[str, RequestState] = {}
-        # Ids given up on after cancel_timeout: the server may still answer for them.
-        self._abandoned: set[str] = set()
+        self._requests = RequestTable[RequestState]()
         self._pings: dict[int, _PingWaiter] = {}
-        self._last_ping_timestamp = 0
+        self._ping_stamps = PingStamps()
         self._failure: VoxtrioClientError | None = None
         self._closing = False
         self._reader_scope = trio.CancelScope()
@@ -106,7 +105,7 @@ class ClientConnection:
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return frozenset(self._requests)
+        return self._requests.ids
 
     def request(self, request_id: str) -> RequestState | None:
         """The active request with that id, if any."""
@@ -117,38 +116,34 @@ class ClientConnection:
     ) -> RequestState:
         """Register a request and send its opening message (`kind`: tts_request, ...)."""
         self.check_usable()
-        rid = uuid.uuid4().hex if request_id is None else request_id
-        if rid in self._requests or rid in self._abandoned:
-            raise ValueError(f"request id {rid!r} is still active on this connection")
+        rid = self._requests.reserve(request_id)
         send, receive = trio.open_memory_channel[Item](self._queue_size)
         request = RequestState(
-            rid,
-            params.get("mode", "streaming"),
-            params.get("format", "pcm16"),
-            send,
-            receive,
+            request_id=rid,
+            mode=params.get("mode", "streaming"),
+            format=params.get("format", "pcm16"),
+            send=send,
+            receive=receive,
             last_activity=trio.current_time(),
         )
-        self._requests[rid] = request
+        self._requests.add(request)
         try:
-            await self.send({"type": kind, "request_id": rid, "params": params})
+            await self.send(opening_message(kind, rid, params))
         except BaseException:
-            if self._requests.get(rid) is request:
-                del self._requests[rid]
+            self._requests.discard(request)
             receive.close()
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if request.cancel_sent or request.terminal_received or self._failure is not None:
+        if self._failure is not None or not request.claim_cancel():
             return False
-        request.cancel_sent = True
-        await self.send({"type": "cancel", "request_id": request.request_id})
+        await self.send(cancel_message(request.request_id))
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
         self.check_usable()
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        text = encode_message(message)
         # Shielded with its own deadline: a send cut short by a cancellation would
         # leave half a frame on the wire and the connection unusable.
         deadline = trio.current_time() + self.send_timeout
@@ -202,6 +197,7 @@ class ClientConnection:
                     request.progress = message
             case Words(request_id=rid):
                 if request := self._lookup(rid, "words"):
+                    request.accept_words(message)
                     request.words.append(message)
             case Complete(request_id=rid, result=result):
                 if request := self._lookup(rid, "complete", terminal=True):
@@ -209,7 +205,7 @@ class ClientConnection:
                         request.check_result(result)
                     await self._finish(request, message)
             case Error(request_id=None, error=body):
-                error = SynthesisError(known_code(body.code), body.message, body.details)
+                error = synthesis_error(message)
                 log.warning("connection-level error from %s: %s %s", self.url, error, body.details)
                 self.connection_errors.append(error)
             case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
@@ -221,38 +217,19 @@ class ClientConnection:
                     await self._finish(request, message)
 
     async def _on_frame(self, data: bytes) -> None:
-        try:
-            frame = decode_frame(data)
-        except FrameError as exc:
-            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
-        meta: StreamingChunkMetadata | WholeAudioMetadata
-        if frame.type is FrameType.STREAMING_CHUNK:
-            meta = structure_payload(
-                StreamingChunkMetadata, frame.metadata, "streaming frame's metadata"
-            )
-        else:
-            meta = structure_payload(WholeAudioMetadata, frame.metadata, "audio frame's metadata")
-        if request := self._lookup(meta.request_id, "audio frame"):
-            chunk = request.accept_frame(frame.type, meta, frame.payload)
+        audio = decode_audio_frame(data)
+        if request := self._lookup(audio.metadata.request_id, "audio frame"):
+            chunk = request.accept_audio(audio)
             if chunk is not None:
                 await self._deliver(request, chunk)
 
     def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
         """The active request a message names; None for an abandoned one (dropped)."""
-        request = self._requests.get(request_id)
-        if request is not None:
-            request.last_activity = trio.current_time()
-            return request
-        if request_id in self._abandoned:
-            if terminal:
-                self._abandoned.discard(request_id)
-            return None
-        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
+        return self._requests.lookup(request_id, what, now=trio.current_time(), terminal=terminal)
 
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        request.terminal_received = True
         # The server frees the id when it sends the terminal message: so do we.
-        del self._requests[request.request_id]
+        self._requests.finish(request)
         await self._deliver(request, terminal)
         request.send.close()
 
@@ -276,9 +253,8 @@ class ClientConnection:
         """The connection is unusable: wake every waiter with `exc` (the first failure wins)."""
         if self._failure is None:
             self._failure = exc
-        for request in self._requests.values():
+        for request in self._requests.drain():
             request.send.close()
-        self._requests.clear()
         for waiter in self._pings.values():
             waiter.event.set()
         self._reader_scope.cancel()
@@ -316,31 +292,20 @@ class ClientConnection:
         raise clone_failure(failure)
 
     def abandon(self, request: RequestState) -> None:
-        if self._requests.get(request.request_id) is request:
-            del self._requests[request.request_id]
-            self._abandoned.add(request.request_id)
+        self._requests.abandon(request)
 
     def timeout_message(self, request_id: str, timeout: float) -> str:
-        message = f"no message about request {request_id!r} for response_timeout={timeout:g} s"
-        blocked = self._reader_blocked_on
-        if blocked is not None and blocked != request_id:
-            message += (
-                f"; the connection is paused because nobody reads request {blocked!r}: "
-                "read every open stream, each from its own task"
-            )
-        return message
+        return timeout_message(request_id, timeout, self._reader_blocked_on)
 
     async def ping(self, ping_timeout: float) -> float:
         """Send a protocol `ping` and return the round trip in seconds."""
         self.check_usable()
         timeout = ping_timeout
-        # Unique timestamps: the pong is matched to its ping by the echoed value.
-        timestamp = max(int(time.time() * 1000), self._last_ping_timestamp + 1)
-        self._last_ping_timestamp = timestamp
+        timestamp = self._ping_stamps.next()
         waiter = _PingWaiter(trio.current_time())
         self._pings[timestamp] = waiter
         try:
-            await self.send({"type": "ping", "timestamp": timestamp})
+            await self.send(ping_message(timestamp))
             with trio.move_on_after(timeout):
                 await waiter.event.wait()
         finally:
