@@ -14,33 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import uuid
 from typing import Any, NoReturn
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voxtrio.aioclient._errors import (
+from voxtrio.aioclient._incoming import WordTimings, parse_server_text
+from voxtrio.aioclient._request import Failure, Item, RequestState
+from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
-    SynthesisError,
     VoxtrioClientError,
-    known_code,
+    clone_failure,
+    synthesis_error,
 )
-from voxtrio.aioclient._incoming import (
-    StreamingChunkMetadata,
-    WholeAudioMetadata,
-    WordTimings,
-    parse_server_text,
-    structure_payload,
+from voxtrio.protocol._client_incoming import decode_audio_frame
+from voxtrio.protocol._client_outgoing import (
+    PingStamps,
+    cancel_message,
+    encode_message,
+    opening_message,
+    ping_message,
+    timeout_message,
 )
-from voxtrio.aioclient._request import Failure, Item, RequestState
+from voxtrio.protocol._client_requests import RequestTable
 from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
 from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
 from voxtrio.protocol._voice_messages import VoiceDeleted, VoiceRegistered, Voices
 
@@ -68,12 +69,11 @@ class AsyncConnection:
         self.close_timeout = close_timeout
         self._ws = ws
         self._queue_size = queue_size
-        self._requests: dict[str, RequestState] = {}
-        # Ids given up on after cancel_timeout: the server may still answer for them.
-        self._abandoned: set[str] = set()
+        self._requests = RequestTable[RequestState]()
         # One-off replies (voice_list, ping) by request id / timestamp.
         self._replies: dict[str | int, asyncio.Future[Any]] = {}
-        self._last_ping = 0
+        self._ping_stamps = PingStamps()
+        self._reader_blocked_on: str | None = None
         self._failure: VoxtrioClientError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader = self.spawn(self._read_loop())
@@ -84,7 +84,7 @@ class AsyncConnection:
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return frozenset(self._requests)
+        return self._requests.ids
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this connection keeps a reference to (asyncio drops weak ones)."""
@@ -100,34 +100,31 @@ class AsyncConnection:
     ) -> RequestState:
         """Register a request and send its opening message (tts_request, text_stream_start)."""
         self.check_usable()
-        rid = uuid.uuid4().hex if request_id is None else request_id
-        if rid in self._requests or rid in self._abandoned:
-            raise ValueError(f"request id {rid!r} is still active on this connection")
+        rid = self._requests.reserve(request_id)
         request = RequestState(
-            rid,
-            params.get("mode", "streaming"),
-            params.get("format", "pcm16"),
-            asyncio.Queue(self._queue_size),
+            request_id=rid,
+            mode=params.get("mode", "streaming"),
+            format=params.get("format", "pcm16"),
+            queue=asyncio.Queue(self._queue_size),
             last_activity=time.monotonic(),
         )
-        self._requests[rid] = request
+        self._requests.add(request)
         try:
-            await self.send({"type": kind, "request_id": rid, "params": params})
+            await self.send(opening_message(kind, rid, params))
         except BaseException:
-            self._requests.pop(rid, None)
+            self._requests.discard(request)
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if request.cancel_sent or request.terminal_received or self._failure is not None:
+        if self._failure is not None or not request.claim_cancel():
             return False
-        request.cancel_sent = True
-        await self.send({"type": "cancel", "request_id": request.request_id})
+        await self.send(cancel_message(request.request_id))
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
         self.check_usable()
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        text = encode_message(message)
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._ws.send(text)
@@ -156,13 +153,12 @@ class AsyncConnection:
 
     async def ping(self, ping_timeout: float) -> float:
         """A protocol `ping`; the round trip in seconds."""
-        timestamp = max(int(time.time() * 1000), self._last_ping + 1)
-        self._last_ping = timestamp
+        timestamp = self._ping_stamps.next()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[timestamp] = future
         started = time.monotonic()
         try:
-            await self.send({"type": "ping", "timestamp": timestamp})
+            await self.send(ping_message(timestamp))
             async with asyncio.timeout(ping_timeout):
                 await future
         except TimeoutError:
@@ -215,9 +211,8 @@ class AsyncConnection:
                     await self._finish(request, message)
             case Error(request_id=None, error=body):
                 log.warning("connection-level error from %s: %s %s", self.url, body.code, body)
-            case Error(request_id=str(rid), error=body) if rid in self._replies:
-                error = SynthesisError(known_code(body.code), body.message, body.details)
-                self._resolve(rid, error)
+            case Error(request_id=str(rid)) if rid in self._replies:
+                self._resolve(rid, synthesis_error(message))
             case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
                 log.debug("cancel of %r crossed its end on the wire", rid)
             case Error(request_id=str(rid)):
@@ -227,17 +222,9 @@ class AsyncConnection:
                 self._resolve(message.request_id, message)
 
     async def _on_frame(self, data: bytes) -> None:
-        try:
-            frame = decode_frame(data)
-        except FrameError as exc:
-            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
-        meta: StreamingChunkMetadata | WholeAudioMetadata
-        if frame.type is FrameType.STREAMING_CHUNK:
-            meta = structure_payload(StreamingChunkMetadata, frame.metadata, "frame metadata")
-        else:
-            meta = structure_payload(WholeAudioMetadata, frame.metadata, "frame metadata")
-        if request := self._lookup(meta.request_id, "audio frame"):
-            chunk = request.accept_frame(frame.type, meta, frame.payload)
+        audio = decode_audio_frame(data)
+        if request := self._lookup(audio.metadata.request_id, "audio frame"):
+            chunk = request.accept_audio(audio)
             if chunk is not None:
                 await self._deliver(request, chunk)
 
@@ -251,25 +238,24 @@ class AsyncConnection:
             future.set_result(value)
 
     def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
-        request = self._requests.get(request_id)
-        if request is not None:
-            request.last_activity = time.monotonic()
-            return request
-        if request_id in self._abandoned:
-            if terminal:
-                self._abandoned.discard(request_id)
-            return None
-        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
+        """The active request a message names; None for an abandoned one (dropped)."""
+        return self._requests.lookup(request_id, what, now=time.monotonic(), terminal=terminal)
 
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        request.terminal_received = True
-        del self._requests[request.request_id]
+        # The server frees the id when it sends the terminal message: so do we.
+        self._requests.finish(request)
         await self._deliver(request, terminal)
 
     async def _deliver(self, request: RequestState, item: Item) -> None:
-        if not request.closed:
-            # Waits while the consumer is behind: this pauses the whole connection.
+        if request.closed:
+            return
+        if request.queue.full():
+            # The consumer is behind: wait for it (this pauses the whole connection).
+            self._reader_blocked_on = request.request_id
+        try:
             await request.queue.put(item)
+        finally:
+            self._reader_blocked_on = None
 
     # -- failure and closing ----------------------------------------------------
 
@@ -277,9 +263,8 @@ class AsyncConnection:
         """The connection is unusable: wake every waiter (the first failure wins)."""
         if self._failure is None:
             self._failure = exc
-        for request in self._requests.values():
+        for request in self._requests.drain():
             request.wake(Failure(exc))
-        self._requests.clear()
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(ConnectionLost(str(exc)))
@@ -301,12 +286,13 @@ class AsyncConnection:
 
     def raise_failure(self) -> NoReturn:
         failure = self._failure or ConnectionLost("the request ended without a terminal message")
-        raise type(failure)(str(failure)) from failure
+        raise clone_failure(failure)
 
     def abandon(self, request: RequestState) -> None:
-        if self._requests.get(request.request_id) is request:
-            del self._requests[request.request_id]
-            self._abandoned.add(request.request_id)
+        self._requests.abandon(request)
+
+    def timeout_message(self, request_id: str, timeout: float) -> str:
+        return timeout_message(request_id, timeout, self._reader_blocked_on)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
