@@ -23,11 +23,12 @@ Built on the sans-IO `voxtrio.protocol` (messages, frames, the strict converter)
 its client part, shared with the Trio client: the error classes
 (`protocol._client_errors`, re-exported here: the same classes as
 `voxtrio.client`'s), decoding (`_client_incoming`), each request's checks
-(`_client_requests`) and the messages sent (`_client_outgoing`). By concern:
-`_client` (connecting, the public calls), `_connection` (the WebSocket, the reader
-task, failure), `_streams`, `_request` (one request's queue), `_incoming` (the
-server messages it handles). It never imports Trio or the server's stack (import
-contracts `asyncio-clients` and `client-light` in pyproject.toml).
+(`_client_requests`), the messages sent (`_client_outgoing`) and one connection's
+protocol state (`_client_connection`). By concern: `_client` (connecting, the public
+calls), `_connection` (the WebSocket, the reader task, failure), `_streams`,
+`_request` (one request's queue), `_incoming` (the names of word timings). It never
+imports Trio or the server's stack (import contracts `asyncio-clients` and
+`client-light` in pyproject.toml).
 """
 
 from voxtrio.aioclient._client import AsyncVoxtrioClient, connect, open_client

@@ -21,29 +21,23 @@ from typing import Any, NoReturn
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voxtrio.aioclient._incoming import WordTimings, parse_server_text
 from voxtrio.aioclient._request import Failure, Item, RequestState
+from voxtrio.protocol._client_connection import (
+    ClientConnectionState,
+    Ended,
+    Reply,
+    ServerNotice,
+    WordsFor,
+)
 from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
     VoxtrioClientError,
-    clone_failure,
-    synthesis_error,
 )
-from voxtrio.protocol._client_incoming import decode_audio_frame
-from voxtrio.protocol._client_outgoing import (
-    PingStamps,
-    cancel_message,
-    encode_message,
-    opening_message,
-    ping_message,
-    timeout_message,
-)
-from voxtrio.protocol._client_requests import RequestTable
-from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
-from voxtrio.protocol._voice_messages import VoiceDeleted, VoiceRegistered, Voices
+from voxtrio.protocol._client_incoming import SERVER_MESSAGE_TYPES
+from voxtrio.protocol._client_outgoing import encode_message
+from voxtrio.protocol._messages import Complete, Error
 
 log = logging.getLogger("voxtrio.aioclient")
 
@@ -69,22 +63,20 @@ class AsyncConnection:
         self.close_timeout = close_timeout
         self._ws = ws
         self._queue_size = queue_size
-        self._requests = RequestTable[RequestState]()
+        # This client handles every message a server sends, voice replies included.
+        self._state = ClientConnectionState[RequestState](SERVER_MESSAGE_TYPES)
         # One-off replies (voice_list, ping) by request id / timestamp.
         self._replies: dict[str | int, asyncio.Future[Any]] = {}
-        self._ping_stamps = PingStamps()
-        self._reader_blocked_on: str | None = None
-        self._failure: VoxtrioClientError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader = self.spawn(self._read_loop())
 
     @property
     def closed(self) -> bool:
-        return self._failure is not None
+        return self._state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._requests.ids
+        return self._state.requests.ids
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this connection keeps a reference to (asyncio drops weak ones)."""
@@ -100,7 +92,7 @@ class AsyncConnection:
     ) -> RequestState:
         """Register a request and send its opening message (tts_request, text_stream_start)."""
         self.check_usable()
-        rid = self._requests.reserve(request_id)
+        rid = self._state.requests.reserve(request_id)
         request = RequestState(
             request_id=rid,
             mode=params.get("mode", "streaming"),
@@ -108,23 +100,26 @@ class AsyncConnection:
             queue=asyncio.Queue(self._queue_size),
             last_activity=time.monotonic(),
         )
-        self._requests.add(request)
+        text = self._state.open_request(request, kind, params)
         try:
-            await self.send(opening_message(kind, rid, params))
+            await self._send_text(text)
         except BaseException:
-            self._requests.discard(request)
+            self._state.requests.discard(request)
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if self._failure is not None or not request.claim_cancel():
+        text = self._state.cancel(request)
+        if text is None:
             return False
-        await self.send(cancel_message(request.request_id))
+        await self._send_text(text)
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self._send_text(encode_message(message))
+
+    async def _send_text(self, text: str) -> None:
         self.check_usable()
-        text = encode_message(message)
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._ws.send(text)
@@ -140,6 +135,7 @@ class AsyncConnection:
         rid = message["request_id"]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[rid] = future
+        self._state.await_reply(rid)
         try:
             await self.send(message)
             async with asyncio.timeout(reply_timeout):
@@ -150,15 +146,16 @@ class AsyncConnection:
             ) from None
         finally:
             self._replies.pop(rid, None)
+            self._state.stop_awaiting(rid)
 
     async def ping(self, ping_timeout: float) -> float:
         """A protocol `ping`; the round trip in seconds."""
-        timestamp = self._ping_stamps.next()
+        timestamp, text = self._state.ping()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[timestamp] = future
         started = time.monotonic()
         try:
-            await self.send(ping_message(timestamp))
+            await self._send_text(text)
             async with asyncio.timeout(ping_timeout):
                 await future
         except TimeoutError:
@@ -193,40 +190,19 @@ class AsyncConnection:
             await self._close(1011, "client error")
 
     async def _on_text(self, text: str) -> None:
-        message = parse_server_text(text)
-        match message:
-            case Pong(timestamp=timestamp):
-                self._resolve(timestamp, message)
-            case Progress(request_id=rid):
-                if request := self._lookup(rid, "progress"):
-                    request.progress = message
-            case WordTimings(request_id=rid):
-                if request := self._lookup(rid, "words"):
-                    request.accept_words(message)
-                    await self._deliver(request, message)
-            case Complete(request_id=rid, result=result):
-                if request := self._lookup(rid, "complete", terminal=True):
-                    if isinstance(result, SynthesisResult):
-                        request.check_result(result)
-                    await self._finish(request, message)
-            case Error(request_id=None, error=body):
-                log.warning("connection-level error from %s: %s %s", self.url, body.code, body)
-            case Error(request_id=str(rid)) if rid in self._replies:
-                self._resolve(rid, synthesis_error(message))
-            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
-                log.debug("cancel of %r crossed its end on the wire", rid)
-            case Error(request_id=str(rid)):
-                if request := self._lookup(rid, "error", terminal=True):
-                    await self._finish(request, message)
-            case Voices() | VoiceRegistered() | VoiceDeleted():
-                self._resolve(message.request_id, message)
+        match self._state.text_received(text, now=time.monotonic()):
+            case Reply(key=key, value=value):
+                self._resolve(key, value)
+            case WordsFor(request=request, words=words):
+                await self._deliver(request, words)
+            case Ended(request=request, message=message):
+                await self._finish(request, message)
+            case ServerNotice(error=error):
+                log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
 
     async def _on_frame(self, data: bytes) -> None:
-        audio = decode_audio_frame(data)
-        if request := self._lookup(audio.metadata.request_id, "audio frame"):
-            chunk = request.accept_audio(audio)
-            if chunk is not None:
-                await self._deliver(request, chunk)
+        if audio := self._state.frame_received(data, now=time.monotonic()):
+            await self._deliver(audio.request, audio.chunk)
 
     def _resolve(self, key: str | int, value: Any) -> None:
         future = self._replies.get(key)
@@ -237,13 +213,8 @@ class AsyncConnection:
         else:
             future.set_result(value)
 
-    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
-        """The active request a message names; None for an abandoned one (dropped)."""
-        return self._requests.lookup(request_id, what, now=time.monotonic(), terminal=terminal)
-
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        # The server frees the id when it sends the terminal message: so do we.
-        self._requests.finish(request)
+        # The state has freed the id (the server did when it sent the terminal message).
         await self._deliver(request, terminal)
 
     async def _deliver(self, request: RequestState, item: Item) -> None:
@@ -251,27 +222,25 @@ class AsyncConnection:
             return
         if request.queue.full():
             # The consumer is behind: wait for it (this pauses the whole connection).
-            self._reader_blocked_on = request.request_id
+            self._state.reader_blocked_on = request.request_id
         try:
             await request.queue.put(item)
         finally:
-            self._reader_blocked_on = None
+            self._state.reader_blocked_on = None
 
     # -- failure and closing ----------------------------------------------------
 
     def _fail(self, exc: VoxtrioClientError) -> None:
         """The connection is unusable: wake every waiter (the first failure wins)."""
-        if self._failure is None:
-            self._failure = exc
-        for request in self._requests.drain():
+        for request in self._state.fail(exc):
             request.wake(Failure(exc))
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(ConnectionLost(str(exc)))
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._failure is not None:
-            return ConnectionLost(str(self._failure))
+        if self._state.failure is not None:
+            return ConnectionLost(str(self._state.failure))
         received = exc.rcvd
         if received is None:
             return ConnectionLost("the connection broke (no close frame)")
@@ -281,18 +250,16 @@ class AsyncConnection:
         )
 
     def check_usable(self) -> None:
-        if self._failure is not None:
-            self.raise_failure()
+        self._state.check_usable()
 
     def raise_failure(self) -> NoReturn:
-        failure = self._failure or ConnectionLost("the request ended without a terminal message")
-        raise clone_failure(failure)
+        self._state.raise_failure()
 
     def abandon(self, request: RequestState) -> None:
-        self._requests.abandon(request)
+        self._state.requests.abandon(request)
 
     def timeout_message(self, request_id: str, timeout: float) -> str:
-        return timeout_message(request_id, timeout, self._reader_blocked_on)
+        return self._state.timeout_message(request_id, timeout)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

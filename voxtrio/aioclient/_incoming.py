@@ -1,18 +1,13 @@
-"""The server's text messages, decoded by the protocol's client decoder; word timing names.
+"""This client's names for what the server sends about words: WordTimings and Word.
 
-This client handles every message a server sends, voice replies included.
+(It handles every message a server sends, voice replies included: the protocol's
+SERVER_MESSAGE_TYPES, decoded by `voxtrio.protocol._client_connection`.)
 """
 
 from __future__ import annotations
 
-from voxtrio.protocol._client_incoming import SERVER_MESSAGE_TYPES, decode_server_text
-from voxtrio.protocol._messages import ServerMessage, Words, WordTime
+from voxtrio.protocol._messages import Words, WordTime
 
-# The names this client exports: a sentence's word timings, and one word of them.
+# A sentence's word timings, and one word of them.
 WordTimings = Words
 Word = WordTime
-
-
-def parse_server_text(text: str) -> ServerMessage:
-    """One text frame from the server, or ProtocolViolation saying what is wrong."""
-    return decode_server_text(text, SERVER_MESSAGE_TYPES)

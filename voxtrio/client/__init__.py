@@ -25,12 +25,12 @@ The package, by concern: `_connect` (URL, TCP/TLS, handshake), `_connection` (th
 WebSocket, the reader task, failure), `_client` (VoxtrioClient, the public calls),
 `_streams` (SynthesisStream, TextStream), `_request` (one request's channel),
 `_incoming` (the server messages it handles), `_results`, `_wav`. What does no I/O
-is the protocol's and shared with the asyncio client (`voxtrio.aioclient`): the
-error classes (`protocol._client_errors`, re-exported here), decoding
-(`_client_incoming`), each request's checks (`_client_requests`) and the messages
-sent (`_client_outgoing`). It imports only `voxtrio.protocol`, Trio and
-trio-websocket: never the server's stack (torch, voxcpm, codecs, numpy), as the
-import contracts in pyproject.toml check.
+is the protocol's, shared with the asyncio client (`voxtrio.aioclient`): the error
+classes (`protocol._client_errors`, re-exported here), decoding
+(`_client_incoming`), each request's checks (`_client_requests`), the messages sent
+(`_client_outgoing`) and one connection's protocol state (`_client_connection`).
+It imports only `voxtrio.protocol`, Trio and trio-websocket: never the server's
+stack (torch, voxcpm, codecs, numpy), as the import contracts in pyproject.toml check.
 """
 
 from voxtrio.client._client import VoxtrioClient

@@ -26,29 +26,24 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from voxtrio.client._incoming import parse_server_message
+from voxtrio.client._incoming import HANDLED_MESSAGES
 from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._client_connection import (
+    ClientConnectionState,
+    Ended,
+    Reply,
+    ServerNotice,
+    WordsFor,
+)
 from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
     SynthesisError,
     VoxtrioClientError,
-    clone_failure,
-    synthesis_error,
 )
-from voxtrio.protocol._client_incoming import decode_audio_frame
-from voxtrio.protocol._client_outgoing import (
-    PingStamps,
-    cancel_message,
-    encode_message,
-    opening_message,
-    ping_message,
-    timeout_message,
-)
-from voxtrio.protocol._client_requests import RequestTable
-from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult, Words
+from voxtrio.protocol._client_outgoing import encode_message
+from voxtrio.protocol._messages import Complete, Error, Pong
 
 log = logging.getLogger("voxtrio.client")
 
@@ -91,32 +86,29 @@ class ClientConnection:
         self._ws_closed = trio.Event()
         self._nursery = nursery
         self._queue_size = message_queue_size
-        self._requests = RequestTable[RequestState]()
+        self._state = ClientConnectionState[RequestState](HANDLED_MESSAGES)
         self._pings: dict[int, _PingWaiter] = {}
-        self._ping_stamps = PingStamps()
-        self._failure: VoxtrioClientError | None = None
         self._closing = False
         self._reader_scope = trio.CancelScope()
-        self._reader_blocked_on: str | None = None
 
     @property
     def closed(self) -> bool:
-        return self._failure is not None
+        return self._state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._requests.ids
+        return self._state.requests.ids
 
     def request(self, request_id: str) -> RequestState | None:
         """The active request with that id, if any."""
-        return self._requests.get(request_id)
+        return self._state.requests.get(request_id)
 
     async def open_request(
         self, kind: str, request_id: str | None, params: dict[str, Any]
     ) -> RequestState:
         """Register a request and send its opening message (`kind`: tts_request, ...)."""
         self.check_usable()
-        rid = self._requests.reserve(request_id)
+        rid = self._state.requests.reserve(request_id)
         send, receive = trio.open_memory_channel[Item](self._queue_size)
         request = RequestState(
             request_id=rid,
@@ -126,24 +118,27 @@ class ClientConnection:
             receive=receive,
             last_activity=trio.current_time(),
         )
-        self._requests.add(request)
+        text = self._state.open_request(request, kind, params)
         try:
-            await self.send(opening_message(kind, rid, params))
+            await self._send_text(text)
         except BaseException:
-            self._requests.discard(request)
+            self._state.requests.discard(request)
             receive.close()
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if self._failure is not None or not request.claim_cancel():
+        text = self._state.cancel(request)
+        if text is None:
             return False
-        await self.send(cancel_message(request.request_id))
+        await self._send_text(text)
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
+        await self._send_text(encode_message(message))
+
+    async def _send_text(self, text: str) -> None:
         self.check_usable()
-        text = encode_message(message)
         # Shielded with its own deadline: a send cut short by a cancellation would
         # leave half a frame on the wire and the connection unusable.
         deadline = trio.current_time() + self.send_timeout
@@ -183,53 +178,28 @@ class ClientConnection:
                 self._fail(exc, close_code=1002)
 
     async def _on_text(self, text: str) -> None:
-        message = parse_server_message(text)
-        match message:
-            case Pong(timestamp=timestamp):
+        match self._state.text_received(text, now=trio.current_time()):
+            case Reply(key=int(timestamp), value=Pong() as pong):
                 waiter = self._pings.pop(timestamp, None)
                 if waiter is None:
                     log.debug("pong %d matches no waiting ping (it came too late)", timestamp)
                 else:
-                    waiter.pong = message
+                    waiter.pong = pong
                     waiter.event.set()
-            case Progress(request_id=rid):
-                if request := self._lookup(rid, "progress"):
-                    request.progress = message
-            case Words(request_id=rid):
-                if request := self._lookup(rid, "words"):
-                    request.accept_words(message)
-                    request.words.append(message)
-            case Complete(request_id=rid, result=result):
-                if request := self._lookup(rid, "complete", terminal=True):
-                    if isinstance(result, SynthesisResult):
-                        request.check_result(result)
-                    await self._finish(request, message)
-            case Error(request_id=None, error=body):
-                error = synthesis_error(message)
-                log.warning("connection-level error from %s: %s %s", self.url, error, body.details)
+            case WordsFor(request=request, words=words):
+                request.words.append(words)
+            case Ended(request=request, message=message):
+                await self._finish(request, message)
+            case ServerNotice(error=error):
+                log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
                 self.connection_errors.append(error)
-            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
-                # Never a request's terminal: the answer to a cancel that crossed the
-                # request's own terminal message on the wire. Nothing to do.
-                log.debug("cancel of %r arrived after it had finished", rid)
-            case Error(request_id=str(rid)):
-                if request := self._lookup(rid, "error", terminal=True):
-                    await self._finish(request, message)
 
     async def _on_frame(self, data: bytes) -> None:
-        audio = decode_audio_frame(data)
-        if request := self._lookup(audio.metadata.request_id, "audio frame"):
-            chunk = request.accept_audio(audio)
-            if chunk is not None:
-                await self._deliver(request, chunk)
-
-    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
-        """The active request a message names; None for an abandoned one (dropped)."""
-        return self._requests.lookup(request_id, what, now=trio.current_time(), terminal=terminal)
+        if audio := self._state.frame_received(data, now=trio.current_time()):
+            await self._deliver(audio.request, audio.chunk)
 
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        # The server frees the id when it sends the terminal message: so do we.
-        self._requests.finish(request)
+        # The state has freed the id (the server did when it sent the terminal message).
         await self._deliver(request, terminal)
         request.send.close()
 
@@ -239,11 +209,11 @@ class ClientConnection:
                 request.send.send_nowait(item)
             except trio.WouldBlock:
                 # The consumer is behind: wait for it (this pauses the whole connection).
-                self._reader_blocked_on = request.request_id
+                self._state.reader_blocked_on = request.request_id
                 try:
                     await request.send.send(item)
                 finally:
-                    self._reader_blocked_on = None
+                    self._state.reader_blocked_on = None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the stream was closed (given up on): drop what it would have read
 
@@ -251,9 +221,7 @@ class ClientConnection:
 
     def _fail(self, exc: VoxtrioClientError, *, close_code: int | None = None) -> None:
         """The connection is unusable: wake every waiter with `exc` (the first failure wins)."""
-        if self._failure is None:
-            self._failure = exc
-        for request in self._requests.drain():
+        for request in self._state.fail(exc):
             request.send.close()
         for waiter in self._pings.values():
             waiter.event.set()
@@ -271,8 +239,8 @@ class ClientConnection:
             self._ws_closed.set()
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._closing and self._failure is not None:
-            return ConnectionLost(str(self._failure))
+        if self._closing and self._state.failure is not None:
+            return ConnectionLost(str(self._state.failure))
         reason = exc.reason
         if reason is None:
             return ConnectionLost("the connection closed")
@@ -284,35 +252,33 @@ class ClientConnection:
         )
 
     def check_usable(self) -> None:
-        if self._failure is not None:
-            self.raise_failure()
+        self._state.check_usable()
 
     def raise_failure(self) -> NoReturn:
-        failure = self._failure or ConnectionLost("the request ended without a terminal message")
-        raise clone_failure(failure)
+        self._state.raise_failure()
 
     def abandon(self, request: RequestState) -> None:
-        self._requests.abandon(request)
+        self._state.requests.abandon(request)
 
     def timeout_message(self, request_id: str, timeout: float) -> str:
-        return timeout_message(request_id, timeout, self._reader_blocked_on)
+        return self._state.timeout_message(request_id, timeout)
 
     async def ping(self, ping_timeout: float) -> float:
         """Send a protocol `ping` and return the round trip in seconds."""
         self.check_usable()
         timeout = ping_timeout
-        timestamp = self._ping_stamps.next()
+        timestamp, text = self._state.ping()
         waiter = _PingWaiter(trio.current_time())
         self._pings[timestamp] = waiter
         try:
-            await self.send(ping_message(timestamp))
+            await self._send_text(text)
             with trio.move_on_after(timeout):
                 await waiter.event.wait()
         finally:
             self._pings.pop(timestamp, None)
         if waiter.pong is not None:
             return trio.current_time() - waiter.sent_at
-        if self._failure is not None:
+        if self._state.failure is not None:
             self.raise_failure()
         raise ResponseTimeout(f"no pong within ping_timeout={timeout:g} s")
 
