@@ -48,11 +48,11 @@ class AsyncVoxtrioClient:
     @property
     def closed(self) -> bool:
         """True once the connection is unusable (closed, lost, or the server misbehaved)."""
-        return self._connection.closed
+        return self._connection.state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._connection.active_requests
+        return self._connection.state.requests.ids
 
     async def start_text_stream(
         self, *, request_id: str | None = None, **params: Any

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -43,7 +43,7 @@ log = logging.getLogger("voxtrio.aioclient")
 
 
 class AsyncConnection:
-    """The WebSocket and everything in flight on it (see the module docstring)."""
+    """The WebSocket and its tasks over the protocol `state` (see the module docstring)."""
 
     def __init__(
         self,
@@ -63,20 +63,14 @@ class AsyncConnection:
         self.close_timeout = close_timeout
         self._ws = ws
         self._queue_size = queue_size
-        # This client handles every message a server sends, voice replies included.
-        self._state = ClientConnectionState[RequestState](SERVER_MESSAGE_TYPES)
+        # Sans-IO: the requests, the first failure, the text of what is sent, and
+        # what each received message means (every type a server sends: this client
+        # has voice calls).
+        self.state = ClientConnectionState[RequestState](SERVER_MESSAGE_TYPES)
         # One-off replies (voice_list, ping) by request id / timestamp.
         self._replies: dict[str | int, asyncio.Future[Any]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader = self.spawn(self._read_loop())
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
-
-    @property
-    def active_requests(self) -> frozenset[str]:
-        return self._state.requests.ids
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this connection keeps a reference to (asyncio drops weak ones)."""
@@ -91,8 +85,8 @@ class AsyncConnection:
         self, kind: str, request_id: str | None, params: dict[str, Any]
     ) -> RequestState:
         """Register a request and send its opening message (tts_request, text_stream_start)."""
-        self.check_usable()
-        rid = self._state.requests.reserve(request_id)
+        self.state.check_usable()
+        rid = self.state.requests.reserve(request_id)
         request = RequestState(
             request_id=rid,
             mode=params.get("mode", "streaming"),
@@ -100,16 +94,16 @@ class AsyncConnection:
             queue=asyncio.Queue(self._queue_size),
             last_activity=time.monotonic(),
         )
-        text = self._state.open_request(request, kind, params)
+        text = self.state.open_request(request, kind, params)
         try:
             await self._send_text(text)
         except BaseException:
-            self._state.requests.discard(request)
+            self.state.requests.discard(request)
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        text = self._state.cancel(request)
+        text = self.state.cancel(request)
         if text is None:
             return False
         await self._send_text(text)
@@ -119,23 +113,23 @@ class AsyncConnection:
         await self._send_text(encode_message(message))
 
     async def _send_text(self, text: str) -> None:
-        self.check_usable()
+        self.state.check_usable()
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._ws.send(text)
         except ConnectionClosed as exc:
             self._fail(self._lost(exc))
-            self.raise_failure()
+            self.state.raise_failure()
         except TimeoutError:
             self._fail(ConnectionLost(f"a message was not sent within {self.send_timeout:g} s"))
-            self.raise_failure()
+            self.state.raise_failure()
 
     async def request_reply(self, message: dict[str, Any], reply_timeout: float) -> Any:
         """Send a message that one reply answers (voice_list...) and return the reply."""
         rid = message["request_id"]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[rid] = future
-        self._state.await_reply(rid)
+        self.state.await_reply(rid)
         try:
             await self.send(message)
             async with asyncio.timeout(reply_timeout):
@@ -146,11 +140,11 @@ class AsyncConnection:
             ) from None
         finally:
             self._replies.pop(rid, None)
-            self._state.stop_awaiting(rid)
+            self.state.stop_awaiting(rid)
 
     async def ping(self, ping_timeout: float) -> float:
         """A protocol `ping`; the round trip in seconds."""
-        timestamp, text = self._state.ping()
+        timestamp, text = self.state.ping()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[timestamp] = future
         started = time.monotonic()
@@ -190,7 +184,7 @@ class AsyncConnection:
             await self._close(1011, "client error")
 
     async def _on_text(self, text: str) -> None:
-        match self._state.text_received(text, now=time.monotonic()):
+        match self.state.text_received(text, now=time.monotonic()):
             case Reply(key=key, value=value):
                 self._resolve(key, value)
             case WordsFor(request=request, words=words):
@@ -201,7 +195,7 @@ class AsyncConnection:
                 log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
 
     async def _on_frame(self, data: bytes) -> None:
-        if audio := self._state.frame_received(data, now=time.monotonic()):
+        if audio := self.state.frame_received(data, now=time.monotonic()):
             await self._deliver(audio.request, audio.chunk)
 
     def _resolve(self, key: str | int, value: Any) -> None:
@@ -222,25 +216,25 @@ class AsyncConnection:
             return
         if request.queue.full():
             # The consumer is behind: wait for it (this pauses the whole connection).
-            self._state.reader_blocked_on = request.request_id
+            self.state.reader_blocked_on = request.request_id
         try:
             await request.queue.put(item)
         finally:
-            self._state.reader_blocked_on = None
+            self.state.reader_blocked_on = None
 
     # -- failure and closing ----------------------------------------------------
 
     def _fail(self, exc: VoxtrioClientError) -> None:
         """The connection is unusable: wake every waiter (the first failure wins)."""
-        for request in self._state.fail(exc):
+        for request in self.state.fail(exc):
             request.wake(Failure(exc))
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(ConnectionLost(str(exc)))
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._state.failure is not None:
-            return ConnectionLost(str(self._state.failure))
+        if self.state.failure is not None:
+            return ConnectionLost(str(self.state.failure))
         received = exc.rcvd
         if received is None:
             return ConnectionLost("the connection broke (no close frame)")
@@ -248,18 +242,6 @@ class AsyncConnection:
         return ConnectionLost(
             f"the server closed the connection: {received.code}{reason}", code=received.code
         )
-
-    def check_usable(self) -> None:
-        self._state.check_usable()
-
-    def raise_failure(self) -> NoReturn:
-        self._state.raise_failure()
-
-    def abandon(self, request: RequestState) -> None:
-        self._state.requests.abandon(request)
-
-    def timeout_message(self, request_id: str, timeout: float) -> str:
-        return self._state.timeout_message(request_id, timeout)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

@@ -126,7 +126,7 @@ class SynthesisStream:
                 self.request_id,
                 timeout,
             )
-            self._connection.abandon(self._request)
+            self._connection.state.requests.abandon(self._request)
         finally:
             self._release()
 
@@ -141,7 +141,7 @@ class SynthesisStream:
             except TimeoutError:
                 # Progress messages refresh last_activity without waking us.
                 if time.monotonic() >= max(self._request.last_activity, started) + timeout:
-                    message = self._connection.timeout_message(self.request_id, timeout)
+                    message = self._connection.state.timeout_message(self.request_id, timeout)
                     raise ResponseTimeout(message) from None
 
     def _consume(self, item: Item) -> Event:

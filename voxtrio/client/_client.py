@@ -22,9 +22,8 @@ class VoxtrioClient:
         self._connection = connection
 
     def __repr__(self) -> str:
-        connection = self._connection
-        state = "closed" if connection.closed else "open"
-        return f"<VoxtrioClient {connection.url} {state}, {len(connection.active_requests)} active>"
+        state = "closed" if self.closed else "open"
+        return f"<VoxtrioClient {self.url} {state}, {len(self.active_requests)} active>"
 
     @property
     def url(self) -> str:
@@ -33,11 +32,11 @@ class VoxtrioClient:
     @property
     def closed(self) -> bool:
         """True once the connection is unusable (closed, lost, or the server misbehaved)."""
-        return self._connection.closed
+        return self._connection.state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._connection.active_requests
+        return self._connection.state.requests.ids
 
     @property
     def connection_errors(self) -> deque[SynthesisError]:
@@ -129,7 +128,7 @@ class VoxtrioClient:
 
     async def cancel(self, request_id: str) -> bool:
         """Cancel an active request of this client; False if there is none or it is cancelling."""
-        request = self._connection.request(request_id)
+        request = self._connection.state.requests.get(request_id)
         if request is None:
             return False
         return await self._connection.send_cancel(request)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import attrs
 import trio
@@ -58,7 +58,7 @@ class _PingWaiter:
 
 
 class ClientConnection:
-    """The WebSocket, the active requests, and the first failure (see the module docstring)."""
+    """The WebSocket and its reader over the protocol `state` (see the module docstring)."""
 
     def __init__(
         self,
@@ -86,29 +86,19 @@ class ClientConnection:
         self._ws_closed = trio.Event()
         self._nursery = nursery
         self._queue_size = message_queue_size
-        self._state = ClientConnectionState[RequestState](HANDLED_MESSAGES)
+        # Sans-IO: the requests, the first failure, the text of what is sent, and
+        # what each received message means (protocol._client_connection).
+        self.state = ClientConnectionState[RequestState](HANDLED_MESSAGES)
         self._pings: dict[int, _PingWaiter] = {}
         self._closing = False
         self._reader_scope = trio.CancelScope()
-
-    @property
-    def closed(self) -> bool:
-        return self._state.closed
-
-    @property
-    def active_requests(self) -> frozenset[str]:
-        return self._state.requests.ids
-
-    def request(self, request_id: str) -> RequestState | None:
-        """The active request with that id, if any."""
-        return self._state.requests.get(request_id)
 
     async def open_request(
         self, kind: str, request_id: str | None, params: dict[str, Any]
     ) -> RequestState:
         """Register a request and send its opening message (`kind`: tts_request, ...)."""
-        self.check_usable()
-        rid = self._state.requests.reserve(request_id)
+        self.state.check_usable()
+        rid = self.state.requests.reserve(request_id)
         send, receive = trio.open_memory_channel[Item](self._queue_size)
         request = RequestState(
             request_id=rid,
@@ -118,17 +108,17 @@ class ClientConnection:
             receive=receive,
             last_activity=trio.current_time(),
         )
-        text = self._state.open_request(request, kind, params)
+        text = self.state.open_request(request, kind, params)
         try:
             await self._send_text(text)
         except BaseException:
-            self._state.requests.discard(request)
+            self.state.requests.discard(request)
             receive.close()
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        text = self._state.cancel(request)
+        text = self.state.cancel(request)
         if text is None:
             return False
         await self._send_text(text)
@@ -138,7 +128,7 @@ class ClientConnection:
         await self._send_text(encode_message(message))
 
     async def _send_text(self, text: str) -> None:
-        self.check_usable()
+        self.state.check_usable()
         # Shielded with its own deadline: a send cut short by a cancellation would
         # leave half a frame on the wire and the connection unusable.
         deadline = trio.current_time() + self.send_timeout
@@ -147,7 +137,7 @@ class ClientConnection:
                 await self._ws.send_message(text)
             except ConnectionClosed as exc:
                 self._fail(self._lost(exc))
-                self.raise_failure()
+                self.state.raise_failure()
         if scope.cancelled_caught:
             self._fail(
                 ConnectionLost(
@@ -155,7 +145,7 @@ class ClientConnection:
                 ),
                 close_code=1011,
             )
-            self.raise_failure()
+            self.state.raise_failure()
 
     # -- the reader task --------------------------------------------------------
 
@@ -178,7 +168,7 @@ class ClientConnection:
                 self._fail(exc, close_code=1002)
 
     async def _on_text(self, text: str) -> None:
-        match self._state.text_received(text, now=trio.current_time()):
+        match self.state.text_received(text, now=trio.current_time()):
             case Reply(key=int(timestamp), value=Pong() as pong):
                 waiter = self._pings.pop(timestamp, None)
                 if waiter is None:
@@ -195,7 +185,7 @@ class ClientConnection:
                 self.connection_errors.append(error)
 
     async def _on_frame(self, data: bytes) -> None:
-        if audio := self._state.frame_received(data, now=trio.current_time()):
+        if audio := self.state.frame_received(data, now=trio.current_time()):
             await self._deliver(audio.request, audio.chunk)
 
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
@@ -209,11 +199,11 @@ class ClientConnection:
                 request.send.send_nowait(item)
             except trio.WouldBlock:
                 # The consumer is behind: wait for it (this pauses the whole connection).
-                self._state.reader_blocked_on = request.request_id
+                self.state.reader_blocked_on = request.request_id
                 try:
                     await request.send.send(item)
                 finally:
-                    self._state.reader_blocked_on = None
+                    self.state.reader_blocked_on = None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the stream was closed (given up on): drop what it would have read
 
@@ -221,7 +211,7 @@ class ClientConnection:
 
     def _fail(self, exc: VoxtrioClientError, *, close_code: int | None = None) -> None:
         """The connection is unusable: wake every waiter with `exc` (the first failure wins)."""
-        for request in self._state.fail(exc):
+        for request in self.state.fail(exc):
             request.send.close()
         for waiter in self._pings.values():
             waiter.event.set()
@@ -239,8 +229,8 @@ class ClientConnection:
             self._ws_closed.set()
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._closing and self._state.failure is not None:
-            return ConnectionLost(str(self._state.failure))
+        if self._closing and self.state.failure is not None:
+            return ConnectionLost(str(self.state.failure))
         reason = exc.reason
         if reason is None:
             return ConnectionLost("the connection closed")
@@ -251,23 +241,11 @@ class ClientConnection:
             code=reason.code,
         )
 
-    def check_usable(self) -> None:
-        self._state.check_usable()
-
-    def raise_failure(self) -> NoReturn:
-        self._state.raise_failure()
-
-    def abandon(self, request: RequestState) -> None:
-        self._state.requests.abandon(request)
-
-    def timeout_message(self, request_id: str, timeout: float) -> str:
-        return self._state.timeout_message(request_id, timeout)
-
     async def ping(self, ping_timeout: float) -> float:
         """Send a protocol `ping` and return the round trip in seconds."""
-        self.check_usable()
+        self.state.check_usable()
         timeout = ping_timeout
-        timestamp, text = self._state.ping()
+        timestamp, text = self.state.ping()
         waiter = _PingWaiter(trio.current_time())
         self._pings[timestamp] = waiter
         try:
@@ -278,8 +256,8 @@ class ClientConnection:
             self._pings.pop(timestamp, None)
         if waiter.pong is not None:
             return trio.current_time() - waiter.sent_at
-        if self._state.failure is not None:
-            self.raise_failure()
+        if self.state.failure is not None:
+            self.state.raise_failure()
         raise ResponseTimeout(f"no pong within ping_timeout={timeout:g} s")
 
     async def aclose(self) -> None:

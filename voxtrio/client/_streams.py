@@ -121,7 +121,7 @@ class SynthesisStream:
                 self.request_id,
                 timeout,
             )
-            self._connection.abandon(self._request)
+            self._connection.state.requests.abandon(self._request)
 
     async def _next_item(self) -> Item:
         timeout = self._connection.response_timeout
@@ -131,10 +131,12 @@ class SynthesisStream:
                 try:
                     return await self._request.receive.receive()
                 except trio.EndOfChannel:
-                    self._connection.raise_failure()
+                    self._connection.state.raise_failure()
             # Progress messages refresh last_activity without waking us: go on waiting.
             if trio.current_time() >= max(self._request.last_activity, started) + timeout:
-                raise ResponseTimeout(self._connection.timeout_message(self.request_id, timeout))
+                raise ResponseTimeout(
+                    self._connection.state.timeout_message(self.request_id, timeout)
+                )
 
     def _consume(self, item: Item) -> AudioChunk:
         match item:
