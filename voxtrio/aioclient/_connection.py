@@ -1,13 +1,13 @@
 """One connection on asyncio: the WebSocket, the reader task, the active requests, failure.
 
-The reader task reads every message, checks it (`_incoming`, `_request`) and hands it
-to the request it names through that request's *bounded* queue: a request nobody
-reads fills its queue and then pauses the reader, so backpressure reaches the
-server instead of audio piling up here. Progress is not queued: the reader keeps
-the latest one on the request. The first failure (the server closed, the network
-broke, the server broke the protocol) wakes every waiter with ConnectionLost or
-ProtocolViolation. A dropped connection is not reopened here: the framework
-integrations open a new one for their next turn.
+The reader task reads every message, has the protocol `state` decode and check it,
+and hands what it yields to the request it names through that request's *bounded*
+queue: a request nobody reads fills its queue and then pauses the reader, so
+backpressure reaches the server instead of audio piling up here. Progress is not
+queued: the state keeps the latest one on the request. The first failure (the
+server closed, the network broke, the server broke the protocol) wakes every waiter
+with ConnectionLost or ProtocolViolation. A dropped connection is not reopened
+here: the framework integrations open a new one for their next turn.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from voxtrio.protocol._client_errors import (
 )
 from voxtrio.protocol._client_incoming import SERVER_MESSAGE_TYPES
 from voxtrio.protocol._client_outgoing import encode_message
-from voxtrio.protocol._messages import Complete, Error
 
 log = logging.getLogger("voxtrio.aioclient")
 
@@ -190,7 +189,8 @@ class AsyncConnection:
             case WordsFor(request=request, words=words):
                 await self._deliver(request, words)
             case Ended(request=request, message=message):
-                await self._finish(request, message)
+                # The state has freed the id (the server did when it sent this).
+                await self._deliver(request, message)
             case ServerNotice(error=error):
                 log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
 
@@ -206,10 +206,6 @@ class AsyncConnection:
             future.set_exception(value)
         else:
             future.set_result(value)
-
-    async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        # The state has freed the id (the server did when it sent the terminal message).
-        await self._deliver(request, terminal)
 
     async def _deliver(self, request: RequestState, item: Item) -> None:
         if request.closed:
