@@ -17,9 +17,6 @@ import pytest
 import trio
 
 from voxtrio import aioclient
-from voxtrio.aioclient._errors import ProtocolViolation
-from voxtrio.aioclient._incoming import parse_server_text
-from voxtrio.aioclient._request import RequestState
 from voxtrio.server._listener import ServerHandle
 
 T = TypeVar("T")
@@ -169,33 +166,6 @@ async def test_a_refused_connection_is_a_connect_error() -> None:
 
     with pytest.raises(aioclient.ConnectError):
         await in_asyncio(scenario)
-
-
-def test_a_words_message_is_parsed_and_checked() -> None:
-    """`words` parses into WordTimings; a word ending before it starts is a violation."""
-    good = {
-        "type": "words",
-        "request_id": "r",
-        "sentence": 0,
-        "words": [{"text": "Hi.", "start": 0.0, "end": 0.3}],
-        "estimated": False,
-    }
-    parsed = parse_server_text(json.dumps(good))
-    assert isinstance(parsed, aioclient.WordTimings)
-    assert parsed.words[0] == aioclient.Word("Hi.", 0.0, 0.3)
-    bad = {**good, "words": [{"text": "Hi.", "start": 0.5, "end": 0.3}]}
-    with pytest.raises(ProtocolViolation):
-        parse_server_text(json.dumps(bad))
-
-
-def test_word_times_going_back_within_a_request_are_a_violation() -> None:
-    """Times run forward through a request's sentences."""
-    state = RequestState("r", "streaming", "pcm16", asyncio.Queue(1), last_activity=0.0)
-    first = aioclient.WordTimings("r", 0, [aioclient.Word("One.", 0.0, 1.0)], True)
-    second = aioclient.WordTimings("r", 1, [aioclient.Word("Two.", 0.5, 1.5)], True)
-    state.accept_words(first)
-    with pytest.raises(ProtocolViolation):
-        state.accept_words(second)
 
 
 def test_importing_the_asyncio_client_loads_neither_trio_nor_the_server_stack() -> None:

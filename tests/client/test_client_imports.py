@@ -22,3 +22,21 @@ def test_importing_the_client_loads_no_model_or_codec_stack() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert json.loads(out.stdout) == []
+
+
+def test_both_clients_raise_the_same_error_classes() -> None:
+    """`except voxtrio.client.X` catches what the asyncio client raises, and the reverse."""
+    import voxtrio.aioclient
+    import voxtrio.client
+
+    for name in (
+        "VoxtrioClientError",
+        "ConnectError",
+        "ConnectionLost",
+        "ProtocolViolation",
+        "ResponseTimeout",
+        "SynthesisError",
+        "AudioChunk",
+        "DEFAULT_URL",
+    ):
+        assert getattr(voxtrio.client, name) is getattr(voxtrio.aioclient, name), name

@@ -19,20 +19,22 @@ For asyncio programs and the voice-agent frameworks (Pipecat, LiveKit Agents:
 
     asyncio.run(main())
 
-Built on the sans-IO `voxtrio.protocol` (messages, frames, the strict converter); by
-concern: `_client` (connecting, the public calls), `_connection` (the WebSocket, the
-reader task, failure), `_streams`, `_request` (one request's checks), `_incoming`
-(server messages decoded), `_errors`. It never imports Trio or the server's stack
-(import contract `client-light` in pyproject.toml).
+Built on the sans-IO `voxtrio.protocol` (messages, frames, the strict converter) and
+its client part, shared with the Trio client: the error classes
+(`protocol._client_errors`, re-exported here: the same classes as
+`voxtrio.client`'s), decoding (`_client_incoming`), each request's checks
+(`_client_requests`), the messages sent (`_client_outgoing`) and one connection's
+protocol state (`_client_connection`). By concern: `_client` (connecting, the public
+calls), `_connection` (the WebSocket, the reader task, failure), `_streams`,
+`_request` (one request's queue), `_incoming` (the names of word timings). It never
+imports Trio or the server's stack (import contracts `asyncio-clients` and
+`client-light` in pyproject.toml).
 """
 
-from voxtrio.aioclient._client import (
-    DEFAULT_URL,
-    AsyncVoxtrioClient,
-    connect,
-    open_client,
-)
-from voxtrio.aioclient._errors import (
+from voxtrio.aioclient._client import AsyncVoxtrioClient, connect, open_client
+from voxtrio.aioclient._incoming import Word, WordTimings
+from voxtrio.aioclient._streams import SynthesisStream, TextStream
+from voxtrio.protocol._client_errors import (
     ConnectError,
     ConnectionLost,
     ProtocolViolation,
@@ -40,8 +42,8 @@ from voxtrio.aioclient._errors import (
     SynthesisError,
     VoxtrioClientError,
 )
-from voxtrio.aioclient._incoming import AudioChunk, Word, WordTimings
-from voxtrio.aioclient._streams import SynthesisStream, TextStream
+from voxtrio.protocol._client_incoming import AudioChunk
+from voxtrio.protocol._client_outgoing import DEFAULT_URL
 from voxtrio.protocol._errors import ErrorCode
 from voxtrio.protocol._messages import SynthesisResult
 from voxtrio.protocol._voice_messages import VoiceRegistered, VoiceSummary

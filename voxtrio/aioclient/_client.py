@@ -6,27 +6,29 @@ import base64
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
-import attrs
 import websockets
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
 from voxtrio.aioclient._connection import AsyncConnection
-from voxtrio.aioclient._errors import ConnectError, ProtocolViolation
-from voxtrio.aioclient._incoming import AudioChunk
 from voxtrio.aioclient._streams import SynthesisStream, TextStream
-from voxtrio.protocol._messages import Mode, SynthesisOptions, SynthesisResult
+from voxtrio.protocol._client_errors import ConnectError, ProtocolViolation
+from voxtrio.protocol._client_incoming import AudioChunk
+from voxtrio.protocol._client_outgoing import (
+    DEFAULT_CANCEL_TIMEOUT,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
+    DEFAULT_URL,
+    request_params,
+)
+from voxtrio.protocol._messages import Mode, SynthesisResult
 from voxtrio.protocol._voice_messages import VoiceRegistered, Voices, VoiceSummary
-
-DEFAULT_URL: Final = "ws://127.0.0.1:8765/tts"
-# 128 MiB: a non-streaming request's audio is one message (websockets' default is 1 MiB).
-DEFAULT_MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
-# The request options of docs/PROTOCOL.md §3.1, and word timings (`word_timestamps`).
-STREAM_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(SynthesisOptions)) | {
-    "word_timestamps"
-}
 
 
 class AsyncVoxtrioClient:
@@ -46,17 +48,17 @@ class AsyncVoxtrioClient:
     @property
     def closed(self) -> bool:
         """True once the connection is unusable (closed, lost, or the server misbehaved)."""
-        return self._connection.closed
+        return self._connection.state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._connection.active_requests
+        return self._connection.state.requests.ids
 
     async def start_text_stream(
         self, *, request_id: str | None = None, **params: Any
     ) -> TextStream:
         """Open a text stream (`text_stream_start`); the caller must `aclose()` it."""
-        body = _checked(params)
+        body = request_params(params)
         request = await self._connection.open_request("text_stream_start", request_id, body)
         return TextStream(self._connection, request)
 
@@ -64,7 +66,7 @@ class AsyncVoxtrioClient:
         self, text: str, *, mode: Mode = "streaming", request_id: str | None = None, **params: Any
     ) -> SynthesisStream:
         """Send a `tts_request`; the caller must `aclose()` the stream."""
-        body = {"text": text, "mode": mode, **_checked(params)}
+        body = {"text": text, "mode": mode, **request_params(params)}
         request = await self._connection.open_request("tts_request", request_id, body)
         return SynthesisStream(self._connection, request)
 
@@ -136,7 +138,7 @@ class AsyncVoxtrioClient:
             raise ProtocolViolation(f"voice_register was answered with {reply!r:.100}")
         return reply
 
-    async def ping(self, *, ping_timeout: float = 10.0) -> float:
+    async def ping(self, *, ping_timeout: float = DEFAULT_PING_TIMEOUT) -> float:
         """Round trip of a protocol `ping`, in seconds."""
         return await self._connection.ping(ping_timeout)
 
@@ -150,11 +152,11 @@ async def open_client(
     *,
     api_key: str | None = None,
     headers: Mapping[str, str] | None = None,
-    connect_timeout: float = 10.0,
-    response_timeout: float = 60.0,
-    cancel_timeout: float = 15.0,
-    send_timeout: float = 10.0,
-    close_timeout: float = 5.0,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    response_timeout: float = DEFAULT_RESPONSE_TIMEOUT,
+    cancel_timeout: float = DEFAULT_CANCEL_TIMEOUT,
+    send_timeout: float = DEFAULT_SEND_TIMEOUT,
+    close_timeout: float = DEFAULT_CLOSE_TIMEOUT,
     queue_size: int = 64,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ping_interval: float | None = 20.0,
@@ -209,11 +211,3 @@ async def connect(url: str = DEFAULT_URL, **options: Any) -> AsyncIterator[Async
         yield client
     finally:
         await client.aclose()
-
-
-def _checked(params: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(params) - STREAM_PARAM_NAMES)
-    if unknown:
-        raise TypeError(f"unknown synthesis parameter(s): {', '.join(unknown)}")
-    # None means "the server's default": leave the key out.
-    return {name: value for name, value in params.items() if value is not None}

@@ -1,54 +1,48 @@
 """One connection on asyncio: the WebSocket, the reader task, the active requests, failure.
 
-The reader task reads every message, checks it (`_incoming`, `_request`) and hands it
-to the request it names through that request's *bounded* queue: a request nobody
-reads fills its queue and then pauses the reader, so backpressure reaches the
-server instead of audio piling up here. Progress is not queued: the reader keeps
-the latest one on the request. The first failure (the server closed, the network
-broke, the server broke the protocol) wakes every waiter with ConnectionLost or
-ProtocolViolation. A dropped connection is not reopened here: the framework
-integrations open a new one for their next turn.
+The reader task reads every message, has the protocol `state` decode and check it,
+and hands what it yields to the request it names through that request's *bounded*
+queue: a request nobody reads fills its queue and then pauses the reader, so
+backpressure reaches the server instead of audio piling up here. Progress is not
+queued: the state keeps the latest one on the request. The first failure (the
+server closed, the network broke, the server broke the protocol) wakes every waiter
+with ConnectionLost or ProtocolViolation. A dropped connection is not reopened
+here: the framework integrations open a new one for their next turn.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-import uuid
-from typing import Any, NoReturn
+from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from voxtrio.aioclient._errors import (
+from voxtrio.aioclient._request import Failure, Item, RequestState
+from voxtrio.protocol._client_connection import (
+    ClientConnectionState,
+    Ended,
+    Reply,
+    ServerNotice,
+    WordsFor,
+)
+from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
-    SynthesisError,
     VoxtrioClientError,
-    known_code,
 )
-from voxtrio.aioclient._incoming import (
-    StreamingChunkMetadata,
-    WholeAudioMetadata,
-    WordTimings,
-    parse_server_text,
-    structure_payload,
-)
-from voxtrio.aioclient._request import Failure, Item, RequestState
-from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
-from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult
-from voxtrio.protocol._voice_messages import VoiceDeleted, VoiceRegistered, Voices
+from voxtrio.protocol._client_incoming import SERVER_MESSAGE_TYPES
+from voxtrio.protocol._client_outgoing import encode_message
 
 log = logging.getLogger("voxtrio.aioclient")
 
 
 class AsyncConnection:
-    """The WebSocket and everything in flight on it (see the module docstring)."""
+    """The WebSocket and its tasks over the protocol `state` (see the module docstring)."""
 
     def __init__(
         self,
@@ -68,23 +62,14 @@ class AsyncConnection:
         self.close_timeout = close_timeout
         self._ws = ws
         self._queue_size = queue_size
-        self._requests: dict[str, RequestState] = {}
-        # Ids given up on after cancel_timeout: the server may still answer for them.
-        self._abandoned: set[str] = set()
+        # Sans-IO: the requests, the first failure, the text of what is sent, and
+        # what each received message means (every type a server sends: this client
+        # has voice calls).
+        self.state = ClientConnectionState[RequestState](SERVER_MESSAGE_TYPES)
         # One-off replies (voice_list, ping) by request id / timestamp.
         self._replies: dict[str | int, asyncio.Future[Any]] = {}
-        self._last_ping = 0
-        self._failure: VoxtrioClientError | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reader = self.spawn(self._read_loop())
-
-    @property
-    def closed(self) -> bool:
-        return self._failure is not None
-
-    @property
-    def active_requests(self) -> frozenset[str]:
-        return frozenset(self._requests)
 
     def spawn(self, coroutine: Any) -> asyncio.Task[Any]:
         """A background task this connection keeps a reference to (asyncio drops weak ones)."""
@@ -99,50 +84,51 @@ class AsyncConnection:
         self, kind: str, request_id: str | None, params: dict[str, Any]
     ) -> RequestState:
         """Register a request and send its opening message (tts_request, text_stream_start)."""
-        self.check_usable()
-        rid = uuid.uuid4().hex if request_id is None else request_id
-        if rid in self._requests or rid in self._abandoned:
-            raise ValueError(f"request id {rid!r} is still active on this connection")
+        self.state.check_usable()
+        rid = self.state.requests.reserve(request_id)
         request = RequestState(
-            rid,
-            params.get("mode", "streaming"),
-            params.get("format", "pcm16"),
-            asyncio.Queue(self._queue_size),
+            request_id=rid,
+            mode=params.get("mode", "streaming"),
+            format=params.get("format", "pcm16"),
+            queue=asyncio.Queue(self._queue_size),
             last_activity=time.monotonic(),
         )
-        self._requests[rid] = request
+        text = self.state.open_request(request, kind, params)
         try:
-            await self.send({"type": kind, "request_id": rid, "params": params})
+            await self._send_text(text)
         except BaseException:
-            self._requests.pop(rid, None)
+            self.state.requests.discard(request)
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if request.cancel_sent or request.terminal_received or self._failure is not None:
+        text = self.state.cancel(request)
+        if text is None:
             return False
-        request.cancel_sent = True
-        await self.send({"type": "cancel", "request_id": request.request_id})
+        await self._send_text(text)
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
-        self.check_usable()
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        await self._send_text(encode_message(message))
+
+    async def _send_text(self, text: str) -> None:
+        self.state.check_usable()
         try:
             async with asyncio.timeout(self.send_timeout):
                 await self._ws.send(text)
         except ConnectionClosed as exc:
             self._fail(self._lost(exc))
-            self.raise_failure()
+            self.state.raise_failure()
         except TimeoutError:
             self._fail(ConnectionLost(f"a message was not sent within {self.send_timeout:g} s"))
-            self.raise_failure()
+            self.state.raise_failure()
 
     async def request_reply(self, message: dict[str, Any], reply_timeout: float) -> Any:
         """Send a message that one reply answers (voice_list...) and return the reply."""
         rid = message["request_id"]
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[rid] = future
+        self.state.await_reply(rid)
         try:
             await self.send(message)
             async with asyncio.timeout(reply_timeout):
@@ -153,16 +139,16 @@ class AsyncConnection:
             ) from None
         finally:
             self._replies.pop(rid, None)
+            self.state.stop_awaiting(rid)
 
     async def ping(self, ping_timeout: float) -> float:
         """A protocol `ping`; the round trip in seconds."""
-        timestamp = max(int(time.time() * 1000), self._last_ping + 1)
-        self._last_ping = timestamp
+        timestamp, text = self.state.ping()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._replies[timestamp] = future
         started = time.monotonic()
         try:
-            await self.send({"type": "ping", "timestamp": timestamp})
+            await self._send_text(text)
             async with asyncio.timeout(ping_timeout):
                 await future
         except TimeoutError:
@@ -197,49 +183,20 @@ class AsyncConnection:
             await self._close(1011, "client error")
 
     async def _on_text(self, text: str) -> None:
-        message = parse_server_text(text)
-        match message:
-            case Pong(timestamp=timestamp):
-                self._resolve(timestamp, message)
-            case Progress(request_id=rid):
-                if request := self._lookup(rid, "progress"):
-                    request.progress = message
-            case WordTimings(request_id=rid):
-                if request := self._lookup(rid, "words"):
-                    request.accept_words(message)
-                    await self._deliver(request, message)
-            case Complete(request_id=rid, result=result):
-                if request := self._lookup(rid, "complete", terminal=True):
-                    if isinstance(result, SynthesisResult):
-                        request.check_result(result)
-                    await self._finish(request, message)
-            case Error(request_id=None, error=body):
-                log.warning("connection-level error from %s: %s %s", self.url, body.code, body)
-            case Error(request_id=str(rid), error=body) if rid in self._replies:
-                error = SynthesisError(known_code(body.code), body.message, body.details)
-                self._resolve(rid, error)
-            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
-                log.debug("cancel of %r crossed its end on the wire", rid)
-            case Error(request_id=str(rid)):
-                if request := self._lookup(rid, "error", terminal=True):
-                    await self._finish(request, message)
-            case Voices() | VoiceRegistered() | VoiceDeleted():
-                self._resolve(message.request_id, message)
+        match self.state.text_received(text, now=time.monotonic()):
+            case Reply(key=key, value=value):
+                self._resolve(key, value)
+            case WordsFor(request=request, words=words):
+                await self._deliver(request, words)
+            case Ended(request=request, message=message):
+                # The state has freed the id (the server did when it sent this).
+                await self._deliver(request, message)
+            case ServerNotice(error=error):
+                log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
 
     async def _on_frame(self, data: bytes) -> None:
-        try:
-            frame = decode_frame(data)
-        except FrameError as exc:
-            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
-        meta: StreamingChunkMetadata | WholeAudioMetadata
-        if frame.type is FrameType.STREAMING_CHUNK:
-            meta = structure_payload(StreamingChunkMetadata, frame.metadata, "frame metadata")
-        else:
-            meta = structure_payload(WholeAudioMetadata, frame.metadata, "frame metadata")
-        if request := self._lookup(meta.request_id, "audio frame"):
-            chunk = request.accept_frame(frame.type, meta, frame.payload)
-            if chunk is not None:
-                await self._deliver(request, chunk)
+        if audio := self.state.frame_received(data, now=time.monotonic()):
+            await self._deliver(audio.request, audio.chunk)
 
     def _resolve(self, key: str | int, value: Any) -> None:
         future = self._replies.get(key)
@@ -250,43 +207,30 @@ class AsyncConnection:
         else:
             future.set_result(value)
 
-    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
-        request = self._requests.get(request_id)
-        if request is not None:
-            request.last_activity = time.monotonic()
-            return request
-        if request_id in self._abandoned:
-            if terminal:
-                self._abandoned.discard(request_id)
-            return None
-        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
-
-    async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        request.terminal_received = True
-        del self._requests[request.request_id]
-        await self._deliver(request, terminal)
-
     async def _deliver(self, request: RequestState, item: Item) -> None:
-        if not request.closed:
-            # Waits while the consumer is behind: this pauses the whole connection.
+        if request.closed:
+            return
+        if request.queue.full():
+            # The consumer is behind: wait for it (this pauses the whole connection).
+            self.state.reader_blocked_on = request.request_id
+        try:
             await request.queue.put(item)
+        finally:
+            self.state.reader_blocked_on = None
 
     # -- failure and closing ----------------------------------------------------
 
     def _fail(self, exc: VoxtrioClientError) -> None:
         """The connection is unusable: wake every waiter (the first failure wins)."""
-        if self._failure is None:
-            self._failure = exc
-        for request in self._requests.values():
+        for request in self.state.fail(exc):
             request.wake(Failure(exc))
-        self._requests.clear()
         for future in self._replies.values():
             if not future.done():
                 future.set_exception(ConnectionLost(str(exc)))
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._failure is not None:
-            return ConnectionLost(str(self._failure))
+        if self.state.failure is not None:
+            return ConnectionLost(str(self.state.failure))
         received = exc.rcvd
         if received is None:
             return ConnectionLost("the connection broke (no close frame)")
@@ -294,19 +238,6 @@ class AsyncConnection:
         return ConnectionLost(
             f"the server closed the connection: {received.code}{reason}", code=received.code
         )
-
-    def check_usable(self) -> None:
-        if self._failure is not None:
-            self.raise_failure()
-
-    def raise_failure(self) -> NoReturn:
-        failure = self._failure or ConnectionLost("the request ended without a terminal message")
-        raise type(failure)(str(failure)) from failure
-
-    def abandon(self, request: RequestState) -> None:
-        if self._requests.get(request.request_id) is request:
-            del self._requests[request.request_id]
-            self._abandoned.add(request.request_id)
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):

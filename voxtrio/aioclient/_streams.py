@@ -6,18 +6,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import Any, Final
+from typing import Any
 
 from voxtrio.aioclient._connection import AsyncConnection
-from voxtrio.aioclient._errors import ResponseTimeout, SynthesisError, known_code
-from voxtrio.aioclient._incoming import AudioChunk, WordTimings
+from voxtrio.aioclient._incoming import WordTimings
 from voxtrio.aioclient._request import Failure, Item, RequestState
-from voxtrio.protocol._limits import MAX_TEXT_CHARS
+from voxtrio.protocol._client_errors import (
+    ResponseTimeout,
+    SynthesisError,
+    clone_failure,
+    synthesis_error,
+)
+from voxtrio.protocol._client_incoming import AudioChunk
+from voxtrio.protocol._client_outgoing import text_delta
 from voxtrio.protocol._messages import Complete, Error, Progress, SynthesisResult
 
 log = logging.getLogger("voxtrio.aioclient")
-
-MAX_DELTA_CHARS: Final = MAX_TEXT_CHARS
 
 Event = AudioChunk | WordTimings
 
@@ -122,7 +126,7 @@ class SynthesisStream:
                 self.request_id,
                 timeout,
             )
-            self._connection.abandon(self._request)
+            self._connection.state.requests.abandon(self._request)
         finally:
             self._release()
 
@@ -137,9 +141,8 @@ class SynthesisStream:
             except TimeoutError:
                 # Progress messages refresh last_activity without waking us.
                 if time.monotonic() >= max(self._request.last_activity, started) + timeout:
-                    raise ResponseTimeout(
-                        f"nothing about request {self.request_id!r} for {timeout:g} s"
-                    ) from None
+                    message = self._connection.state.timeout_message(self.request_id, timeout)
+                    raise ResponseTimeout(message) from None
 
     def _consume(self, item: Item) -> Event:
         match item:
@@ -151,14 +154,12 @@ class SynthesisStream:
             case Complete():
                 self.finished = True
                 self.cancelled = True
-            case Error(error=body):
+            case Error():
                 self.finished = True
-                raise SynthesisError(
-                    known_code(body.code), body.message, body.details, self.request_id
-                )
+                raise synthesis_error(item)
             case Failure(error=error):
                 self.finished = True
-                raise type(error)(str(error)) from error
+                raise clone_failure(error)
         raise StopAsyncIteration
 
 
@@ -176,9 +177,7 @@ class TextStream(SynthesisStream):
 
     async def send_text(self, text: str) -> None:
         """The next piece (1 to 5000 characters; sentences and words may span pieces)."""
-        if not 1 <= len(text) <= MAX_DELTA_CHARS:
-            raise ValueError(f"a text piece has 1 to {MAX_DELTA_CHARS} characters, not {len(text)}")
-        await self._send({"type": "text_delta", "text": text})
+        await self._send(text_delta(text))
 
     async def flush(self) -> None:
         """Have the server speak what it holds now, even if no sentence has ended."""

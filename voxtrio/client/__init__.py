@@ -23,15 +23,23 @@ block early cancels the request and waits until the server has let it go.
 
 The package, by concern: `_connect` (URL, TCP/TLS, handshake), `_connection` (the
 WebSocket, the reader task, failure), `_client` (VoxtrioClient, the public calls),
-`_streams` (SynthesisStream, TextStream), `_request` (one request's checks),
-`_incoming` (server messages decoded), `_results`, `_errors`, `_wav`.
+`_streams` (SynthesisStream, TextStream), `_request` (one request's channel),
+`_incoming` (the server messages it handles), `_results`, `_wav`. What does no I/O
+is the protocol's, shared with the asyncio client (`voxtrio.aioclient`): the error
+classes (`protocol._client_errors`, re-exported here), decoding
+(`_client_incoming`), each request's checks (`_client_requests`), the messages sent
+(`_client_outgoing`) and one connection's protocol state (`_client_connection`).
 It imports only `voxtrio.protocol`, Trio and trio-websocket: never the server's
 stack (torch, voxcpm, codecs, numpy), as the import contracts in pyproject.toml check.
 """
 
 from voxtrio.client._client import VoxtrioClient
-from voxtrio.client._connect import DEFAULT_URL, connect
-from voxtrio.client._errors import (
+from voxtrio.client._connect import connect
+from voxtrio.client._incoming import parse_server_message
+from voxtrio.client._results import Speech
+from voxtrio.client._streams import SynthesisStream, TextStream
+from voxtrio.client._wav import write_wav
+from voxtrio.protocol._client_errors import (
     ConnectError,
     ConnectionLost,
     ProtocolViolation,
@@ -40,10 +48,8 @@ from voxtrio.client._errors import (
     SynthesisError,
     VoxtrioClientError,
 )
-from voxtrio.client._incoming import parse_server_message
-from voxtrio.client._results import AudioChunk, Speech
-from voxtrio.client._streams import SynthesisStream, TextStream
-from voxtrio.client._wav import write_wav
+from voxtrio.protocol._client_incoming import AudioChunk
+from voxtrio.protocol._client_outgoing import DEFAULT_URL
 from voxtrio.protocol._errors import ErrorCode
 from voxtrio.protocol._messages import Progress, SynthesisResult, Timings
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Final
-
-import attrs
+from typing import Any
 
 from voxtrio.client._connection import ClientConnection
-from voxtrio.client._errors import SynthesisCancelled, SynthesisError
 from voxtrio.client._results import Speech
 from voxtrio.client._streams import SynthesisStream, TextStream
-from voxtrio.protocol._messages import Mode, SynthesisOptions, TtsParams
-
-_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(TtsParams)) - {"text", "mode"}
-_STREAM_PARAM_NAMES: Final = frozenset(f.name for f in attrs.fields(SynthesisOptions))
+from voxtrio.protocol._client_errors import SynthesisCancelled, SynthesisError
+from voxtrio.protocol._client_outgoing import request_params
+from voxtrio.protocol._messages import Mode
 
 
 class VoxtrioClient:
@@ -26,9 +22,8 @@ class VoxtrioClient:
         self._connection = connection
 
     def __repr__(self) -> str:
-        connection = self._connection
-        state = "closed" if connection.closed else "open"
-        return f"<VoxtrioClient {connection.url} {state}, {len(connection.active_requests)} active>"
+        state = "closed" if self.closed else "open"
+        return f"<VoxtrioClient {self.url} {state}, {len(self.active_requests)} active>"
 
     @property
     def url(self) -> str:
@@ -37,11 +32,11 @@ class VoxtrioClient:
     @property
     def closed(self) -> bool:
         """True once the connection is unusable (closed, lost, or the server misbehaved)."""
-        return self._connection.closed
+        return self._connection.state.closed
 
     @property
     def active_requests(self) -> frozenset[str]:
-        return self._connection.active_requests
+        return self._connection.state.requests.ids
 
     @property
     def connection_errors(self) -> deque[SynthesisError]:
@@ -88,8 +83,7 @@ class VoxtrioClient:
         unknown name is a TypeError here. Leaving the context before the end
         cancels the request and waits for its terminal message (`cancel_timeout`).
         """
-        _check_names(params, _PARAM_NAMES)
-        body = {"text": text, "mode": mode, **_given(params)}
+        body = {"text": text, "mode": mode, **request_params(params)}
         request = await self._connection.open_request("tts_request", request_id, body)
         stream = SynthesisStream(self._connection, request)
         try:
@@ -106,10 +100,8 @@ class VoxtrioClient:
         `params` as for `synthesize`, but there is no text and no mode. Leaving
         the context before the request completed cancels it.
         """
-        _check_names(params, _STREAM_PARAM_NAMES)
-        request = await self._connection.open_request(
-            "text_stream_start", request_id, _given(params)
-        )
+        body = request_params(params)
+        request = await self._connection.open_request("text_stream_start", request_id, body)
         stream = TextStream(self._connection, request)
         try:
             yield stream
@@ -136,7 +128,7 @@ class VoxtrioClient:
 
     async def cancel(self, request_id: str) -> bool:
         """Cancel an active request of this client; False if there is none or it is cancelling."""
-        request = self._connection.request(request_id)
+        request = self._connection.state.requests.get(request_id)
         if request is None:
             return False
         return await self._connection.send_cancel(request)
@@ -149,14 +141,3 @@ class VoxtrioClient:
     async def aclose(self) -> None:
         """Close the connection (1000), waiting at most `close_timeout` for the handshake."""
         await self._connection.aclose()
-
-
-def _check_names(params: Mapping[str, Any], known: frozenset[str]) -> None:
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise TypeError(f"unknown synthesis parameter(s): {', '.join(unknown)}")
-
-
-def _given(params: Mapping[str, Any]) -> dict[str, Any]:
-    # None means "the server's default": leave the key out.
-    return {name: value for name, value in params.items() if value is not None}

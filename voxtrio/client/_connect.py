@@ -19,25 +19,21 @@ from trio_websocket import (
 
 from voxtrio.client._client import VoxtrioClient
 from voxtrio.client._connection import ClientConnection
-from voxtrio.client._errors import ConnectError
+from voxtrio.protocol._client_errors import ConnectError
+from voxtrio.protocol._client_outgoing import (
+    DEFAULT_CANCEL_TIMEOUT,
+    DEFAULT_CLOSE_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_PING_TIMEOUT,
+    DEFAULT_RESPONSE_TIMEOUT,
+    DEFAULT_SEND_TIMEOUT,
+    DEFAULT_URL,
+)
 
 log = logging.getLogger("voxtrio.client")
 
-DEFAULT_URL: Final = "ws://127.0.0.1:8765/tts"
-DEFAULT_CONNECT_TIMEOUT: Final = 10.0
-# The server says nothing while a request waits for a free replica; 60 s is its
-# default queue_timeout, after which it answers RATE_LIMITED.
-DEFAULT_RESPONSE_TIMEOUT: Final = 60.0
-# Above the server's default stop_timeout (10 s): a cancelled generation stops at
-# its next chunk boundary, and the server answers within stop_timeout at worst.
-DEFAULT_CANCEL_TIMEOUT: Final = 15.0
-DEFAULT_CLOSE_TIMEOUT: Final = 5.0
-DEFAULT_SEND_TIMEOUT: Final = 10.0
-DEFAULT_PING_TIMEOUT: Final = 10.0
 DEFAULT_MESSAGE_QUEUE_SIZE: Final = 16
-# A non-streaming request's audio arrives as one message: 5000 characters of
-# speech at 48 kHz is tens of MB. trio-websocket's own default is 1 MiB.
-DEFAULT_MAX_MESSAGE_SIZE: Final = 128 * 1024 * 1024
 _RECEIVE_BUFFER_BYTES: Final = 64 * 1024
 _REJECTION_HINTS: Final = {
     401: " (no valid API key: pass api_key=)",

@@ -18,36 +18,32 @@ connection with 1002: after that nothing it says can be trusted.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-import uuid
 from collections import deque
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from voxtrio.client._errors import (
+from voxtrio.client._incoming import HANDLED_MESSAGES
+from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._client_connection import (
+    ClientConnectionState,
+    Ended,
+    Reply,
+    ServerNotice,
+    WordsFor,
+)
+from voxtrio.protocol._client_errors import (
     ConnectionLost,
     ProtocolViolation,
     ResponseTimeout,
     SynthesisError,
     VoxtrioClientError,
-    clone_failure,
-    known_code,
 )
-from voxtrio.client._incoming import (
-    StreamingChunkMetadata,
-    WholeAudioMetadata,
-    parse_server_message,
-    structure_payload,
-)
-from voxtrio.client._request import Item, RequestState
-from voxtrio.protocol._errors import ErrorCode
-from voxtrio.protocol._frames import FrameError, FrameType, decode_frame
-from voxtrio.protocol._messages import Complete, Error, Pong, Progress, SynthesisResult, Words
+from voxtrio.protocol._client_outgoing import encode_message
+from voxtrio.protocol._messages import Complete, Error, Pong
 
 log = logging.getLogger("voxtrio.client")
 
@@ -62,7 +58,7 @@ class _PingWaiter:
 
 
 class ClientConnection:
-    """The WebSocket, the active requests, and the first failure (see the module docstring)."""
+    """The WebSocket and its reader over the protocol `state` (see the module docstring)."""
 
     def __init__(
         self,
@@ -90,65 +86,49 @@ class ClientConnection:
         self._ws_closed = trio.Event()
         self._nursery = nursery
         self._queue_size = message_queue_size
-        self._requests: dict[str, RequestState] = {}
-        # Ids given up on after cancel_timeout: the server may still answer for them.
-        self._abandoned: set[str] = set()
+        # Sans-IO: the requests, the first failure, the text of what is sent, and
+        # what each received message means (protocol._client_connection).
+        self.state = ClientConnectionState[RequestState](HANDLED_MESSAGES)
         self._pings: dict[int, _PingWaiter] = {}
-        self._last_ping_timestamp = 0
-        self._failure: VoxtrioClientError | None = None
         self._closing = False
         self._reader_scope = trio.CancelScope()
-        self._reader_blocked_on: str | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self._failure is not None
-
-    @property
-    def active_requests(self) -> frozenset[str]:
-        return frozenset(self._requests)
-
-    def request(self, request_id: str) -> RequestState | None:
-        """The active request with that id, if any."""
-        return self._requests.get(request_id)
 
     async def open_request(
         self, kind: str, request_id: str | None, params: dict[str, Any]
     ) -> RequestState:
         """Register a request and send its opening message (`kind`: tts_request, ...)."""
-        self.check_usable()
-        rid = uuid.uuid4().hex if request_id is None else request_id
-        if rid in self._requests or rid in self._abandoned:
-            raise ValueError(f"request id {rid!r} is still active on this connection")
+        self.state.check_usable()
+        rid = self.state.requests.reserve(request_id)
         send, receive = trio.open_memory_channel[Item](self._queue_size)
         request = RequestState(
-            rid,
-            params.get("mode", "streaming"),
-            params.get("format", "pcm16"),
-            send,
-            receive,
+            request_id=rid,
+            mode=params.get("mode", "streaming"),
+            format=params.get("format", "pcm16"),
+            send=send,
+            receive=receive,
             last_activity=trio.current_time(),
         )
-        self._requests[rid] = request
+        text = self.state.open_request(request, kind, params)
         try:
-            await self.send({"type": kind, "request_id": rid, "params": params})
+            await self._send_text(text)
         except BaseException:
-            if self._requests.get(rid) is request:
-                del self._requests[rid]
+            self.state.requests.discard(request)
             receive.close()
             raise
         return request
 
     async def send_cancel(self, request: RequestState) -> bool:
-        if request.cancel_sent or request.terminal_received or self._failure is not None:
+        text = self.state.cancel(request)
+        if text is None:
             return False
-        request.cancel_sent = True
-        await self.send({"type": "cancel", "request_id": request.request_id})
+        await self._send_text(text)
         return True
 
     async def send(self, message: dict[str, Any]) -> None:
-        self.check_usable()
-        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+        await self._send_text(encode_message(message))
+
+    async def _send_text(self, text: str) -> None:
+        self.state.check_usable()
         # Shielded with its own deadline: a send cut short by a cancellation would
         # leave half a frame on the wire and the connection unusable.
         deadline = trio.current_time() + self.send_timeout
@@ -157,7 +137,7 @@ class ClientConnection:
                 await self._ws.send_message(text)
             except ConnectionClosed as exc:
                 self._fail(self._lost(exc))
-                self.raise_failure()
+                self.state.raise_failure()
         if scope.cancelled_caught:
             self._fail(
                 ConnectionLost(
@@ -165,7 +145,7 @@ class ClientConnection:
                 ),
                 close_code=1011,
             )
-            self.raise_failure()
+            self.state.raise_failure()
 
     # -- the reader task --------------------------------------------------------
 
@@ -188,71 +168,28 @@ class ClientConnection:
                 self._fail(exc, close_code=1002)
 
     async def _on_text(self, text: str) -> None:
-        message = parse_server_message(text)
-        match message:
-            case Pong(timestamp=timestamp):
+        match self.state.text_received(text, now=trio.current_time()):
+            case Reply(key=int(timestamp), value=Pong() as pong):
                 waiter = self._pings.pop(timestamp, None)
                 if waiter is None:
                     log.debug("pong %d matches no waiting ping (it came too late)", timestamp)
                 else:
-                    waiter.pong = message
+                    waiter.pong = pong
                     waiter.event.set()
-            case Progress(request_id=rid):
-                if request := self._lookup(rid, "progress"):
-                    request.progress = message
-            case Words(request_id=rid):
-                if request := self._lookup(rid, "words"):
-                    request.words.append(message)
-            case Complete(request_id=rid, result=result):
-                if request := self._lookup(rid, "complete", terminal=True):
-                    if isinstance(result, SynthesisResult):
-                        request.check_result(result)
-                    await self._finish(request, message)
-            case Error(request_id=None, error=body):
-                error = SynthesisError(known_code(body.code), body.message, body.details)
-                log.warning("connection-level error from %s: %s %s", self.url, error, body.details)
+            case WordsFor(request=request, words=words):
+                request.words.append(words)
+            case Ended(request=request, message=message):
+                await self._finish(request, message)
+            case ServerNotice(error=error):
+                log.warning("connection-level error from %s: %s %s", self.url, error, error.details)
                 self.connection_errors.append(error)
-            case Error(request_id=str(rid), error=body) if body.code == ErrorCode.UNKNOWN_REQUEST:
-                # Never a request's terminal: the answer to a cancel that crossed the
-                # request's own terminal message on the wire. Nothing to do.
-                log.debug("cancel of %r arrived after it had finished", rid)
-            case Error(request_id=str(rid)):
-                if request := self._lookup(rid, "error", terminal=True):
-                    await self._finish(request, message)
 
     async def _on_frame(self, data: bytes) -> None:
-        try:
-            frame = decode_frame(data)
-        except FrameError as exc:
-            raise ProtocolViolation(f"the server sent a malformed audio frame: {exc}") from None
-        meta: StreamingChunkMetadata | WholeAudioMetadata
-        if frame.type is FrameType.STREAMING_CHUNK:
-            meta = structure_payload(
-                StreamingChunkMetadata, frame.metadata, "streaming frame's metadata"
-            )
-        else:
-            meta = structure_payload(WholeAudioMetadata, frame.metadata, "audio frame's metadata")
-        if request := self._lookup(meta.request_id, "audio frame"):
-            chunk = request.accept_frame(frame.type, meta, frame.payload)
-            if chunk is not None:
-                await self._deliver(request, chunk)
-
-    def _lookup(self, request_id: str, what: str, *, terminal: bool = False) -> RequestState | None:
-        """The active request a message names; None for an abandoned one (dropped)."""
-        request = self._requests.get(request_id)
-        if request is not None:
-            request.last_activity = trio.current_time()
-            return request
-        if request_id in self._abandoned:
-            if terminal:
-                self._abandoned.discard(request_id)
-            return None
-        raise ProtocolViolation(f"the server sent {what} for unknown request {request_id!r:.140}")
+        if audio := self.state.frame_received(data, now=trio.current_time()):
+            await self._deliver(audio.request, audio.chunk)
 
     async def _finish(self, request: RequestState, terminal: Complete | Error) -> None:
-        request.terminal_received = True
-        # The server frees the id when it sends the terminal message: so do we.
-        del self._requests[request.request_id]
+        # The state has freed the id (the server did when it sent the terminal message).
         await self._deliver(request, terminal)
         request.send.close()
 
@@ -262,11 +199,11 @@ class ClientConnection:
                 request.send.send_nowait(item)
             except trio.WouldBlock:
                 # The consumer is behind: wait for it (this pauses the whole connection).
-                self._reader_blocked_on = request.request_id
+                self.state.reader_blocked_on = request.request_id
                 try:
                     await request.send.send(item)
                 finally:
-                    self._reader_blocked_on = None
+                    self.state.reader_blocked_on = None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the stream was closed (given up on): drop what it would have read
 
@@ -274,11 +211,8 @@ class ClientConnection:
 
     def _fail(self, exc: VoxtrioClientError, *, close_code: int | None = None) -> None:
         """The connection is unusable: wake every waiter with `exc` (the first failure wins)."""
-        if self._failure is None:
-            self._failure = exc
-        for request in self._requests.values():
+        for request in self.state.fail(exc):
             request.send.close()
-        self._requests.clear()
         for waiter in self._pings.values():
             waiter.event.set()
         self._reader_scope.cancel()
@@ -295,8 +229,8 @@ class ClientConnection:
             self._ws_closed.set()
 
     def _lost(self, exc: ConnectionClosed) -> ConnectionLost:
-        if self._closing and self._failure is not None:
-            return ConnectionLost(str(self._failure))
+        if self._closing and self.state.failure is not None:
+            return ConnectionLost(str(self.state.failure))
         reason = exc.reason
         if reason is None:
             return ConnectionLost("the connection closed")
@@ -307,48 +241,23 @@ class ClientConnection:
             code=reason.code,
         )
 
-    def check_usable(self) -> None:
-        if self._failure is not None:
-            self.raise_failure()
-
-    def raise_failure(self) -> NoReturn:
-        failure = self._failure or ConnectionLost("the request ended without a terminal message")
-        raise clone_failure(failure)
-
-    def abandon(self, request: RequestState) -> None:
-        if self._requests.get(request.request_id) is request:
-            del self._requests[request.request_id]
-            self._abandoned.add(request.request_id)
-
-    def timeout_message(self, request_id: str, timeout: float) -> str:
-        message = f"no message about request {request_id!r} for response_timeout={timeout:g} s"
-        blocked = self._reader_blocked_on
-        if blocked is not None and blocked != request_id:
-            message += (
-                f"; the connection is paused because nobody reads request {blocked!r}: "
-                "read every open stream, each from its own task"
-            )
-        return message
-
     async def ping(self, ping_timeout: float) -> float:
         """Send a protocol `ping` and return the round trip in seconds."""
-        self.check_usable()
+        self.state.check_usable()
         timeout = ping_timeout
-        # Unique timestamps: the pong is matched to its ping by the echoed value.
-        timestamp = max(int(time.time() * 1000), self._last_ping_timestamp + 1)
-        self._last_ping_timestamp = timestamp
+        timestamp, text = self.state.ping()
         waiter = _PingWaiter(trio.current_time())
         self._pings[timestamp] = waiter
         try:
-            await self.send({"type": "ping", "timestamp": timestamp})
+            await self._send_text(text)
             with trio.move_on_after(timeout):
                 await waiter.event.wait()
         finally:
             self._pings.pop(timestamp, None)
         if waiter.pong is not None:
             return trio.current_time() - waiter.sent_at
-        if self._failure is not None:
-            self.raise_failure()
+        if self.state.failure is not None:
+            self.state.raise_failure()
         raise ResponseTimeout(f"no pong within ping_timeout={timeout:g} s")
 
     async def aclose(self) -> None:

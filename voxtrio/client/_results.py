@@ -1,4 +1,4 @@
-"""What a request gives back: audio chunks as they arrive, or the whole speech."""
+"""What a request gives back whole (Speech); its pieces are the protocol's AudioChunk."""
 
 from __future__ import annotations
 
@@ -10,31 +10,6 @@ import attrs
 from voxtrio.client._wav import write_atomically, write_wav
 from voxtrio.protocol._formats import AudioFormat
 from voxtrio.protocol._messages import SynthesisResult
-
-
-@attrs.frozen
-class AudioChunk:
-    """A piece of audio. A non-streaming request yields one, with sequence 0.
-
-    With the default format, pcm16, `pcm` is mono 16-bit little-endian PCM;
-    with another `format` (wav, mp3, opus, flac) it holds the next bytes of
-    that encoded stream, and the chunks concatenated make the whole file.
-    """
-
-    pcm: bytes = attrs.field(repr=lambda pcm: f"<{len(pcm)} bytes>")
-    sample_rate: int
-    sequence: int
-    format: AudioFormat = "pcm16"
-
-    @property
-    def samples(self) -> int | None:
-        """Samples in this chunk; None for an encoded format (see the result's `samples`)."""
-        return len(self.pcm) // 2 if self.format == "pcm16" else None
-
-    @property
-    def duration(self) -> float | None:
-        samples = self.samples
-        return None if samples is None else samples / self.sample_rate
 
 
 @attrs.frozen

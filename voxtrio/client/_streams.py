@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, Final
+from typing import Any
 
 import trio
 
 from voxtrio.client._connection import ClientConnection
-from voxtrio.client._errors import (
+from voxtrio.client._request import Item, RequestState
+from voxtrio.protocol._client_errors import (
     ResponseTimeout,
     SynthesisError,
     VoxtrioClientError,
-    known_code,
+    synthesis_error,
 )
-from voxtrio.client._request import Item, RequestState
-from voxtrio.client._results import AudioChunk
-from voxtrio.protocol._limits import MAX_TEXT_CHARS
+from voxtrio.protocol._client_incoming import AudioChunk
+from voxtrio.protocol._client_outgoing import text_delta
 from voxtrio.protocol._messages import Complete, Error, Mode, Progress, SynthesisResult, Words
 
 log = logging.getLogger("voxtrio.client")
-
-# The server's own limit on one text_delta (and on a tts_request's text).
-MAX_DELTA_CHARS: Final = MAX_TEXT_CHARS
 
 
 class SynthesisStream:
@@ -124,7 +121,7 @@ class SynthesisStream:
                 self.request_id,
                 timeout,
             )
-            self._connection.abandon(self._request)
+            self._connection.state.requests.abandon(self._request)
 
     async def _next_item(self) -> Item:
         timeout = self._connection.response_timeout
@@ -134,10 +131,12 @@ class SynthesisStream:
                 try:
                     return await self._request.receive.receive()
                 except trio.EndOfChannel:
-                    self._connection.raise_failure()
+                    self._connection.state.raise_failure()
             # Progress messages refresh last_activity without waking us: go on waiting.
             if trio.current_time() >= max(self._request.last_activity, started) + timeout:
-                raise ResponseTimeout(self._connection.timeout_message(self.request_id, timeout))
+                raise ResponseTimeout(
+                    self._connection.state.timeout_message(self.request_id, timeout)
+                )
 
     def _consume(self, item: Item) -> AudioChunk:
         match item:
@@ -153,11 +152,9 @@ class SynthesisStream:
             case Complete():
                 self.finished = True
                 self.cancelled = True
-            case Error(error=body):
+            case Error():
                 self.finished = True
-                self.error = SynthesisError(
-                    known_code(body.code), body.message, body.details, self.request_id
-                )
+                self.error = synthesis_error(item)
                 raise self.error
         raise StopAsyncIteration
 
@@ -177,9 +174,7 @@ class TextStream(SynthesisStream):
 
     async def send_text(self, text: str) -> None:
         """Send the next piece of text (1 to 5000 characters; sentences may span pieces)."""
-        if not 1 <= len(text) <= MAX_DELTA_CHARS:
-            raise ValueError(f"a text piece has 1 to {MAX_DELTA_CHARS} characters, not {len(text)}")
-        await self._send_text_message({"type": "text_delta", "text": text})
+        await self._send_text_message(text_delta(text))
 
     async def flush(self) -> None:
         """Have the server speak what it holds now, even if no sentence has ended."""

@@ -15,16 +15,15 @@ from typing import Any, Final, TextIO
 import attrs
 import trio
 
-from voxtrio.client._connect import (
+from voxtrio.client._connect import connect, open_nursery_unwrapped
+from voxtrio.client._streams import SynthesisStream
+from voxtrio.client._wav import write_wav
+from voxtrio.protocol._client_errors import ConnectError, SynthesisError, VoxtrioClientError
+from voxtrio.protocol._client_outgoing import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_RESPONSE_TIMEOUT,
     DEFAULT_URL,
-    connect,
-    open_nursery_unwrapped,
 )
-from voxtrio.client._errors import ConnectError, SynthesisError, VoxtrioClientError
-from voxtrio.client._streams import SynthesisStream
-from voxtrio.client._wav import write_wav
 from voxtrio.protocol._converter import structure_message
 from voxtrio.protocol._errors import ProtocolError
 from voxtrio.protocol._messages import Mode, TtsRequest

@@ -1,4 +1,10 @@
-"""What the client raises: one base class, one subclass per way a call can fail."""
+"""What the clients raise: one base class, one subclass per way a call can fail.
+
+Both clients (`voxtrio.client` on Trio, `voxtrio.aioclient` on asyncio) raise these
+same classes and re-export them under their own names, so `except
+voxtrio.client.SynthesisError` and `except voxtrio.aioclient.SynthesisError` catch
+the same thing. They hold no I/O: the clients build them from what the wire said.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from voxtrio.protocol._errors import ErrorCode
+from voxtrio.protocol._messages import Error
 
 
 class VoxtrioClientError(Exception):
-    """Base class of everything this client raises about the server or the connection."""
+    """Base class of everything a client raises about the server or the connection."""
 
 
 class ConnectError(VoxtrioClientError):
@@ -70,8 +77,27 @@ class SynthesisCancelled(VoxtrioClientError):
     """`speak()` of a request that was cancelled before it finished."""
 
 
+def known_code(code: str) -> ErrorCode | str:
+    """`code` as an ErrorCode, or as the server's text when this client does not know it."""
+    # A newer server may send codes this client does not know: keep them as text.
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return code
+
+
+def synthesis_error(message: Error) -> SynthesisError:
+    """The SynthesisError a server `error` message stands for."""
+    body = message.error
+    return SynthesisError(known_code(body.code), body.message, body.details, message.request_id)
+
+
 def clone_failure(exc: VoxtrioClientError) -> VoxtrioClientError:
-    """A fresh copy for each caller: one instance raised in many tasks tangles tracebacks."""
+    """A fresh copy of a connection's failure for each caller, caused by the original.
+
+    One instance raised in many tasks tangles its traceback; the copy keeps the
+    class (ProtocolViolation, else ConnectionLost) and its `details` or `code`.
+    """
     copy: VoxtrioClientError
     if isinstance(exc, ProtocolViolation):
         copy = ProtocolViolation(str(exc), details=exc.details)
@@ -81,11 +107,3 @@ def clone_failure(exc: VoxtrioClientError) -> VoxtrioClientError:
         copy = ConnectionLost(str(exc))
     copy.__cause__ = exc
     return copy
-
-
-def known_code(code: str) -> ErrorCode | str:
-    # A newer server may send codes this client does not know: keep them as text.
-    try:
-        return ErrorCode(code)
-    except ValueError:
-        return code
