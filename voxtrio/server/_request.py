@@ -69,6 +69,9 @@ class RequestControl:
     # The outcome is decided (the terminal message is on its way): a stop is too late.
     settled: bool = False
 
+    def stopping(self) -> bool:
+        return self.reason is not None
+
     def stop(self, reason: StopReason) -> None:
         if self.reason is None:
             self.reason = reason
@@ -84,6 +87,7 @@ async def synthesize(
     progress: ProgressIntervals,
     accepted_at: float,
     voices: VoiceService | None = None,
+    control: RequestControl | None = None,
 ) -> SynthesisResult:
     """Speak the request's text and send its audio; return the result for `complete`."""
     options: SynthesisOptions = request.params
@@ -115,6 +119,8 @@ async def synthesize(
         rate=options.speed,
     )
     sink = NativeSink(request.request_id, writer, streaming, text_input)
+    if control is not None:
+        sink.stopped = control.stopping
     try:
         stats = await speak(
             text_input.receive,
@@ -188,6 +194,7 @@ async def run_request(
                     progress=progress,
                     accepted_at=accepted_at,
                     voices=voices,
+                    control=control,
                 )
             control.settled = True
             if result is None:  # the scope caught a stop before synthesis finished

@@ -153,6 +153,33 @@ class MessageLimits:
     budget: PartialMessageBudget
 
 
+class WriteTurn:
+    """A connection's write lock that any task may release.
+
+    A write begun in a mailbox callback (a chunk handed straight to the socket) that
+    the socket could not take whole is finished by another task; trio's own locks
+    must be released by the task that took them. FIFO, like them.
+    """
+
+    def __init__(self) -> None:
+        self._free = trio.Semaphore(1)
+
+    def locked(self) -> bool:
+        return self._free.value == 0
+
+    def acquire_nowait(self) -> None:
+        self._free.acquire_nowait()
+
+    def release(self) -> None:
+        self._free.release()
+
+    async def __aenter__(self) -> None:
+        await self._free.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._free.release()
+
+
 class VoxWebSocketConnection(WebSocketConnection):
     """trio-websocket's connection with the size policy and the close frame on bad framing."""
 
@@ -180,6 +207,8 @@ class VoxWebSocketConnection(WebSocketConnection):
         self._upload_allowed: bool | None = None  # decided once per message
         # The socket for direct writes; False: none (TLS, extensions); None: not looked yet.
         self._direct: trio.socket.SocketType | Literal[False] | None = None
+        # trio-websocket takes this around its own writes (pongs, closes).
+        self._stream_lock: WriteTurn = WriteTurn()  # type: ignore[assignment]
 
     @property
     def local(self):  # type: ignore[no-untyped-def]
@@ -190,7 +219,7 @@ class VoxWebSocketConnection(WebSocketConnection):
         return _get_stream_endpoint(self._stream.transport_stream, local=False)  # type: ignore[attr-defined]
 
     @property
-    def stream_lock(self) -> trio.StrictFIFOLock:
+    def stream_lock(self) -> WriteTurn:
         """The lock trio-websocket holds around every write of its own (pongs, closes)."""
         return self._stream_lock
 
