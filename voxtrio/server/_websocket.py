@@ -158,26 +158,40 @@ class WriteTurn:
 
     A write begun in a mailbox callback (a chunk handed straight to the socket) that
     the socket could not take whole is finished by another task; trio's own locks
-    must be released by the task that took them. FIFO, like them.
+    must be released by the task that took them. FIFO: a release hands the turn to
+    the longest waiter.
     """
 
     def __init__(self) -> None:
-        self._free = trio.Semaphore(1)
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
 
     def locked(self) -> bool:
-        return self._free.value == 0
+        return self._held
 
     def acquire_nowait(self) -> None:
-        self._free.acquire_nowait()
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
 
     def release(self) -> None:
-        self._free.release()
+        if not self._held:
+            raise RuntimeError("release of a write turn nobody holds")
+        if self._waiters:
+            self._waiters.unpark()  # the turn passes to it: still held
+        else:
+            self._held = False
 
     async def __aenter__(self) -> None:
-        await self._free.acquire()
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            await self._waiters.park()
+        else:
+            self._held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def __aexit__(self, *exc: object) -> None:
-        self._free.release()
+        self.release()
 
 
 class VoxWebSocketConnection(WebSocketConnection):

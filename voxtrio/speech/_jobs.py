@@ -136,6 +136,34 @@ class LoopMailbox:
         return due
 
 
+class Credits:
+    """Chunks a job may still hand over before its request takes one: taken without
+    blocking by the step loop, given back by the Trio side.
+
+    A lock and an int: `threading.Semaphore` is a Python-level condition variable,
+    several microseconds a call, and the step loop never waits on it.
+    """
+
+    def __init__(self, value: int) -> None:
+        self._lock = threading.Lock()
+        self._value = value
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._value <= 0:
+                return False
+            self._value -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._value += 1
+
+
 @attrs.define(eq=False)
 class Job:
     """One generation on one model instance; shared by the request task and its thread."""
@@ -150,7 +178,7 @@ class Job:
     # Chunks the thread may hand over before the request task has taken them.
     chunk_buffer: int = 2
     stop_event: threading.Event = attrs.Factory(threading.Event)
-    credits: threading.Semaphore = attrs.field(init=False)
+    credits: Credits = attrs.field(init=False)
     # Its step loop's wake-up: set on a credit or a stop (None until submitted).
     wake: threading.Event | None = None
     done: trio.Event = attrs.Factory(trio.Event)
@@ -169,23 +197,28 @@ class Job:
     queued: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.credits = threading.Semaphore(self.chunk_buffer)
+        self.credits = Credits(self.chunk_buffer)
 
     # The step loop's side (speech.batched's `Request`): non-blocking, any thread.
     def stop_requested(self) -> bool:
         return self.stop_event.is_set()
 
     def take_credit(self) -> bool:
-        return self.credits.acquire(blocking=False)
+        return self.credits.take()
 
     def give_credit(self) -> None:
-        self.credits.release()
+        self.credits.give()
+
+    def wake_loop(self) -> None:
+        """Tell its step loop something changed (a credit, a stop)."""
+        wake = self.wake
+        if wake is not None and not wake.is_set():  # set() takes a condition's lock
+            wake.set()
 
     def request_stop(self) -> None:
         self.stop_event.set()
-        self.credits.release()  # a stopped row needs no credit to be seen leaving
-        if self.wake is not None:
-            self.wake.set()  # its step loop takes the row out before its next step
+        self.credits.give()  # a stopped row needs no credit to be seen leaving
+        self.wake_loop()  # its step loop takes the row out before its next step
 
     def deliver(self, item: Any) -> None:
         """Trio thread (a mailbox callback): hand a chunk over or put it in the channel.
@@ -202,8 +235,7 @@ class Job:
                 return
             if taken:
                 self.give_credit()
-                if self.wake is not None:
-                    self.wake.set()
+                self.wake_loop()
                 return
         due = self.mailbox.due_time() if self.mailbox.delivery_slot > 0 else 0.0
         try:
@@ -236,9 +268,8 @@ class ChunkStream:
             self._job.queued -= 1
         due, item = await self._receive.receive()
         self._holding = True
-        self._job.credits.release()
-        if self._job.wake is not None:
-            self._job.wake.set()
+        self._job.give_credit()
+        self._job.wake_loop()
         if due > trio.current_time():
             await trio.sleep_until(due)
         return item

@@ -12,6 +12,7 @@ What happened goes to a `SpeechSink`; failures are `SpeechError`s.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -245,6 +246,10 @@ async def generate_utterance(
         await sink.utterance_started(utterance)
         interval = progress.streaming if spec.streaming else progress.timer
         reporter = ProgressReporter(job, partial(sink.progress, utterance), interval)
+        if spec.streaming:
+            # Each request's reports at its own phase of the interval: streams started
+            # together would otherwise all report in the same step, once a second.
+            reporter.last_at -= interval * (zlib.crc32(request_id.encode()) % 1000) / 1000
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if not spec.streaming:

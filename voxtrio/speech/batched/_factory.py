@@ -55,7 +55,7 @@ def load_model(
             engine, batch_model_for(engine, max_batch, compile), engine.badcase_steps
         )
     paced = isinstance(engine, SyntheticEngine)
-    return LoadedModel(engine, batch_model_for(engine, max_batch, compile), join_steps=not paced)
+    return LoadedModel(engine, batch_model_for(engine, max_batch, compile), paced=paced)
 
 
 def model_instances(

@@ -43,10 +43,10 @@ class LoadedModel:
     engine: Engine
     model: BatchModel[Any]
     badcase_steps: BadcaseRule = never_badcase
-    # Whether a join step can pay (see the scheduler): not where a step's time is a
-    # clock's tick rather than work (the synthetic engine), so a join step only delays
-    # every running row by a tick and gives the new ones a short first gap.
-    join_steps: bool = True
+    # A step's time is a clock's tick, not work (the synthetic engine): no join steps
+    # (one would only delay every running row by a tick and give the new rows a short
+    # first gap), and every waiting request is prefilled at once (it costs nothing).
+    paced: bool = False
 
 
 ModelLoader = Callable[[], LoadedModel]
@@ -147,9 +147,9 @@ class ModelInstance:
         self.engine, self.model, self.slots = loaded.engine, model, model.max_batch
         scheduler: Scheduler[Job, Any] = Scheduler(
             model.max_batch,
-            prefill_group=self.prefill_group,
+            prefill_group=model.max_batch if loaded.paced else self.prefill_group,
             prefill_budget=self.prefill_budget,
-            join_steps=self.join_steps and loaded.join_steps,
+            join_steps=self.join_steps and not loaded.paced,
             credit_timeout=self.credit_timeout,
             badcase_steps=loaded.badcase_steps,
             bucket_for=model.bucket_for,
