@@ -548,6 +548,31 @@ def level_figures(run: LevelRun) -> dict[str, Any]:
     return figures
 
 
+def steady_jitter(run: LevelRun, *, rtf: float, clock: str = "wire") -> list[float]:
+    """`stream_jitter` over the level's steady part only: gaps that begin after every
+    stream has had its first chunk and end before any stream has had its last."""
+    streams = [
+        times
+        for timing in run.timings
+        if timing.ok
+        and timing.chunks
+        and (times := timing.wire_arrivals if clock == "wire" else timing.arrivals)
+    ]
+    if not streams:
+        return []
+    begin = max(times[0] for times in streams)
+    end = min(times[-1] for times in streams)
+    out: list[float] = []
+    for timing in run.timings:
+        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
+        if not timing.ok or not times or not timing.chunks:
+            continue
+        nominal = timing.samples / timing.chunks / timing.sample_rate * rtf
+        inside = [t for t in times if begin <= t <= end]
+        out.extend(_stats.jitter(inside, nominal))
+    return out
+
+
 def stream_jitter(run: LevelRun, *, rtf: float, clock: str = "read") -> list[float]:
     """Inter-chunk jitter (s) of every stream in a level, against the paced period.
 
