@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -31,6 +32,8 @@ from voxtrio.server._websocket import (
 )
 
 Buffer = bytes | bytearray | memoryview
+
+log = structlog.get_logger("voxtrio.server")
 
 # How a write timeout is reported (logs, close reason): the client read nothing.
 STALLED = "client read nothing"
@@ -100,14 +103,22 @@ class FrameWriter:
         if sock is None or self._lock.locked() or ws.stream_lock.locked():
             return False
         size = sum(len(part) for part in parts)
+        vector = _vector(opcode, size, parts)
         try:
-            rest = self._write_some(sock, _vector(opcode, size, parts))
+            rest = self._write_some(sock, vector)
         except OSError:
             return False  # nothing went: `send_frame` meets the error and reports it
+        if rest is vector:
+            return False  # the socket is full: nothing went, the request task waits
         if rest:
             self._lock.acquire_nowait()
             ws.stream_lock.acquire_nowait()
-            tails.start_soon(self._finish_tail, ws, sock, rest)
+            try:
+                tails.start_soon(self._finish_tail, ws, sock, rest)
+            except RuntimeError:  # the connection's nursery has closed: so has the peer
+                self.broken = "connection closed mid-message"
+                ws.stream_lock.release()
+                self._lock.release()
         self._count(size)
         return True
 
@@ -119,6 +130,9 @@ class FrameWriter:
                 await self._finish(ws, sock, rest)
         except ConnectionGone:
             pass  # `broken` says why; the request's next write raises it
+        except Exception as exc:  # never the connection's whole nursery for one write
+            self.broken = f"write failed: {type(exc).__name__}"
+            log.exception("handover_tail_failed")
         finally:
             ws.stream_lock.release()
             self._lock.release()
