@@ -26,6 +26,10 @@ def _never() -> bool:
     return False
 
 
+def _nothing() -> None:
+    pass
+
+
 @attrs.define
 class NativeSink:
     """Turns a speech stream into native frames and progress messages."""
@@ -37,6 +41,8 @@ class NativeSink:
     # Whether the request is being stopped (a cancel, a shutdown): then audio waits for
     # the request task, which sends none.
     stopped: Callable[[], bool] = _never
+    # Called once its first utterance has a slot or waits for one (`SetupTurn`).
+    on_started: Callable[[], None] = _nothing
     audio_info: AudioInfo | None = None
     frames_sent: int = 0
     first_audio_at: float | None = None
@@ -76,6 +82,8 @@ class NativeSink:
         return Progress(self.request_id, state, value, message)
 
     def opened(self, audio: AudioInfo) -> None:
+        if self.text_input.splitter is not None:
+            self.on_started()  # a text stream waits for its client's text: not setting up
         self.audio_info = audio
         self._heads = StreamFrameHeads(self.request_id, audio.sample_rate, audio.format)
 
@@ -83,9 +91,11 @@ class NativeSink:
         pass
 
     async def waiting(self, utterance: Utterance) -> None:
+        self.on_started()
         await self._report_queued()
 
     async def utterance_started(self, utterance: Utterance) -> None:
+        self.on_started()
         await self._report_queued()  # the documented sequence starts with it
         await self.report("processing", 0.0, f"sentence {utterance.index}")
 
