@@ -102,7 +102,7 @@ class NativeSink:
     async def _report_queued(self) -> None:
         if not self._queued_reported:
             self._queued_reported = True
-            await self.report("queued", 0.0, "waiting for a model replica")
+            await self.report("queued", 0.0, "waiting for a generation slot")
 
     async def words(self, utterance: Utterance, words: SentenceWords) -> None:
         timed = [WordTime(w.text, w.start, w.end) for w in words.words]
