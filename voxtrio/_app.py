@@ -14,6 +14,7 @@ import trio
 from voxtrio import __version__
 from voxtrio._config import ConfigError, Settings
 from voxtrio.ops._auth import KeyStore, check_exposure
+from voxtrio.ops._collector import settle_after_start
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
 from voxtrio.ops._memory import trim_after_load
@@ -174,6 +175,7 @@ async def run_server(
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
             nursery.start_soon(trim_after_load, settings.memory_trim_interval)
+            settle_after_start()
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):

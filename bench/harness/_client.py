@@ -52,6 +52,8 @@ class RequestTiming:
     sample_rate: int = 0
     error: str | None = None
     arrivals: list[float] | None = None
+    # Kernel receive times (time.time seconds) of the same chunks: `_wire.py`.
+    wire_arrivals: list[float] | None = None
 
     @property
     def ok(self) -> bool:

@@ -21,7 +21,7 @@ import trio
 from trio_websocket import WebSocketConnection
 from wsproto.utilities import LocalProtocolError
 
-from . import _stats
+from . import _stats, _wire
 from ._client import CONNECTION_ERRORS, RequestTiming, connect, failed, synthesize
 from ._texts import Job
 
@@ -441,6 +441,57 @@ async def open_loop(
     return LevelRun(results, started, measurement)
 
 
+async def wire_open_loop(
+    url: str,
+    jobs: Sequence[Job],
+    arrivals: Sequence[float],
+    *,
+    pids: Mapping[str, int | None] | None = None,
+    request_timeout: float = 300.0,
+) -> LevelRun:
+    """`open_loop` over `_wire` connections (one per job, opened first): every chunk
+    keeps its read time and its kernel receive time."""
+    if len(arrivals) != len(jobs):
+        raise ValueError("one arrival offset per job")
+    results: list[RequestTiming] = []
+    opened: list[_wire.WireConnection] = []
+    try:
+        limit = trio.CapacityLimiter(64)  # the server's accept backlog is finite
+        async with trio.open_nursery() as nursery:
+            for _ in jobs:
+                nursery.start_soon(_open_wire, url, opened, limit)
+        if len(opened) < len(jobs):
+            raise RuntimeError(f"opened {len(opened)} of {len(jobs)} connections")
+
+        async def one(connection: _wire.WireConnection, job: Job, sent: float) -> None:
+            try:
+                with trio.fail_after(request_timeout):
+                    results.append(await _wire.synthesize(connection, job, sent=sent))
+            except (trio.TooSlowError, _wire.WireError, *CONNECTION_ERRORS) as exc:
+                results.append(failed(sent, exc))
+
+        async with monitored(pids or {}) as measurement:
+            started = perf_counter()
+            async with trio.open_nursery() as nursery:
+                for connection, job, offset in zip(opened, jobs, arrivals, strict=True):
+                    due = started + offset
+                    await trio.sleep(max(0.0, due - perf_counter()))
+                    nursery.start_soon(one, connection, job, due)
+    finally:
+        with trio.CancelScope(shield=True):
+            for connection in opened:
+                await connection.aclose()
+    return LevelRun(results, started, measurement)
+
+
+async def _open_wire(
+    url: str, into: list[_wire.WireConnection], limit: trio.CapacityLimiter
+) -> None:
+    async with limit:
+        with contextlib.suppress(OSError, _wire.WireError):
+            into.append(await _wire.WireConnection.open(url))
+
+
 @attrs.define
 class IdleConnections:
     """Connections opened only to be held (handshake done, nothing sent)."""
@@ -497,16 +548,43 @@ def level_figures(run: LevelRun) -> dict[str, Any]:
     return figures
 
 
-def stream_jitter(run: LevelRun, *, rtf: float) -> list[float]:
+def steady_jitter(run: LevelRun, *, rtf: float, clock: str = "wire") -> list[float]:
+    """`stream_jitter` over the level's steady part only: gaps that begin after every
+    stream has had its first chunk and end before any stream has had its last."""
+    streams = [
+        times
+        for timing in run.timings
+        if timing.ok
+        and timing.chunks
+        and (times := timing.wire_arrivals if clock == "wire" else timing.arrivals)
+    ]
+    if not streams:
+        return []
+    begin = max(times[0] for times in streams)
+    end = min(times[-1] for times in streams)
+    out: list[float] = []
+    for timing in run.timings:
+        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
+        if not timing.ok or not times or not timing.chunks:
+            continue
+        nominal = timing.samples / timing.chunks / timing.sample_rate * rtf
+        inside = [t for t in times if begin <= t <= end]
+        out.extend(_stats.jitter(inside, nominal))
+    return out
+
+
+def stream_jitter(run: LevelRun, *, rtf: float, clock: str = "read") -> list[float]:
     """Inter-chunk jitter (s) of every stream in a level, against the paced period.
 
     The nominal gap is one chunk's duration times the engine's real-time factor
-    (160 ms for 7680 samples at 48 kHz and rtf 1.0).
+    (160 ms for 7680 samples at 48 kHz and rtf 1.0). `clock`: "read" (when the client
+    read each chunk) or "wire" (when the kernel received it; `wire_open_loop` runs).
     """
     out: list[float] = []
     for timing in run.timings:
-        if not timing.ok or not timing.arrivals or not timing.chunks:
+        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
+        if not timing.ok or not times or not timing.chunks:
             continue
         nominal = timing.samples / timing.chunks / timing.sample_rate * rtf
-        out.extend(_stats.jitter(timing.arrivals, nominal))
+        out.extend(_stats.jitter(times, nominal))
     return out

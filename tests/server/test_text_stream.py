@@ -166,3 +166,26 @@ async def test_stream_params_are_validated(synthetic_server: ServerHandle) -> No
         await s.until_terminal("t")
     details = s.outcomes["t"].terminal["error"]["details"]
     assert details == {"params.mode": "unknown key"} or "params.mode" in details
+
+
+async def test_open_text_streams_waiting_for_text_never_block_new_requests(
+    start_server: Callable[..., Any],
+) -> None:
+    """More idle text streams than setup turns are open, and a new request still runs."""
+    from voxtrio.server._request import SETUP_TURNS
+
+    streams = SETUP_TURNS + 2
+    handle: ServerHandle = await start_server(
+        max_concurrent=streams + 8, max_requests_per_connection=streams
+    )
+    async with session(handle.url) as s:
+        for i in range(streams):
+            await start_stream(s, f"idle{i}", seed=i)
+        await s.send({"type": "ping", "timestamp": 1})
+        await s.until(None, "pong", timeout=10)  # type: ignore[arg-type]  # every start read
+        with trio.fail_after(10):
+            outcome = await speak(handle.url, text="a" * 8, seed=1)
+        assert outcome.terminal["type"] == "complete"
+        for i in range(streams):
+            await end(s, f"idle{i}")
+        await s.until_terminal(*(f"idle{i}" for i in range(streams)))

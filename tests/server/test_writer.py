@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -159,3 +160,80 @@ async def test_a_cancelled_writer_sends_nothing() -> None:
             await pair.writer.send_frame(b"h", b"kept")
             assert await pair.client.get_message() == b"hkept"
     assert pair.writer.frames_sent == 1
+
+
+async def test_try_send_frame_writes_a_whole_frame_at_once() -> None:
+    """With the connection free, try_send_frame writes the frame now and says so."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair, trio.open_nursery() as tails:
+            pair.writer.tails = tails
+            assert pair.writer.try_send_frame(b"head", b"audio" * 100)
+            assert pair.writer.frames_sent == 1
+            assert pair.writer.try_send_text('{"type":"progress"}')
+            assert await pair.client.get_message() == b"head" + b"audio" * 100
+            assert await pair.client.get_message() == '{"type":"progress"}'
+
+
+async def test_try_send_frame_declines_while_a_write_turn_is_held() -> None:
+    """Someone else writing (trio-websocket's pong, say): nothing sent, False, send it later."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair, trio.open_nursery() as tails:
+            pair.writer.tails = tails
+            turn = pair.server_ws.stream_lock  # type: ignore[attr-defined]
+            turn.acquire_nowait()
+            assert not pair.writer.try_send_frame(b"h", b"declined")
+            turn.release()
+            await pair.writer.send_frame(b"h", b"sent")
+            assert await pair.client.get_message() == b"hsent"
+    assert pair.writer.frames_sent == 1
+
+
+async def test_try_send_frame_declines_without_a_nursery_for_the_rest() -> None:
+    """No `tails` nursery to finish a partial write in: the writer offers no handover."""
+    with trio.fail_after(10):
+        async with writer_pair() as pair:
+            assert not pair.writer.try_send_frame(b"h", b"declined")
+            await pair.writer.send_frame(b"h", b"sent")
+            assert await pair.client.get_message() == b"hsent"
+
+
+async def test_a_partial_handover_is_finished_before_the_next_frame() -> None:
+    """A frame the socket takes in part is finished by a task once the peer reads; a frame
+    sent after it waits for it, and both arrive intact, in order."""
+    payload = bytes(range(256)) * (BIG // 256)
+    sent_after = trio.Event()
+    with trio.fail_after(20):
+        async with writer_pair() as pair, trio.open_nursery() as tails:
+            pair.writer.tails = tails
+            sock = pair.server_ws.direct_socket()  # type: ignore[attr-defined]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            # Two messages the client leaves unread fill its queue: it stops reading.
+            await pair.writer.send(b"first")
+            await pair.writer.send(b"second")
+            assert pair.writer.try_send_frame(b"big", payload)
+            assert not pair.writer.try_send_frame(b"h", b"x")  # the rest is still going out
+
+            async def send_after() -> None:
+                await pair.writer.send_frame(b"after", b"!")
+                sent_after.set()
+
+            tails.start_soon(send_after)
+            await trio.sleep(0.2)
+            assert not sent_after.is_set()  # the peer reads nothing: the rest waits, so must it
+            got = [await pair.client.get_message() for _ in range(4)]
+            await sent_after.wait()
+    assert got == [b"first", b"second", b"big" + payload, b"after!"]
+    assert pair.writer.frames_sent == 4
+
+
+async def test_try_send_frame_declines_once_the_connection_is_broken() -> None:
+    """After a write timed out (part of a frame may be on the wire), nothing more is written."""
+    with trio.fail_after(20):
+        async with writer_pair(write_timeout=0.3) as pair, trio.open_nursery() as tails:
+            pair.writer.tails = tails
+            with pytest.raises(ConnectionGone):
+                await write_until_it_fails(pair.writer, bytes(BIG), pause=0)
+            sent = pair.writer.frames_sent
+            assert not pair.writer.try_send_frame(b"h", b"x")
+            assert not pair.writer.try_send_text("{}")
+            assert pair.writer.frames_sent == sent

@@ -37,6 +37,10 @@ class RecordingSink:
 
     events: list[tuple[Any, ...]] = attrs.Factory(list)
     data: list[bytes] = attrs.Factory(list)
+    # Take chunks as the step hands them over (`audio_nowait`), or leave all to `audio`.
+    nowait: bool = True
+    handed_over: int = 0
+    awaited: int = 0
 
     def opened(self, audio: AudioInfo) -> None:
         self.events.append(("opened", audio))
@@ -52,6 +56,19 @@ class RecordingSink:
 
     async def audio(self, data: bytes) -> None:
         self.data.append(data)
+        self.awaited += 1
+
+    def audio_nowait(self, data: bytes) -> bool:
+        if not self.nowait:
+            return False
+        self.data.append(data)
+        self.handed_over += 1
+        return True
+
+    def progress_nowait(self, utterance: Utterance, steps: int, expected: int) -> bool:
+        if self.nowait:
+            self.events.append(("progress", utterance.index))
+        return self.nowait
 
     async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
         self.events.append(("finished", utterance.index, samples_in))
@@ -82,9 +99,13 @@ def utterances(items: Sequence[Utterance]) -> trio.MemoryReceiveChannel[Utteranc
 
 
 async def run_speak(
-    pool: InstancePool, items: Sequence[Utterance], output: OutputSpec | None = None
+    pool: InstancePool,
+    items: Sequence[Utterance],
+    output: OutputSpec | None = None,
+    *,
+    sink: RecordingSink | None = None,
 ) -> tuple[RecordingSink, SpeechStats]:
-    sink = RecordingSink()
+    sink = sink if sink is not None else RecordingSink()
     with trio.fail_after(20):
         stats = await speak(
             utterances(items),
@@ -118,6 +139,27 @@ async def test_utterances_become_one_continuous_stream() -> None:
     assert b"".join(sink.data) == expected_pcm(["a" * 8, "b" * 8])
     assert stats.utterances == 2
     assert stats.samples_out == 4 * 7680
+
+
+async def test_streamed_chunks_are_handed_straight_to_a_sink_that_can_send_at_once() -> None:
+    """Chunks after the first few reach the sink as the step hands them over, with no
+    task woken; the stream is the same."""
+    async with started_pool() as pool:
+        sink, stats = await run_speak(pool, [Utterance(0, "a" * 40)])
+    assert b"".join(sink.data) == expected_pcm(["a" * 40])
+    assert sink.handed_over >= 5  # 10 chunks: the first may still meet the task's set-up
+    assert sink.handed_over + sink.awaited == stats.chunks
+
+
+async def test_a_sink_that_cannot_send_at_once_gets_every_chunk_through_audio() -> None:
+    """When `audio_nowait` declines, each chunk goes through the request task, in order."""
+    async with started_pool() as pool:
+        sink, stats = await run_speak(
+            pool, [Utterance(0, "a" * 40)], sink=RecordingSink(nowait=False)
+        )
+    assert b"".join(sink.data) == expected_pcm(["a" * 40])
+    assert sink.handed_over == 0
+    assert sink.awaited == stats.chunks
 
 
 async def test_events_come_in_the_documented_order() -> None:

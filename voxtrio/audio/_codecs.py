@@ -244,6 +244,12 @@ class AudioEncoder:
             x = self._resampler.resample_chunk(np.ascontiguousarray(x))
         return self._encode_out(x)
 
+    @property
+    def holds_nothing_back(self) -> bool:
+        """PCM or WAV at the input rate: `finish` costs next to nothing (no codec, no
+        resampler to flush), so it need not leave the event loop."""
+        return self._resampler is None and isinstance(self._backend, _PcmBackend)
+
     def finish(self) -> bytes:
         """Flush everything held back and end the stream; a second call returns b""."""
         if self._finished:

@@ -128,6 +128,12 @@ class TaskSink:
     async def utterance_started(self, utterance: Utterance) -> None:
         pass
 
+    def audio_nowait(self, data: bytes) -> bool:
+        return False  # every piece goes through `audio`
+
+    def progress_nowait(self, utterance: Utterance, steps: int, expected: int) -> bool:
+        return False
+
     async def audio(self, data: bytes) -> None:
         """One binary frame, announced by its sentence-synthesis event."""
         await self.writer.send(DashScopeTask.synthesis_event(self.task.task_id, self.index).text)

@@ -68,19 +68,27 @@ class WebSocketEndpoint(abc.ABC):
         return self._nursery
 
     async def run(self) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(
-                keepalive, self.ws, self.activity, self.settings, self.abort, nursery.cancel_scope
-            )
-            try:
-                while (message := await self.next_message()) is not None:
-                    await self.handle(message)
-            except ConnectionGone as exc:
-                self.log.info("connection_lost", reason=str(exc))
-            finally:
-                self.closing()
-                nursery.cancel_scope.cancel()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = self.writer.tails = nursery
+                nursery.start_soon(
+                    keepalive,
+                    self.ws,
+                    self.activity,
+                    self.settings,
+                    self.abort,
+                    nursery.cancel_scope,
+                )
+                try:
+                    while (message := await self.next_message()) is not None:
+                        await self.handle(message)
+                except ConnectionGone as exc:
+                    self.log.info("connection_lost", reason=str(exc))
+                finally:
+                    self.closing()
+                    nursery.cancel_scope.cancel()
+        finally:
+            self.writer.tails = None
 
     @abc.abstractmethod
     def begin_drain(self) -> None: ...

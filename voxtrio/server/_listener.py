@@ -25,6 +25,7 @@ from voxtrio.server._endpoint import Endpoint
 from voxtrio.server._native import Connection
 from voxtrio.server._origin import BrowserPolicy
 from voxtrio.server._pending import PendingRequests
+from voxtrio.server._request import SETUP_TURNS
 from voxtrio.server._sniff import (
     HeadTooLarge,
     ReplayStream,
@@ -166,6 +167,7 @@ class TtsServer:
         self.stats = ServerStats()
         self.capabilities = Capabilities(max_text_chars=settings.max_text_chars)
         self.connections: set[Endpoint] = set()
+        self.setup_turns = trio.CapacityLimiter(SETUP_TURNS)
         self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()
         self.draining = False
@@ -325,6 +327,7 @@ class TtsServer:
                 capabilities=self.capabilities,
                 metrics=self.metrics,
                 voices=self.voices,
+                setup_turns=self.setup_turns,
             )
         self.connections.add(connection)
         self.metrics.connection_opened()

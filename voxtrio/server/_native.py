@@ -56,8 +56,10 @@ class Connection(WebSocketEndpoint):
         capabilities: Capabilities,
         metrics: Metrics,
         voices: VoiceService | None = None,
+        setup_turns: trio.CapacityLimiter | None = None,
     ) -> None:
         super().__init__(ws, settings=settings)
+        self.setup_turns = setup_turns  # shared by the server's connections
         self.metrics = metrics
         self.voices = voices
         self.pool = pool
@@ -190,6 +192,7 @@ class Connection(WebSocketEndpoint):
                     progress=self.settings.progress_intervals,
                     metrics=self.metrics,
                     voices=self.voices,
+                    setup_turns=self.setup_turns,
                 )
             finally:
                 self.requests.pop(request.request_id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -60,6 +61,38 @@ def spec_for(options: SynthesisOptions, text: str, *, streaming: bool) -> Synthe
     )
 
 
+# Native requests that set themselves up on the event loop at once (see `SetupTurn`).
+SETUP_TURNS = 16
+
+
+@attrs.define(eq=False)
+class SetupTurn:
+    """A request's turn to set itself up, given back once its first utterance has a
+    generation slot (or waits for one), or when it ends.
+
+    Setting a request up (its voice and encoder, admission, the first progress
+    messages) is event-loop work; a storm of new requests set up all at once made one
+    long scheduler batch that held back the chunks of every running stream (measured:
+    1,000 streams started within 160 ms; docs/BENCHMARKS.md, issue 20). With at most
+    `SETUP_TURNS` at once the loop's batches stay short, the hand-over of running
+    streams' chunks goes between them, and new requests wait instead.
+    """
+
+    turns: trio.CapacityLimiter | None
+    held: bool = False
+
+    async def take(self) -> None:
+        if self.turns is not None:
+            await self.turns.acquire_on_behalf_of(self)
+            self.held = True
+
+    def give_back(self) -> None:
+        if self.held:
+            self.held = False
+            assert self.turns is not None
+            self.turns.release_on_behalf_of(self)
+
+
 @attrs.define(eq=False)
 class RequestControl:
     """How the connection stops a running request, and why."""
@@ -68,6 +101,9 @@ class RequestControl:
     reason: StopReason | None = None
     # The outcome is decided (the terminal message is on its way): a stop is too late.
     settled: bool = False
+
+    def stopping(self) -> bool:
+        return self.reason is not None
 
     def stop(self, reason: StopReason) -> None:
         if self.reason is None:
@@ -84,6 +120,8 @@ async def synthesize(
     progress: ProgressIntervals,
     accepted_at: float,
     voices: VoiceService | None = None,
+    control: RequestControl | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> SynthesisResult:
     """Speak the request's text and send its audio; return the result for `complete`."""
     options: SynthesisOptions = request.params
@@ -115,6 +153,10 @@ async def synthesize(
         rate=options.speed,
     )
     sink = NativeSink(request.request_id, writer, streaming, text_input)
+    if control is not None:
+        sink.stopped = control.stopping
+    if on_started is not None:
+        sink.on_started = on_started
     try:
         stats = await speak(
             text_input.receive,
@@ -162,6 +204,7 @@ async def run_request(
     progress: ProgressIntervals,
     metrics: Metrics | None = None,
     voices: VoiceService | None = None,
+    setup_turns: trio.CapacityLimiter | None = None,
 ) -> None:
     """Run one request and send exactly one terminal message (unless the peer is gone).
 
@@ -176,10 +219,12 @@ async def run_request(
     fields: dict[str, Any] = {"mode": mode, "text_chars": text_chars}
     outcome = "disconnected"
     result: SynthesisResult | None = None
+    turn = SetupTurn(setup_turns)
     try:
         terminal: ServerMessage
         try:
             with control.scope:
+                await turn.take()
                 result = await synthesize(
                     request,
                     text_input,
@@ -188,7 +233,10 @@ async def run_request(
                     progress=progress,
                     accepted_at=accepted_at,
                     voices=voices,
+                    control=control,
+                    on_started=turn.give_back,
                 )
+            turn.give_back()
             control.settled = True
             if result is None:  # the scope caught a stop before synthesis finished
                 _raise_for_stop(control.reason, request_id)
@@ -231,6 +279,7 @@ async def run_request(
         outcome = "disconnected"
         fields["reason"] = str(exc)
     finally:
+        turn.give_back()
         duration_s = time.perf_counter() - started
         log.info(
             "request_finished", outcome=outcome, total_ms=round(duration_s * 1000, 3), **fields

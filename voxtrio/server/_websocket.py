@@ -153,6 +153,47 @@ class MessageLimits:
     budget: PartialMessageBudget
 
 
+class WriteTurn:
+    """A connection's write lock that any task may release.
+
+    A write begun in a mailbox callback (a chunk handed straight to the socket) that
+    the socket could not take whole is finished by another task; trio's own locks
+    must be released by the task that took them. FIFO: a release hands the turn to
+    the longest waiter.
+    """
+
+    def __init__(self) -> None:
+        self._held = False
+        self._waiters = trio.lowlevel.ParkingLot()
+
+    def locked(self) -> bool:
+        return self._held
+
+    def acquire_nowait(self) -> None:
+        if self._held:
+            raise trio.WouldBlock
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            raise RuntimeError("release of a write turn nobody holds")
+        if self._waiters:
+            self._waiters.unpark()  # the turn passes to it: still held
+        else:
+            self._held = False
+
+    async def __aenter__(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._held:
+            await self._waiters.park()
+        else:
+            self._held = True
+            await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+
 class VoxWebSocketConnection(WebSocketConnection):
     """trio-websocket's connection with the size policy and the close frame on bad framing."""
 
@@ -180,6 +221,8 @@ class VoxWebSocketConnection(WebSocketConnection):
         self._upload_allowed: bool | None = None  # decided once per message
         # The socket for direct writes; False: none (TLS, extensions); None: not looked yet.
         self._direct: trio.socket.SocketType | Literal[False] | None = None
+        # trio-websocket takes this around its own writes (pongs, closes).
+        self._stream_lock: WriteTurn = WriteTurn()  # type: ignore[assignment]
 
     @property
     def local(self):  # type: ignore[no-untyped-def]
@@ -190,7 +233,7 @@ class VoxWebSocketConnection(WebSocketConnection):
         return _get_stream_endpoint(self._stream.transport_stream, local=False)  # type: ignore[attr-defined]
 
     @property
-    def stream_lock(self) -> trio.StrictFIFOLock:
+    def stream_lock(self) -> WriteTurn:
         """The lock trio-websocket holds around every write of its own (pongs, closes)."""
         return self._stream_lock
 

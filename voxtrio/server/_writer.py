@@ -6,6 +6,11 @@ payload is never copied, and when the lock is free and the socket takes it all (
 usual case) the write costs no lock wait, no cancel scope and no task switch. The
 per-chunk event-loop work this removes (wsproto's frame build and payload copy,
 trio-websocket's and Trio's stream layers) is measured in docs/BENCHMARKS.md.
+
+`try_send_frame` is the same write without waiting, for a chunk handed over in a
+mailbox callback (speech/_jobs.py): all or nothing is decided before a byte goes,
+and a write the socket takes only in part is finished by a task of the connection,
+holding the connection's write turns until then.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import structlog
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -21,10 +27,13 @@ from voxtrio.server._websocket import (
     OPCODE_BINARY,
     OPCODE_TEXT,
     VoxWebSocketConnection,
+    WriteTurn,
     message_header,
 )
 
 Buffer = bytes | bytearray | memoryview
+
+log = structlog.get_logger("voxtrio.server")
 
 # How a write timeout is reported (logs, close reason): the client read nothing.
 STALLED = "client read nothing"
@@ -51,11 +60,14 @@ class FrameWriter:
         self._ws = ws
         self._activity = activity
         self._direct = ws if isinstance(ws, VoxWebSocketConnection) else None
-        self._lock = trio.Lock()
+        self._lock = WriteTurn()
         self.write_timeout = write_timeout
         self.broken: str | None = None
         self.frames_sent = 0
         self.bytes_sent = 0
+        # Where the rest of a handed-over write is finished: the connection's nursery,
+        # while it runs (None: no handover).
+        self.tails: trio.Nursery | None = None
 
     async def send(self, message: str | bytes) -> None:
         """Send one message; raise ConnectionGone if it cannot be delivered."""
@@ -67,6 +79,63 @@ class FrameWriter:
     async def send_frame(self, head: bytes, payload: Buffer) -> None:
         """Send one binary message, `head` then `payload`, without joining them."""
         await self._send(OPCODE_BINARY, (head, payload), None)
+
+    def try_send_text(self, message: str) -> bool:
+        """`send` of a text message now, or not at all (see `try_send_frame`)."""
+        return self._try_send(OPCODE_TEXT, (message.encode(),))
+
+    def try_send_frame(self, head: bytes, payload: Buffer) -> bool:
+        """`send_frame` now, from any code on the Trio thread, or not at all.
+
+        True: the message is sent, or its first bytes are and the rest is finished by
+        a task in `tails` (shielded, within `write_timeout`; later writes wait for
+        it). False, with nothing sent: the connection is busy, broken or not a plain
+        socket; the caller sends it with `send_frame` instead.
+        """
+        return self._try_send(OPCODE_BINARY, (head, payload))
+
+    def _try_send(self, opcode: int, parts: Sequence[Buffer]) -> bool:
+        ws = self._direct
+        tails = self.tails
+        if ws is None or tails is None or self.broken is not None:
+            return False
+        sock = ws.direct_socket()
+        if sock is None or self._lock.locked() or ws.stream_lock.locked():
+            return False
+        size = sum(len(part) for part in parts)
+        vector = _vector(opcode, size, parts)
+        try:
+            rest = self._write_some(sock, vector)
+        except OSError:
+            return False  # nothing went: `send_frame` meets the error and reports it
+        if rest is vector:
+            return False  # the socket is full: nothing went, the request task waits
+        if rest:
+            self._lock.acquire_nowait()
+            ws.stream_lock.acquire_nowait()
+            try:
+                tails.start_soon(self._finish_tail, ws, sock, rest)
+            except RuntimeError:  # the connection's nursery has closed: so has the peer
+                self.broken = "connection closed mid-message"
+                ws.stream_lock.release()
+                self._lock.release()
+        self._count(size)
+        return True
+
+    async def _finish_tail(
+        self, ws: VoxWebSocketConnection, sock: trio.socket.SocketType, rest: list[memoryview]
+    ) -> None:
+        try:
+            with trio.CancelScope(shield=True):
+                await self._finish(ws, sock, rest)
+        except ConnectionGone:
+            pass  # `broken` says why; the request's next write raises it
+        except Exception as exc:  # never the connection's whole nursery for one write
+            self.broken = f"write failed: {type(exc).__name__}"
+            log.exception("handover_tail_failed")
+        finally:
+            ws.stream_lock.release()
+            self._lock.release()
 
     async def _send(
         self, opcode: int, parts: Sequence[Buffer], message: str | bytes | None
@@ -165,7 +234,7 @@ class FrameWriter:
 class _held:
     """Hold a free Trio lock for a block without a checkpoint (it must be free)."""
 
-    def __init__(self, lock: trio.Lock | trio.StrictFIFOLock) -> None:
+    def __init__(self, lock: WriteTurn) -> None:
         self._lock = lock
 
     def __enter__(self) -> None:

@@ -22,21 +22,38 @@ it from the mailbox but at least `LoopMailbox.delivery_slot` after the chunk bef
 it, and its request task writes it then. The writes leave in post order (a stable
 row order), spread over about the burst's own length, so each stream's gap is the
 step clock's gap.
+
+Faster still, and in row order whatever the loop's load: a request may give its job
+a `handover`, a synchronous "write this chunk now" that the mailbox callback calls
+as the chunk comes off the mailbox. When it takes the chunk, no task wakes at all;
+when it cannot (the connection is busy, a progress message is due, an earlier chunk
+is still with the task), the chunk goes through the channel as above.
 """
 
 from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
 import outcome
+import structlog
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
+
+log = structlog.get_logger("voxtrio.speech")
+
+Handover = Callable[[Any], bool]
+"""Trio thread, in a mailbox callback: send this chunk now, without waiting.
+
+True: it is sent (or its sending is under way and will finish on its own); False:
+nothing was done, the chunk goes through the channel to the request task. Must not
+raise and must not block.
+"""
 
 
 class LoopMailbox:
@@ -81,6 +98,28 @@ class LoopMailbox:
                 self._drain_scheduled = False
             raise
 
+    def post_all(self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]]) -> None:
+        """`post` each of `calls` in order, with one lock and at most one wake-up.
+
+        A step loop hands a whole step's chunks over at once: posted one by one, each
+        wake-up of the loop thread while the step thread still encodes makes the two
+        trade the GIL (measured: the step thread then spent most of its time waiting
+        for it). Raises trio.RunFinishedError once the loop has gone.
+        """
+        if not calls:
+            return
+        with self._lock:
+            self._calls.extend(calls)
+            if self._drain_scheduled:
+                return
+            self._drain_scheduled = True
+        try:
+            self._token.run_sync_soon(self._drain)
+        except trio.RunFinishedError:
+            with self._lock:
+                self._drain_scheduled = False
+            raise
+
     def _drain(self) -> None:
         with self._lock:
             calls, self._calls = self._calls, collections.deque()
@@ -97,6 +136,34 @@ class LoopMailbox:
         return due
 
 
+class Credits:
+    """Chunks a job may still hand over before its request takes one: taken without
+    blocking by the step loop, given back by the Trio side.
+
+    A lock and an int: `threading.Semaphore` is a Python-level condition variable,
+    several microseconds a call, and the step loop never waits on it.
+    """
+
+    def __init__(self, value: int) -> None:
+        self._lock = threading.Lock()
+        self._value = value
+
+    @property
+    def value(self) -> int:
+        return self._value
+
+    def take(self) -> bool:
+        with self._lock:
+            if self._value <= 0:
+                return False
+            self._value -= 1
+            return True
+
+    def give(self) -> None:
+        with self._lock:
+            self._value += 1
+
+
 @attrs.define(eq=False)
 class Job:
     """One generation on one model instance; shared by the request task and its thread."""
@@ -111,7 +178,7 @@ class Job:
     # Chunks the thread may hand over before the request task has taken them.
     chunk_buffer: int = 2
     stop_event: threading.Event = attrs.Factory(threading.Event)
-    credits: threading.Semaphore = attrs.field(init=False)
+    credits: Credits = attrs.field(init=False)
     # Its step loop's wake-up: set on a credit or a stop (None until submitted).
     wake: threading.Event | None = None
     done: trio.Event = attrs.Factory(trio.Event)
@@ -123,31 +190,57 @@ class Job:
     finished_at: float | None = None
     result: outcome.Outcome[None] | None = None
     stopped: bool = False
+    # Set by the request task while it reads the chunks (see `Handover`).
+    handover: Handover | None = None
+    # Chunks sent into the channel that the request task has not finished with: while
+    # any is, a later chunk queues behind it rather than overtaking it by a handover.
+    queued: int = 0
 
     def __attrs_post_init__(self) -> None:
-        self.credits = threading.Semaphore(self.chunk_buffer)
+        self.credits = Credits(self.chunk_buffer)
 
     # The step loop's side (speech.batched's `Request`): non-blocking, any thread.
     def stop_requested(self) -> bool:
         return self.stop_event.is_set()
 
     def take_credit(self) -> bool:
-        return self.credits.acquire(blocking=False)
+        return self.credits.take()
 
     def give_credit(self) -> None:
-        self.credits.release()
+        self.credits.give()
+
+    def wake_loop(self) -> None:
+        """Tell its step loop something changed (a credit, a stop)."""
+        wake = self.wake
+        if wake is not None and not wake.is_set():  # set() takes a condition's lock
+            wake.set()
 
     def request_stop(self) -> None:
         self.stop_event.set()
-        self.credits.release()  # a stopped row needs no credit to be seen leaving
-        if self.wake is not None:
-            self.wake.set()  # its step loop takes the row out before its next step
+        self.credits.give()  # a stopped row needs no credit to be seen leaving
+        self.wake_loop()  # its step loop takes the row out before its next step
 
     def deliver(self, item: Any) -> None:
-        """Trio thread (a mailbox callback): put a chunk in the channel. Never raises."""
+        """Trio thread (a mailbox callback): hand a chunk over or put it in the channel.
+
+        Never raises.
+        """
+        if self.handover is not None and not self.queued:
+            try:
+                taken = self.handover(item)
+            except Exception:
+                # Part of it may have gone out: sending it again could repeat audio.
+                log.exception("handover_failed", request_id=self.request_id)
+                self.request_stop()
+                return
+            if taken:
+                self.give_credit()
+                self.wake_loop()
+                return
         due = self.mailbox.due_time() if self.mailbox.delivery_slot > 0 else 0.0
         try:
             self.send_channel.send_nowait((due, item))
+            self.queued += 1
         except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             # The request has gone (or is stopping); the chunk has nowhere to go.
             self.stop_event.set()
@@ -163,13 +256,20 @@ class ChunkStream:
     def __init__(self, job: Job, receive: trio.MemoryReceiveChannel[Any]) -> None:
         self._job = job
         self._receive = receive
+        self._holding = False  # the last chunk returned counts in `job.queued`
 
     async def receive(self) -> Any:
-        """The next chunk; `trio.EndOfChannel` once the job has finished."""
+        """The next chunk; `trio.EndOfChannel` once the job has finished.
+
+        Calling it again says the caller is done with the chunk before (sent it).
+        """
+        if self._holding:
+            self._holding = False
+            self._job.queued -= 1
         due, item = await self._receive.receive()
-        self._job.credits.release()
-        if self._job.wake is not None:
-            self._job.wake.set()
+        self._holding = True
+        self._job.give_credit()
+        self._job.wake_loop()
         if due > trio.current_time():
             await trio.sleep_until(due)
         return item

@@ -130,7 +130,11 @@ class OutputStream:
         return await trio.to_thread.run_sync(lambda: self.encoder.encode(stretch.flush()))
 
     async def finish(self) -> bytes:
-        """Flush the resampler, codec and container trailer (off the event loop)."""
+        """Flush the resampler, codec and container trailer (off the event loop, unless
+        there is nothing to flush: a thread hop costs more than PCM's flush)."""
+        if self.encoder.holds_nothing_back:
+            await trio.lowlevel.checkpoint()
+            return self.encoder.finish()
         return await trio.to_thread.run_sync(self.encoder.finish)
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ What happened goes to a `SpeechSink`; failures are `SpeechError`s.
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 from functools import partial
 from typing import Protocol
@@ -28,7 +29,7 @@ from voxtrio.speech._errors import GenerationFailed, InvalidText, NonFiniteOutpu
 from voxtrio.speech._jobs import Job
 from voxtrio.speech._output import EncodedAudio, OutputSpec, OutputStream
 from voxtrio.speech._pool import InstancePool
-from voxtrio.speech._progress import ProgressReporter
+from voxtrio.speech._progress import ProgressReporter, ReportProgressNow
 from voxtrio.speech._words import SentenceWords, WordTimer, playback_scale, shared_word_timer
 
 log = structlog.get_logger("voxtrio.speech")
@@ -69,10 +70,17 @@ class SpeechSink(Protocol):
 
     async def audio(self, data: bytes) -> None: ...
 
+    def audio_nowait(self, data: bytes) -> bool:
+        """Send `data` now if that needs no waiting (Trio thread, never blocks, never
+        raises); False: nothing sent, `audio` gets it next."""
+
     async def utterance_finished(self, utterance: Utterance, samples_in: int) -> None:
         """All its audio is sent: `samples_in` model-rate samples, silences included."""
 
     async def progress(self, utterance: Utterance, steps: int, expected: int) -> None: ...
+
+    def progress_nowait(self, utterance: Utterance, steps: int, expected: int) -> bool:
+        """`progress` now if that needs no waiting (as `audio_nowait`); False: not sent."""
 
     async def words(self, utterance: Utterance, words: SentenceWords) -> None:
         """The sentence's word times (only when asked for): before its last audio piece."""
@@ -238,10 +246,17 @@ async def generate_utterance(
         await sink.utterance_started(utterance)
         interval = progress.streaming if spec.streaming else progress.timer
         reporter = ProgressReporter(job, partial(sink.progress, utterance), interval)
+        if spec.streaming:
+            # Each request's reports at its own phase of the interval: streams started
+            # together would otherwise all report in the same step, once a second.
+            reporter.last_at -= interval * (zlib.crc32(request_id.encode()) % 1000) / 1000
         failure: BaseException | None = None
         async with trio.open_nursery() as nursery:
             if not spec.streaming:
                 nursery.start_soon(reporter.run_timer)
+            if spec.streaming and capture is None:
+                progress_now = partial(sink.progress_nowait, utterance)
+                job.handover = partial(_hand_over, sink, reporter, progress_now, stats)
             try:
                 async for piece in pieces:
                     stats.chunks += 1
@@ -257,6 +272,8 @@ async def generate_utterance(
             except Exception as exc:
                 # Re-raised outside the nursery so callers see it bare, not in a group.
                 failure = exc
+            finally:
+                job.handover = None
             nursery.cancel_scope.cancel()
         if failure is not None:
             raise failure
@@ -265,6 +282,25 @@ async def generate_utterance(
     stats.compute_seconds += (job.finished_at or time.perf_counter()) - (job.started_at or 0.0)
     _raise_if_failed(job)
     return held
+
+
+def _hand_over(
+    sink: SpeechSink,
+    reporter: ProgressReporter,
+    progress_now: ReportProgressNow,
+    stats: SpeechStats,
+    piece: EncodedAudio,
+) -> bool:
+    """A streaming chunk, sent as the step hands it over (see speech/_jobs.py): what the
+    loop above does with it, without waking its task. False (the sink cannot send at
+    once) leaves it to the loop."""
+    if piece.data and not sink.audio_nowait(piece.data):
+        return False
+    stats.chunks += 1
+    stats.samples_out += piece.samples
+    if piece.data:
+        reporter.report_nowait_if_due(progress_now)
+    return True
 
 
 def _raise_if_failed(job: Job) -> None:

@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
+import outcome
 import pytest
 import trio
 
@@ -18,6 +19,7 @@ from voxtrio.speech._jobs import Job
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
 from voxtrio.speech.batched._factory import model_instances
+from voxtrio.speech.batched._interface import StepResult
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
 from voxtrio.speech.batched._scheduler import BadcaseRule, never_badcase, retry_spec
 from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow
@@ -39,13 +41,36 @@ class GatedPrefill(BatchedSynthetic):
         return super().prefill(specs)
 
 
+class GatedStep(BatchedSynthetic):
+    """Once `hold` is set, the next step waits for `gate` (requests arrive meanwhile)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold = False
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def step(self, rows: Sequence[SyntheticRow]) -> list[StepResult]:
+        if self.hold:
+            self.hold = False
+            self.entered.set()
+            assert self.gate.wait(10)
+        return super().step(rows)
+
+
 @asynccontextmanager
 async def loop_pool(
-    model: BatchedSynthetic | None = None, badcase: BadcaseRule = never_badcase, **kwargs: Any
+    model: BatchedSynthetic | None = None,
+    badcase: BadcaseRule = never_badcase,
+    *,
+    paced: bool = False,
+    **kwargs: Any,
 ) -> AsyncIterator[tuple[InstancePool, ModelInstance, BatchedSynthetic]]:
     # Paced (3.2 ms a step) so that rows started a few ms apart share steps.
     model = model if model is not None else BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=8)
-    instance = ModelInstance(0, lambda: LoadedModel(model.engine, model, badcase), **kwargs)
+    instance = ModelInstance(
+        0, lambda: LoadedModel(model.engine, model, badcase, paced=paced), **kwargs
+    )
     pool = InstancePool([instance], chunk_buffer=2, max_admitted=64)
     try:
         with trio.fail_after(10):
@@ -299,3 +324,57 @@ async def test_a_non_streaming_generation_stops_midway(engine: type[SyntheticEng
     finally:
         with trio.CancelScope(shield=True):
             await pool.aclose()
+
+
+async def test_a_paced_models_arrivals_all_ride_the_next_full_step() -> None:
+    """Where a step is a clock's tick, requests that arrive together are prefilled at once
+    and take their first step with the running rows: no join step."""
+    model = GatedStep(engine=SyntheticEngine(rtf=0.02), max_batch=8)
+    async with loop_pool(model, paced=True) as (pool, instance, _):
+        groups: list[int] = []
+        steps: list[int] = []
+        instance.stats.on_prefill = lambda rows, seconds: groups.append(rows)
+        instance.stats.on_step = lambda rows, bucket, seconds: steps.append(rows)
+        jobs: list[Job] = []
+
+        async def read(rid: str) -> None:
+            async with pool.run(SynthesisSpec(text=LONG), request_id=rid) as (job, chunks):
+                jobs.append(job)
+                async for _chunk in chunks:
+                    pass
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read, "running")
+                while not jobs or jobs[0].steps < 2:
+                    await trio.sleep(0.001)
+                model.hold = True
+                await trio.to_thread.run_sync(model.entered.wait, 5)
+                before = len(steps)  # the held step is the next one recorded
+                for index in range(5):
+                    nursery.start_soon(read, f"new{index}")
+                while instance.slots_busy < 6:
+                    await trio.sleep(0.001)
+                model.gate.set()
+                while any(job.steps < 1 for job in jobs) or len(jobs) < 6:
+                    await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+        assert groups[-1] == 5  # one prefill for all five
+        assert steps[before : before + 2] == [1, 6]  # then one step for all six rows
+        assert instance.stats.join_steps == 0
+
+
+async def test_a_jobs_end_reaches_its_request_after_its_last_chunk() -> None:
+    """Rows that end in the same step post their last chunks before their ends: none lost."""
+    async with loop_pool() as (pool, _, _):
+        out: dict[str, Any] = {}
+        specs = [SynthesisSpec(text="a" * 40, seed=index) for index in range(4)]
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for index, spec in enumerate(specs):
+                    nursery.start_soon(_collect, pool, spec, f"r{index}", out)
+    for index, spec in enumerate(specs):
+        job, audio = out[f"r{index}"]
+        np.testing.assert_array_equal(audio, expected_audio(spec))
+        assert not job.stopped
+        assert isinstance(job.result, outcome.Value)

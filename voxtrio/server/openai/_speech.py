@@ -98,6 +98,12 @@ class HttpSpeechSink:
             }
         )
 
+    def audio_nowait(self, data: bytes) -> bool:
+        return False  # every piece goes through `audio`
+
+    def progress_nowait(self, utterance: Utterance, steps: int, expected: int) -> bool:
+        return False
+
     async def audio(self, data: bytes) -> None:
         await self._start()
         if self.sse:

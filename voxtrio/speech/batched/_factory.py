@@ -54,7 +54,8 @@ def load_model(
         return LoadedModel(
             engine, batch_model_for(engine, max_batch, compile), engine.badcase_steps
         )
-    return LoadedModel(engine, batch_model_for(engine, max_batch, compile))
+    paced = isinstance(engine, SyntheticEngine)
+    return LoadedModel(engine, batch_model_for(engine, max_batch, compile), paced=paced)
 
 
 def model_instances(

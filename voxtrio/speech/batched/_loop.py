@@ -23,7 +23,7 @@ import structlog
 import trio
 
 from voxtrio.speech._engine import Engine
-from voxtrio.speech._jobs import Job
+from voxtrio.speech._jobs import Job, LoopMailbox
 from voxtrio.speech.batched._interface import BatchModel
 from voxtrio.speech.batched._scheduler import BadcaseRule, Plan, Scheduler, Waiting, never_badcase
 from voxtrio.speech.batched._stats import LoopStats
@@ -43,6 +43,10 @@ class LoadedModel:
     engine: Engine
     model: BatchModel[Any]
     badcase_steps: BadcaseRule = never_badcase
+    # A step's time is a clock's tick, not work (the synthetic engine): no join steps
+    # (one would only delay every running row by a tick and give the new rows a short
+    # first gap), and every waiting request is prefilled at once (it costs nothing).
+    paced: bool = False
 
 
 ModelLoader = Callable[[], LoadedModel]
@@ -90,6 +94,9 @@ class ModelInstance:
         self._load_error: BaseException | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._on_job_done: JobDone | None = None
+        # What this iteration hands to the loop thread, posted at its end in one go
+        # (`LoopMailbox.post_all`): chunks, then each finished job's end, in order.
+        self._outbox: list[tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]] = []
 
     # -- Trio side ------------------------------------------------------------
 
@@ -140,9 +147,9 @@ class ModelInstance:
         self.engine, self.model, self.slots = loaded.engine, model, model.max_batch
         scheduler: Scheduler[Job, Any] = Scheduler(
             model.max_batch,
-            prefill_group=self.prefill_group,
+            prefill_group=model.max_batch if loaded.paced else self.prefill_group,
             prefill_budget=self.prefill_budget,
-            join_steps=self.join_steps,
+            join_steps=self.join_steps and not loaded.paced,
             credit_timeout=self.credit_timeout,
             badcase_steps=loaded.badcase_steps,
             bucket_for=model.bucket_for,
@@ -156,6 +163,7 @@ class ModelInstance:
                 self._finish(entry.request, outcome.Value(None), stopped=True)
             for row in running:
                 self._end(model, row.request, row.handle, outcome.Value(None), stopped=True)
+            self._flush()
             model.close()
             log.info("step_loop_finished", instance=self.index, **self.stats.summary())
 
@@ -174,7 +182,8 @@ class ModelInstance:
                 self._prefill(model, scheduler, plan.prefill)
             elif plan.step:
                 self._step(model, scheduler, plan)
-            else:
+            self._flush()
+            if not plan.prefill and not plan.step:
                 self._wake.wait(_IDLE_TICK_S if scheduler.empty else _STARVED_TICK_S)
             self.stats.skipped = scheduler.skipped
 
@@ -242,10 +251,20 @@ class ModelInstance:
                 model.release(out.row.handle)
                 job.expected_steps = (job.expected_steps or 0) + model.max_steps(job.spec)
 
-    @staticmethod
-    def _deliver(job: Job, audio: np.ndarray) -> None:
+    def _deliver(self, job: Job, audio: np.ndarray) -> None:
         item = audio if job.transform is None else job.transform(audio)
-        job.mailbox.post(job.deliver, item)
+        self._outbox.append((job.mailbox, job.deliver, (item,)))
+
+    def _flush(self) -> None:
+        """Post the outbox: one `post_all` per run of entries for the same mailbox."""
+        outbox, self._outbox = self._outbox, []
+        start = 0
+        with suppress(trio.RunFinishedError):
+            for end in range(1, len(outbox) + 1):
+                if end == len(outbox) or outbox[end][0] is not outbox[start][0]:
+                    batch = outbox[start:end]
+                    batch[0][0].post_all([(fn, args) for _, fn, args in batch])
+                    start = end
 
     def _end(
         self,
@@ -263,8 +282,7 @@ class ModelInstance:
     def _finish(self, job: Job, result: outcome.Outcome[None], *, stopped: bool) -> None:
         job.finished_at = time.perf_counter()
         self.jobs_run += 1
-        with suppress(trio.RunFinishedError):
-            job.mailbox.post(self._finished, job, result, stopped)
+        self._outbox.append((job.mailbox, self._finished, (job, result, stopped)))
 
     def _finished(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread, after every chunk this job posted.
