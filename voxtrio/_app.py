@@ -17,6 +17,7 @@ from voxtrio.ops._auth import KeyStore, check_exposure
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
 from voxtrio.ops._memory import trim_after_load
+from voxtrio.ops._memory_report import report_on_signal
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
 from voxtrio.protocol._voice_rules import supported_modes
@@ -174,6 +175,7 @@ async def run_server(
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
             nursery.start_soon(trim_after_load, settings.memory_trim_interval)
+            nursery.start_soon(report_on_signal)
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):
