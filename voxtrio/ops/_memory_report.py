@@ -3,10 +3,11 @@
 Off unless `VOXTRIO_MEMORY_REPORTS=DIR` is set in the server's environment; then each
 SIGUSR2 writes `DIR/memory-<pid>-<n>.txt`: resident memory by kind of mapping (glibc's
 main heap, other anonymous memory, thread stacks, files), pymalloc's arenas
-(`sys._debugmallocstats`), live objects by type, and, when the server runs under
-`PYTHONTRACEMALLOC=1`, the Python allocations that grew since the first report. It
-walks every object on the event loop, so it is for diagnosis (docs/DEPLOY.md, 11a),
-never for a server in service.
+(`sys._debugmallocstats`), live objects by type, with
+`VOXTRIO_MEMORY_REPORTS_SURVIVORS=1` the objects that pin new arenas, and, when the
+server runs under `PYTHONTRACEMALLOC=1`, the Python allocations that grew since the
+first report. It walks every object on the event loop, so it is for diagnosis
+(docs/DEPLOY.md, 11a), never for a server in service.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ import trio
 log = structlog.get_logger("voxtrio.memory")
 
 ENVIRONMENT = "VOXTRIO_MEMORY_REPORTS"
+# Also set (=1): from the second report on, the small objects in pools that were empty
+# at the first, by type (and allocation site under tracemalloc): what pins arenas.
+SURVIVORS = "VOXTRIO_MEMORY_REPORTS_SURVIVORS"
 _MAPPING = re.compile(r"^([0-9a-f]+)-([0-9a-f]+) (\S{4}) \S+ \S+ \S+\s*(.*)$")
 
 
@@ -165,10 +169,7 @@ class MemoryReporter:
         out += ["## threads", str(len(os.listdir("/proc/self/task")))]
         out += ["## gc", f"counts {gc.get_count()} garbage {len(gc.garbage)}"]
         out += ["## pymalloc", pymalloc_summary()]
-        if os.environ.get("VOXTRIO_MEMORY_REPORTS_GC"):
-            found = gc.collect()
-            out += [f"## pymalloc after gc.collect() ({found} unreachable)", pymalloc_summary()]
-        if not os.environ.get("VOXTRIO_MEMORY_REPORTS_SURVIVORS"):
+        if not os.environ.get(SURVIVORS):
             pass
         elif self._fresh_pools is None:
             self._fresh_pools = {id(o) & _POOL for o in live_objects()}
