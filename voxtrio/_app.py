@@ -16,7 +16,7 @@ from voxtrio._config import ConfigError, Settings
 from voxtrio.ops._auth import KeyStore, check_exposure
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
-from voxtrio.ops._memory import trim_after_load
+from voxtrio.ops._memory import freeze_startup_objects, trim_after_load
 from voxtrio.ops._memory_report import report_on_signal
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
@@ -252,6 +252,8 @@ async def serve_until_signalled(settings: Settings, keys: KeyStore) -> int:
     with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             handle: ServerHandle = await nursery.start(partial(run_server, settings, keys=keys))
+            # The process is the server's alone (not so where tests run `run_server`).
+            log.debug("startup_objects_frozen", objects=freeze_startup_objects())
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     changed = keys.reload()

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
 import trio
 
 from voxtrio.ops import _memory
-from voxtrio.ops._memory import LoadWatch, resident_bytes, trim_after_load, trim_now
+from voxtrio.ops._memory import (
+    LoadWatch,
+    freeze_startup_objects,
+    resident_bytes,
+    trim_after_load,
+    trim_now,
+)
 
 needs_trim = pytest.mark.skipif(_memory._malloc_trim is None, reason="no malloc_trim (not glibc)")
 
@@ -76,3 +83,14 @@ async def test_the_trimmer_hands_back_the_arenas_a_gone_load_left(
         await trio.sleep(10)
         assert resident_bytes() - start < 30 * 2**20
         nursery.cancel_scope.cancel()
+
+
+def test_what_is_alive_when_serving_begins_is_frozen_out_of_collections() -> None:
+    """Modules and settings are exempt from later full collections, after one collection."""
+    gc.collect()
+    try:
+        frozen = freeze_startup_objects()
+        assert frozen == gc.get_freeze_count() > 10_000
+        assert gc.get_count()[2] == 0  # the collection ran first
+    finally:
+        gc.unfreeze()
