@@ -10,6 +10,7 @@ import trio
 
 from voxtrio.ops import _memory
 from voxtrio.ops._memory import (
+    QUIET_TASKS,
     LoadWatch,
     freeze_startup_objects,
     resident_bytes,
@@ -39,13 +40,15 @@ async def test_an_interval_of_zero_never_trims() -> None:
         await trim_after_load(0.0)
 
 
-def test_the_load_watch_says_collect_once_the_load_has_halved() -> None:
-    """No collection while the load is up; one when it falls to half its peak, not again."""
+def test_the_load_watch_says_collect_once_the_load_has_mostly_gone() -> None:
+    """No collection while the load is up or still large; one when it has fallen to half
+    its peak and to few tasks (a short pause), then not again until the next load."""
     watch = LoadWatch(10)
-    watch.see(4000)
-    assert not watch.collect_now(3000)
-    assert watch.collect_now(2000)
-    assert not watch.collect_now(1500)  # the peak starts again from 2,000
+    watch.see(30_000)
+    assert not watch.collect_now(20_000)
+    assert not watch.collect_now(QUIET_TASKS + 1)  # halved, but a long pause
+    assert watch.collect_now(QUIET_TASKS)
+    assert not watch.collect_now(QUIET_TASKS // 2 + 1)  # the peak starts again from here
     assert watch.collect_now(12)
 
 
