@@ -18,6 +18,7 @@ from voxtrio.ops._collector import settle_after_start
 from voxtrio.ops._health import HealthChecks, snapshot
 from voxtrio.ops._http import HttpRequest, Route, RouteResult, protect, serve_http
 from voxtrio.ops._memory import trim_after_load
+from voxtrio.ops._memory_report import report_on_signal
 from voxtrio.ops._metrics import Metrics
 from voxtrio.ops._systemd import notify, watchdog_interval, watchdog_loop
 from voxtrio.protocol._voice_rules import supported_modes
@@ -175,7 +176,7 @@ async def run_server(
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
             nursery.start_soon(trim_after_load, settings.memory_trim_interval)
-            settle_after_start()
+            nursery.start_soon(report_on_signal)
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):
@@ -252,6 +253,8 @@ async def serve_until_signalled(settings: Settings, keys: KeyStore) -> int:
     with trio.open_signal_receiver(*stop_signals, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
             handle: ServerHandle = await nursery.start(partial(run_server, settings, keys=keys))
+            # The process is the server's alone (not so where tests run `run_server`).
+            settle_after_start()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     changed = keys.reload()

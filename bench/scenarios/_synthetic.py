@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -149,6 +151,28 @@ def _rss_mb(pid: int) -> float:
     return psutil.Process(pid).memory_info().rss / 2**20
 
 
+# Set in the bench's environment (the server inherits it): a server memory report
+# (voxtrio/ops/_memory_report.py) at every point RSS is read.
+MEMORY_REPORTS = "VOXTRIO_MEMORY_REPORTS"
+
+
+async def memory_point(pid: int) -> float:
+    """The server's RSS now; first a memory report when the environment asks for them."""
+    directory = os.environ.get(MEMORY_REPORTS)
+    if directory:
+        count = _reports_written(directory, pid)
+        os.kill(pid, signal.SIGUSR2)
+        with trio.move_on_after(120):
+            # Another process writes it: poll the folder.
+            while _reports_written(directory, pid) <= count:  # noqa: ASYNC110
+                await trio.sleep(0.2)
+    return _rss_mb(pid)
+
+
+def _reports_written(directory: str, pid: int) -> int:
+    return len(list(Path(directory).glob(f"memory-{pid}-*.txt")))
+
+
 async def synthetic(options: SyntheticOptions) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         server = await ServerProcess.start(
@@ -180,6 +204,7 @@ def _print_level(prefix: str, figures: dict[str, Any]) -> None:
 
 
 async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, Any]:
+    started = await memory_point(server.pid)  # before any request
     await streams_level(server.url, 8, options, server_pid=None, seed=10**6)  # warm-up
 
     idle: dict[str, Any] | None = None
@@ -188,10 +213,10 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
         await wait_for_quiet(
             [server.pid], below=options.quiet_below, patience=options.quiet_patience
         )
-        before = _rss_mb(server.pid)
+        before = await memory_point(server.pid)
         async with idle_connections(server.url, options.idle_connections) as held:
             await trio.sleep(1.0)  # let the server settle every handshake
-            during = _rss_mb(server.pid)
+            during = await memory_point(server.pid)
             streams = await streams_level(
                 server.url, options.idle_streams, options, server_pid=server.pid
             )
@@ -200,9 +225,20 @@ async def _run(server: ServerProcess, options: SyntheticOptions) -> dict[str, An
         await trio.sleep(1.0)
         after = _rss_mb(server.pid)
         # The server hands freed heap back on its memory-trim tick (10 s by default).
-        await trio.sleep(options.settle_seconds)
-        settled = _rss_mb(server.pid)
+        settling = []
+        for _ in range(max(1, round(options.settle_seconds / 3))):
+            await trio.sleep(3.0)
+            settling.append(round(_rss_mb(server.pid), 1))
+        settled = await memory_point(server.pid)
+        print(
+            f"  server RSS: at start {started:.0f} MB, after close {after:.0f} MB, "
+            f"settling {settling} MB, settled {settled:.0f} MB "
+            f"({(settled / before - 1) * 100:+.0f} % over fresh)",
+            flush=True,
+        )
         idle = {
+            "server_rss_start_mb": round(started, 2),
+            "server_rss_settling_mb": settling,
             "requested": held.requested,
             "opened": held.opened,
             "failures": held.failures,

@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-streams", type=int, default=256, help="streams run while idle connections are held"
     )
     p.add_argument(
+        "--settle-seconds",
+        type=float,
+        default=12.0,
+        help="synthetic: after the idle connections close, read server RSS every 3 s this long "
+        "(VOXTRIO_MEMORY_REPORTS=DIR in the environment: a server memory report at each point)",
+    )
+    p.add_argument(
         "--quiet-below",
         type=float,
         default=0.25,
@@ -309,6 +316,7 @@ async def _run_synthetic(args: argparse.Namespace, argv: Sequence[str]) -> dict[
         quiet_patience=args.quiet_patience,
         batched=not args.synthetic_replicas,
         profile_dir=args.profile_server,
+        settle_seconds=args.settle_seconds,
     )
     print("synthetic engine: the server alone", flush=True)
     figures = await _synthetic.synthetic(options)

@@ -175,6 +175,14 @@ def test_state_and_cache_are_writable_and_used(unit: Unit) -> None:
     assert environment["TORCHINDUCTOR_CACHE_DIR"].startswith("/var/cache/voxtrio/")
 
 
+def test_objects_come_from_one_trimmable_glibc_arena(unit: Unit) -> None:
+    """PYTHONMALLOC=malloc and one arena: what a burst of connections frees can go back
+    (the server's malloc_trim reaches it), so memory returns near the fresh server's."""
+    environment = dict(value.split("=", 1) for value in unit["Service"]["Environment"])
+    assert environment["PYTHONMALLOC"] == "malloc"
+    assert environment["MALLOC_ARENA_MAX"] == "1"
+
+
 def test_file_descriptor_limit_is_raised(unit: Unit) -> None:
     """Many connections need more than the default 1024 descriptors."""
     assert int(one(unit, "LimitNOFILE")) >= 16384

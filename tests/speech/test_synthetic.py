@@ -8,9 +8,9 @@ import pytest
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._synthetic import (
     SyntheticEngine,
-    _tone_cycle,
     seed_frequency,
     tone_tables_computed,
+    tone_tables_live,
 )
 from voxtrio.speech.batched._synthetic import BatchedSynthetic
 
@@ -30,16 +30,32 @@ def _dominant_hz(samples: np.ndarray, rate: int) -> float:
 
 def test_a_thousand_streams_compute_a_bounded_number_of_tone_tables() -> None:
     """1,000 distinct streams stepping on compute each grid pitch once, never per chunk."""
-    _tone_cycle.cache_clear()
+    before = tone_tables_computed()
     model = BatchedSynthetic(SyntheticEngine(), max_batch=STREAMS)
     rows = model.prefill(_specs(STREAMS))
     for _ in range(3):
         model.step(rows)
-    computed = tone_tables_computed()
+    computed = tone_tables_computed() - before
     assert 0 < computed <= GRID_PITCHES
     for _ in range(5):
         model.step(rows)
-    assert tone_tables_computed() == computed
+    assert tone_tables_computed() - before == computed
+
+
+def test_tone_tables_are_freed_once_no_stream_holds_them() -> None:
+    """A load's tables do not outlive it: released rows and closed generations free theirs."""
+    model = BatchedSynthetic(SyntheticEngine(), max_batch=STREAMS)
+    rows = model.prefill(_specs(STREAMS))
+    chunks = model.step(rows)
+    generation = SyntheticEngine().generate(SynthesisSpec(text="a" * 40, seed=5), lambda s: None)
+    next(generation)
+    assert tone_tables_live() >= GRID_PITCHES - 1
+    for row in rows:
+        model.release(row)
+    del chunks
+    assert tone_tables_live() == 1  # the generation's, still running
+    generation.close()
+    assert tone_tables_live() == 0
 
 
 def test_a_chunk_is_a_read_only_view_into_a_shared_table() -> None:

@@ -196,7 +196,8 @@ class Settings:
         1.0, "TTS_STREAM_PROGRESS_INTERVAL", p.positive_float,
         "progress messages alongside a streaming request's audio, s", metavar="SECONDS",
     )  # fmt: skip
-    # Hand freed heap back to the system (malloc_trim) this often, s; 0: never.
+    # Hand freed memory back to the system (a full collection once the load has halved,
+    # then malloc_trim) this often, s; 0: never.
     memory_trim_interval: float = setting(
         10.0, "TTS_MEMORY_TRIM_INTERVAL", p.non_negative_float,
         "return freed heap to the system this often once a load has gone, s (0: never)",

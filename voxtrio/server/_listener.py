@@ -25,6 +25,7 @@ from voxtrio.server._endpoint import Endpoint
 from voxtrio.server._native import Connection
 from voxtrio.server._origin import BrowserPolicy
 from voxtrio.server._pending import PendingRequests
+from voxtrio.server._registry import ShrinkingSet
 from voxtrio.server._request import SETUP_TURNS
 from voxtrio.server._sniff import (
     HeadTooLarge,
@@ -166,7 +167,7 @@ class TtsServer:
         self.metrics = metrics if metrics is not None else Metrics()
         self.stats = ServerStats()
         self.capabilities = Capabilities(max_text_chars=settings.max_text_chars)
-        self.connections: set[Endpoint] = set()
+        self.connections: ShrinkingSet[Endpoint] = ShrinkingSet()
         self.setup_turns = trio.CapacityLimiter(SETUP_TURNS)
         self.voices: VoiceService | None = None  # set once the model is loaded
         self.dsp_available = dsp_available()

@@ -6,18 +6,21 @@ pitch comes from the seed, so audio from different requests is distinguishable
 and the same seed always gives the same samples.
 
 Per chunk it does no numpy work: a tone's pitch is rounded to a grid on which the
-tone repeats every `_TONE_CHUNKS` chunks, so each chunk is a read-only view into one
-small cached cycle. The grid (3.125 Hz for 160 ms chunks) bounds the tables to a few
-hundred whatever the number of streams (17 MB at 48 kHz, all pitches), where
+tone repeats every `tone_period_chunks` chunks, so each chunk is a read-only view into
+one small shared cycle. The grid (3.125 Hz for 160 ms chunks) bounds the tables to a
+few hundred whatever the number of streams (17 MB at 48 kHz, all pitches), where
 one-second tables per whole-Hz pitch behind a 128-entry cache recomputed a second
-of sine per chunk beyond 128 streams.
+of sine per chunk beyond 128 streams. A table lives while a stream holds it (a
+generation, a batched row, a chunk still being sent) and is freed with the last one,
+so a load's tables do not stay resident after it (docs/DEPLOY.md, "Memory").
 """
 
 from __future__ import annotations
 
-import functools
 import math
+import threading
 import time
+import weakref
 from collections.abc import Generator
 
 import attrs
@@ -28,8 +31,6 @@ from voxtrio.speech._engine import StepCallback, SynthesisSpec
 # Pitches span 110-989 Hz; the grid is about this fine (a tone repeats every few chunks).
 _PITCH_STEP_HZ = 3.125
 _LOWEST_HZ, _PITCH_SPAN_HZ = 110, 880
-# More than every grid pitch of one chunk size: the cache never evicts in practice.
-_MAX_TONES = 1024
 
 
 def tone_period_chunks(sample_rate: int, chunk_samples: int) -> int:
@@ -42,18 +43,44 @@ def seed_frequency(seed: int) -> float:
     return float(_LOWEST_HZ + seed % _PITCH_SPAN_HZ)
 
 
-@functools.lru_cache(maxsize=_MAX_TONES)
-def _tone_cycle(cycles: int, period_samples: int) -> np.ndarray:
-    """0.3 x sin over `cycles` whole cycles in `period_samples`, float32, read-only."""
-    n = np.arange(period_samples, dtype=np.float64)
-    table = (0.3 * np.sin(2 * np.pi * cycles * n / period_samples)).astype(np.float32)
-    table.flags.writeable = False
-    return table
+class _ToneTables:
+    """Tone cycles shared by every stream at one pitch, kept only while one is held."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakValueDictionary[tuple[int, int], np.ndarray] = (
+            weakref.WeakValueDictionary()
+        )
+        self._lock = threading.Lock()  # instances step on threads of their own
+        self.computed = 0
+
+    def get(self, cycles: int, period_samples: int) -> np.ndarray:
+        """0.3 x sin over `cycles` whole cycles in `period_samples`, float32, read-only."""
+        key = (cycles, period_samples)
+        with self._lock:
+            table = self._live.get(key)
+            if table is None:
+                n = np.arange(period_samples, dtype=np.float64)
+                table = (0.3 * np.sin(2 * np.pi * cycles * n / period_samples)).astype(np.float32)
+                table.flags.writeable = False
+                self._live[key] = table
+                self.computed += 1
+            return table
+
+    def live(self) -> int:
+        return len(self._live)
+
+
+_tables = _ToneTables()
 
 
 def tone_tables_computed() -> int:
-    """How many tone tables have been computed (cache misses), for tests."""
-    return _tone_cycle.cache_info().misses
+    """How many tone tables have been computed since the process began, for tests."""
+    return _tables.computed
+
+
+def tone_tables_live() -> int:
+    """How many tone tables some stream still holds, for tests."""
+    return _tables.live()
 
 
 @attrs.define
@@ -89,7 +116,7 @@ class SyntheticEngine:
         self, spec: SynthesisSpec, on_step: StepCallback
     ) -> Generator[np.ndarray, None, None]:
         steps = self.max_steps(spec)
-        frequency = seed_frequency(spec.seed)
+        table = self.tone_table(seed_frequency(spec.seed))  # held while this stream runs
         chunk_seconds = self.chunk_samples / self.sample_rate
         collected: list[np.ndarray] = []
         for step in range(1, steps + 1):
@@ -98,7 +125,7 @@ class SyntheticEngine:
             if step == self.fail_at_step:
                 raise RuntimeError(f"synthetic failure at step {step}")
             on_step(step)
-            chunk = self.tone(frequency, step)
+            chunk = self.chunk_of(table, step)
             if step == self.nan_at_step:
                 chunk = chunk.copy()
                 chunk[0] = np.nan
@@ -109,21 +136,27 @@ class SyntheticEngine:
         if not spec.streaming:
             yield np.concatenate(collected)
 
-    def tone(self, frequency: float, step: int) -> np.ndarray:
-        """Chunk `step` (1-based) of a 0.3-amplitude sine near `frequency`.
+    def tone_table(self, frequency: float) -> np.ndarray:
+        """The cycle of the tone nearest `frequency` on the grid; a stream holds it.
 
         The pitch is rounded to the grid on which the tone repeats every
-        `tone_period_chunks` chunks, so the chunk is a read-only view into one cached
-        cycle: no numpy work per chunk. A model-free engine should cost next to
-        nothing, and every numpy call on a model thread hands the GIL to the server's
-        other threads.
+        `tone_period_chunks` chunks, so each chunk is a read-only view into the cycle:
+        no numpy work per chunk. A model-free engine should cost next to nothing, and
+        every numpy call on a model thread hands the GIL to the server's other threads.
         """
-        period_chunks = tone_period_chunks(self.sample_rate, self.chunk_samples)
-        period_samples = period_chunks * self.chunk_samples
+        period_samples = tone_period_chunks(self.sample_rate, self.chunk_samples)
+        period_samples *= self.chunk_samples
         cycles = max(1, round(frequency * period_samples / self.sample_rate))
-        table = _tone_cycle(cycles, period_samples)
-        start = (step - 1) % period_chunks * self.chunk_samples
+        return _tables.get(cycles, period_samples)
+
+    def chunk_of(self, table: np.ndarray, step: int) -> np.ndarray:
+        """Chunk `step` (1-based) of a tone: a read-only view into its table."""
+        start = (step - 1) * self.chunk_samples % len(table)
         return table[start : start + self.chunk_samples]
+
+    def tone(self, frequency: float, step: int) -> np.ndarray:
+        """Chunk `step` (1-based) of a 0.3-amplitude sine near `frequency`."""
+        return self.chunk_of(self.tone_table(frequency), step)
 
     def warm_up(self) -> None:
         self.warmed_up = True

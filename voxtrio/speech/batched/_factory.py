@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from voxtrio.speech._engine import Engine, EngineFactory
 from voxtrio.speech._synthetic import SyntheticEngine
-from voxtrio.speech.batched._graphs import CompileSetting
 from voxtrio.speech.batched._interface import BatchModel
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
+
+if TYPE_CHECKING:  # _graphs imports torch: the synthetic engine's server never needs it
+    from voxtrio.speech.batched._graphs import CompileSetting
 
 # `--max-batch 0` (auto): rows per instance by where the model runs.
 AUTO_MAX_BATCH = {"synthetic": 256, "cpu": 16, "cuda": 64}

@@ -18,11 +18,14 @@ from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._synthetic import SyntheticEngine, seed_frequency
 from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 
+_NO_TABLE = np.zeros(0, dtype=np.float32)
+
 
 @attrs.define(eq=False)
 class SyntheticRow:
     spec: SynthesisSpec
-    frequency: float
+    # The row's tone cycle, held while the row lives (freed with the last row at its pitch).
+    table: np.ndarray = attrs.field(repr=False)
     steps_total: int
     step: int = 0
     released: bool = False
@@ -58,7 +61,11 @@ class BatchedSynthetic:
         self.engine.generations += len(specs)
         self.engine.open_generations += len(specs)
         return [
-            SyntheticRow(spec, seed_frequency(spec.seed), self.engine.max_steps(spec))
+            SyntheticRow(
+                spec,
+                self.engine.tone_table(seed_frequency(spec.seed)),
+                self.engine.max_steps(spec),
+            )
             for spec in specs
         ]
 
@@ -71,7 +78,7 @@ class BatchedSynthetic:
             row.step += 1
             if row.step == self.engine.fail_at_step:
                 raise RuntimeError(f"synthetic failure at step {row.step}")
-            chunk = self.engine.tone(row.frequency, row.step)
+            chunk = self.engine.chunk_of(row.table, row.step)
             if row.step == self.engine.nan_at_step:
                 chunk = chunk.copy()
                 chunk[0] = np.nan
@@ -92,6 +99,7 @@ class BatchedSynthetic:
     def release(self, row: SyntheticRow) -> None:
         if not row.released:
             row.released = True
+            row.table = _NO_TABLE  # a released row may be kept a while; its table need not
             self.rows_open -= 1
             self.engine.open_generations -= 1
 
