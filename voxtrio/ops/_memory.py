@@ -21,7 +21,8 @@ A burst of connections or streams leaves both allocators holding free memory
   no `malloc_trim` (musl, macOS).
 
 Both run every `interval` seconds while resident memory is more than a tenth (at
-least 8 MB) above what it was when serving began.
+least 8 MB) above what it was when serving began, and only while at most
+`QUIET_TASKS` tasks live (not under load).
 """
 
 from __future__ import annotations
@@ -115,10 +116,15 @@ async def trim_after_load(interval: float) -> None:
             await trio.sleep(interval / max(1, round(interval)))
             watch.see(living_tasks())
         before = resident_bytes()
-        if before - floor < threshold:
+        tasks = living_tasks()
+        if before - floor < threshold or tasks > QUIET_TASKS:
+            # Under load the freed memory is soon taken again, and a trim holds each
+            # malloc arena's lock while it walks it: the event loop's and the step
+            # threads' allocations wait (1,000 streams' jitter p99 measured 22-24 ms
+            # with trims every 10 s, 18 ms without; docs/BENCHMARKS.md, issue 20).
             continue
         collect_ms = None
-        if watch.collect_now(living_tasks()):
+        if watch.collect_now(tasks):
             started = time.perf_counter()
             gc.collect()  # empties the free lists that pin pymalloc's arenas
             collect_ms = round((time.perf_counter() - started) * 1000, 1)
