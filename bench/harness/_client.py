@@ -124,32 +124,42 @@ async def synthesize(
         received = await ws.get_message()
         now = perf_counter()
         if isinstance(received, bytes):
-            meta_len, samples = frame_payload_samples(received)
-            if not samples:  # the empty is_final frame
-                continue
-            if timing.first_audio is None:
-                timing.first_audio = now
-                timing.sample_rate = frame_sample_rate(received, meta_len)
-            timing.samples += samples
-            timing.chunks += 1
-            if arrivals is not None:
+            if note_audio(timing, received, now) and arrivals is not None:
                 arrivals.append(now)
-            continue
-        decoded = json.loads(received)
-        kind = decoded.get("type")
-        if kind == "complete":
-            timing.done = now
-            result = decoded["result"]
-            if result.get("cancelled"):
-                timing.error = "cancelled"
-            elif result.get("samples") != timing.samples:
-                timing.error = "audio_mismatch"
+        elif note_message(timing, received, now):
             return timing
-        if kind == "error":
-            timing.done = now
-            timing.error = str(decoded["error"]["code"])
-            return timing
-        # progress (and any pong): nothing to measure
+
+
+def note_audio(timing: RequestTiming, frame: bytes, now: float) -> bool:
+    """Count a binary frame's audio in `timing`; False for the empty is_final frame."""
+    meta_len, samples = frame_payload_samples(frame)
+    if not samples:
+        return False
+    if timing.first_audio is None:
+        timing.first_audio = now
+        timing.sample_rate = frame_sample_rate(frame, meta_len)
+    timing.samples += samples
+    timing.chunks += 1
+    return True
+
+
+def note_message(timing: RequestTiming, text: str, now: float) -> bool:
+    """Note a text message in `timing`; True once it is the request's terminal one."""
+    decoded = json.loads(text)
+    kind = decoded.get("type")
+    if kind == "complete":
+        timing.done = now
+        result = decoded["result"]
+        if result.get("cancelled"):
+            timing.error = "cancelled"
+        elif result.get("samples") != timing.samples:
+            timing.error = "audio_mismatch"
+        return True
+    if kind == "error":
+        timing.done = now
+        timing.error = str(decoded["error"]["code"])
+        return True
+    return False  # progress (and any pong): nothing to measure
 
 
 def failed(sent: float, error: BaseException | str) -> RequestTiming:

@@ -548,28 +548,28 @@ def level_figures(run: LevelRun) -> dict[str, Any]:
     return figures
 
 
+def _stream_times(run: LevelRun, clock: str) -> list[tuple[list[float], float]]:
+    """Each complete stream's chunk times on `clock` with its nominal gap at rtf 1."""
+    out = []
+    for timing in run.timings:
+        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
+        if timing.ok and times and timing.chunks:
+            out.append((times, timing.samples / timing.chunks / timing.sample_rate))
+    return out
+
+
 def steady_jitter(run: LevelRun, *, rtf: float, clock: str = "wire") -> list[float]:
     """`stream_jitter` over the level's steady part only: gaps that begin after every
     stream has had its first chunk and end before any stream has had its last."""
-    streams = [
-        times
-        for timing in run.timings
-        if timing.ok
-        and timing.chunks
-        and (times := timing.wire_arrivals if clock == "wire" else timing.arrivals)
-    ]
+    streams = _stream_times(run, clock)
     if not streams:
         return []
-    begin = max(times[0] for times in streams)
-    end = min(times[-1] for times in streams)
+    begin = max(times[0] for times, _ in streams)
+    end = min(times[-1] for times, _ in streams)
     out: list[float] = []
-    for timing in run.timings:
-        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
-        if not timing.ok or not times or not timing.chunks:
-            continue
-        nominal = timing.samples / timing.chunks / timing.sample_rate * rtf
+    for times, period in streams:
         inside = [t for t in times if begin <= t <= end]
-        out.extend(_stats.jitter(inside, nominal))
+        out.extend(_stats.jitter(inside, period * rtf))
     return out
 
 
@@ -581,10 +581,6 @@ def stream_jitter(run: LevelRun, *, rtf: float, clock: str = "read") -> list[flo
     read each chunk) or "wire" (when the kernel received it; `wire_open_loop` runs).
     """
     out: list[float] = []
-    for timing in run.timings:
-        times = timing.wire_arrivals if clock == "wire" else timing.arrivals
-        if not timing.ok or not times or not timing.chunks:
-            continue
-        nominal = timing.samples / timing.chunks / timing.sample_rate * rtf
-        out.extend(_stats.jitter(times, nominal))
+    for times, period in _stream_times(run, clock):
+        out.extend(_stats.jitter(times, period * rtf))
     return out

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from ._client import RequestTiming, frame_payload_samples, frame_sample_rate
+from ._client import RequestTiming, note_audio, note_message
 from ._texts import Job
 
 # Linux: <asm-generic/socket.h> SO_TIMESTAMPNS_OLD, also the control message's type.
@@ -201,28 +201,8 @@ async def synthesize(connection: WireConnection, job: Job, *, sent: float) -> Re
     while True:
         received = await connection.receive()
         if isinstance(received.data, bytes):
-            meta_len, samples = frame_payload_samples(received.data)
-            if not samples:  # the empty is_final frame
-                continue
-            if timing.first_audio is None:
-                timing.first_audio = received.read
-                timing.sample_rate = frame_sample_rate(received.data, meta_len)
-            timing.samples += samples
-            timing.chunks += 1
-            timing.arrivals.append(received.read)
-            timing.wire_arrivals.append(received.wire)
-            continue
-        decoded = json.loads(received.data)
-        kind = decoded.get("type")
-        if kind == "complete":
-            timing.done = received.read
-            result = decoded["result"]
-            if result.get("cancelled"):
-                timing.error = "cancelled"
-            elif result.get("samples") != timing.samples:
-                timing.error = "audio_mismatch"
-            return timing
-        if kind == "error":
-            timing.done = received.read
-            timing.error = str(decoded["error"]["code"])
+            if note_audio(timing, received.data, received.read):
+                timing.arrivals.append(received.read)
+                timing.wire_arrivals.append(received.wire)
+        elif note_message(timing, received.data, received.read):
             return timing

@@ -86,17 +86,7 @@ class LoopMailbox:
 
         Raises trio.RunFinishedError once the loop has gone.
         """
-        with self._lock:
-            self._calls.append((fn, args))
-            if self._drain_scheduled:
-                return  # the pending drain will take this one too
-            self._drain_scheduled = True
-        try:
-            self._token.run_sync_soon(self._drain)
-        except trio.RunFinishedError:
-            with self._lock:
-                self._drain_scheduled = False
-            raise
+        self.post_all(((fn, args),))
 
     def post_all(self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]]) -> None:
         """`post` each of `calls` in order, with one lock and at most one wake-up.
@@ -111,7 +101,7 @@ class LoopMailbox:
         with self._lock:
             self._calls.extend(calls)
             if self._drain_scheduled:
-                return
+                return  # the pending drain will take these too
             self._drain_scheduled = True
         try:
             self._token.run_sync_soon(self._drain)
