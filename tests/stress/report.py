@@ -236,7 +236,7 @@ def render(figures: dict[str, Any], soak: dict[str, Any] | None, png: Path | Non
         "nox -s stress                       # everything below, then rewrites this page",
         "pytest -m slow tests/stress         # the heavy suites alone",
         "python -m tests.stress.soak --duration 120 --out bench/results   # the soak alone",
-        "pytest tests/test_reliability.py    # the short versions (part of nox -s tests)",
+        "pytest tests/server/test_reliability.py  # the short versions (part of nox -s tests)",
         "```",
         "",
         "The heavy suites take sizes from the environment: `VOXTRIO_FUZZ_EXAMPLES` (1500),",

@@ -547,7 +547,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"{stamp}-soak.json"
     png_path = args.out / f"{stamp}-soak.png"
-    summary["command"] = "python -m tests.stress.soak " + " ".join(argv or sys.argv[1:])
+    # Paths inside the checkout as the docs name them (nox passes absolute ones).
+    args = [_repo_relative(arg) for arg in (argv or sys.argv[1:])]
+    summary["command"] = "python -m tests.stress.soak " + " ".join(args)
     json_path.write_text(json.dumps(summary, indent=2) + "\n")
     plotted = plot(summary, png_path)
     problems = failures(summary)
@@ -568,3 +570,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _repo_relative(arg: str) -> str:
+    root = Path(__file__).resolve().parents[2]
+    path = Path(arg)
+    if path.is_absolute() and path.is_relative_to(root):
+        return str(path.relative_to(root))
+    return arg
