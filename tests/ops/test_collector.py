@@ -7,7 +7,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from voxtrio.ops._collector import OLD_THRESHOLD, YOUNG_THRESHOLD, settle_after_start
+from voxtrio.ops._collector import (
+    MIDDLE_THRESHOLD,
+    OLD_THRESHOLD,
+    YOUNG_THRESHOLD,
+    settle_after_start,
+)
 
 
 @pytest.fixture
@@ -28,10 +33,10 @@ def test_settling_freezes_what_is_alive() -> None:
 
 @pytest.mark.usefixtures("restored_collector")
 def test_settling_makes_collections_rarer() -> None:
-    """Young collections every YOUNG_THRESHOLD allocations, full ones far apart."""
+    """Young collections every YOUNG_THRESHOLD allocations, middle ones often, full ones far apart."""
     settle_after_start()
-    young, _middle, old = gc.get_threshold()
-    assert (young, old) == (YOUNG_THRESHOLD, OLD_THRESHOLD)
+    young, middle, old = gc.get_threshold()
+    assert (young, middle, old) == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
     assert young > 700
     assert old > 10
 
