@@ -33,7 +33,7 @@ def test_settling_freezes_what_is_alive() -> None:
 
 @pytest.mark.usefixtures("restored_collector")
 def test_settling_makes_collections_rarer() -> None:
-    """Young collections every YOUNG_THRESHOLD allocations, middle ones often, full ones far apart."""
+    """Young collections every YOUNG_THRESHOLD allocations, middle ones often, full rarely."""
     settle_after_start()
     young, middle, old = gc.get_threshold()
     assert (young, middle, old) == (YOUNG_THRESHOLD, MIDDLE_THRESHOLD, OLD_THRESHOLD)
