@@ -533,7 +533,7 @@ HTTP_ATTACKS = Path(__file__).resolve().parents[2] / "bench" / "results" / "http
 
 
 def _http_section() -> list[str]:
-    """`python -m bench.http_attacks`'s before/after figures, kept in bench/results."""
+    """`python -m bench http_attacks`'s before/after figures, kept in bench/results."""
     if not HTTP_ATTACKS.exists():
         return []
     return ["## HTTP attack families", "", *HTTP_ATTACKS.read_text().rstrip().splitlines(), ""]
