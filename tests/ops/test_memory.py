@@ -84,3 +84,19 @@ async def test_the_trimmer_hands_back_the_arenas_a_gone_load_left(
         await trio.sleep(10)
         assert resident_bytes() - start < 30 * 2**20
         nursery.cancel_scope.cancel()
+
+
+async def test_under_load_the_trimmer_neither_collects_nor_trims(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With more than QUIET_TASKS tasks alive and memory well over the start's, no tick
+    collects or trims: a trim would stall the loop's allocations for memory in use."""
+    calls: list[str] = []
+    resident = iter([100 * 2**20] + [900 * 2**20] * 100)  # the start, then far above it
+    monkeypatch.setattr(_memory, "resident_bytes", lambda: next(resident))
+    monkeypatch.setattr(_memory, "living_tasks", lambda: QUIET_TASKS + 1)
+    monkeypatch.setattr(_memory, "trim_now", lambda: calls.append("trim") or True)
+    monkeypatch.setattr(_memory.gc, "collect", lambda *a: calls.append("collect") or 0)
+    with trio.move_on_after(55):
+        await trim_after_load(10.0)
+    assert calls == []

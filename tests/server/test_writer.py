@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -237,3 +239,22 @@ async def test_try_send_frame_declines_once_the_connection_is_broken() -> None:
             assert not pair.writer.try_send_frame(b"h", b"x")
             assert not pair.writer.try_send_text("{}")
             assert pair.writer.frames_sent == sent
+
+
+async def test_try_send_frame_declines_when_the_socket_takes_nothing() -> None:
+    """A full socket (the peer reads nothing) takes no byte: the hand-over declines and
+    holds no write turn, so the request task sends the frame instead."""
+    with trio.fail_after(20):
+        async with writer_pair() as pair, trio.open_nursery() as tails:
+            pair.writer.tails = tails
+            sock = pair.server_ws.direct_socket()  # type: ignore[attr-defined]
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            filler = bytes(65536)
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    os.write(sock.fileno(), filler)  # fill the kernel's buffers, raw
+            sent = pair.writer.frames_sent
+            assert not pair.writer.try_send_frame(b"h", b"x")
+            assert pair.writer.frames_sent == sent
+            assert not pair.server_ws.stream_lock.locked()  # type: ignore[attr-defined]
+            tails.cancel_scope.cancel()
