@@ -94,14 +94,22 @@ class FrameWriter:
         """
         return self._try_send(OPCODE_BINARY, (head, payload))
 
-    def _try_send(self, opcode: int, parts: Sequence[Buffer]) -> bool:
+    def _free_socket(
+        self,
+    ) -> tuple[VoxWebSocketConnection, trio.socket.SocketType] | None:
+        """The connection and its TCP socket, while a direct write may start now: a plain
+        open connection and both write turns free."""
         ws = self._direct
+        sock = ws.direct_socket() if ws is not None else None
+        if ws is None or sock is None or self._lock.locked() or ws.stream_lock.locked():
+            return None
+        return ws, sock
+
+    def _try_send(self, opcode: int, parts: Sequence[Buffer]) -> bool:
         tails = self.tails
-        if ws is None or tails is None or self.broken is not None:
+        if tails is None or self.broken is not None or (free := self._free_socket()) is None:
             return False
-        sock = ws.direct_socket()
-        if sock is None or self._lock.locked() or ws.stream_lock.locked():
-            return False
+        ws, sock = free
         size = sum(len(part) for part in parts)
         vector = _vector(opcode, size, parts)
         try:
@@ -145,15 +153,9 @@ class FrameWriter:
         if self.broken is not None:
             raise ConnectionGone(self.broken)
         size = sum(len(part) for part in parts)
-        ws = self._direct
-        sock = ws.direct_socket() if ws is not None else None
         # No checkpoint from the checks to the write: nothing can take the locks between.
-        if (
-            ws is not None
-            and sock is not None
-            and not self._lock.locked()
-            and not ws.stream_lock.locked()
-        ):
+        if (free := self._free_socket()) is not None:
+            ws, sock = free
             rest = _vector(opcode, size, parts)
             with _held(self._lock), _held(ws.stream_lock):
                 try:
@@ -167,7 +169,9 @@ class FrameWriter:
         async with self._lock:
             if self.broken is not None:
                 raise ConnectionGone(self.broken)
-            await self._finish(ws, sock, None, opcode=opcode, parts=parts, message=message)
+            await self._finish(
+                self._direct, None, None, opcode=opcode, parts=parts, message=message
+            )
         self._count(size)
 
     async def _finish(
