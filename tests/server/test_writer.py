@@ -249,12 +249,29 @@ async def test_try_send_frame_declines_when_the_socket_takes_nothing() -> None:
             pair.writer.tails = tails
             sock = pair.server_ws.direct_socket()  # type: ignore[attr-defined]
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-            filler = bytes(65536)
+            # Fill the kernel's buffers, raw, with whole binary messages (the client must
+            # still parse the stream afterwards); `rest` is what the last write left over.
+            message = message_header(0x2, 65536) + bytes(65536)
+            rest = b""
             with contextlib.suppress(BlockingIOError):
                 while True:
-                    os.write(sock.fileno(), filler)  # fill the kernel's buffers, raw
+                    rest = rest or message
+                    rest = rest[os.write(sock.fileno(), rest) :]
             sent = pair.writer.frames_sent
             assert not pair.writer.try_send_frame(b"h", b"x")
             assert pair.writer.frames_sent == sent
             assert not pair.server_ws.stream_lock.locked()  # type: ignore[attr-defined]
             tails.cancel_scope.cancel()
+            # Leave a well-formed stream behind, so that both ends close cleanly.
+            async with trio.open_nursery() as reader:
+                reader.start_soon(_read_forever, pair.client)
+                while rest:
+                    await trio.lowlevel.wait_writable(sock)
+                    with contextlib.suppress(BlockingIOError):
+                        rest = rest[os.write(sock.fileno(), rest) :]
+                reader.cancel_scope.cancel()
+
+
+async def _read_forever(client: WebSocketConnection) -> None:
+    while True:
+        await client.get_message()
