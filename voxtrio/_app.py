@@ -145,6 +145,9 @@ async def run_server(
     )
     try:
         async with trio.open_nursery() as nursery:
+            # SIGUSR2 is caught before anyone can be told the server is up (health, ready
+            # file, READY=1): uncaught, it would end the process.
+            await nursery.start(report_on_signal)
             metrics_port: int | None = None
             if settings.metrics_enabled:
                 metrics_port = await nursery.start(
@@ -176,7 +179,6 @@ async def run_server(
             if (interval := watchdog_interval()) is not None:
                 nursery.start_soon(watchdog_loop, checks.is_healthy, interval)
             nursery.start_soon(trim_after_load, settings.memory_trim_interval)
-            nursery.start_soon(report_on_signal)
             task_status.started(handle)
     finally:
         with trio.CancelScope(shield=True):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
+import voxtrio._app
 from voxtrio.ops._memory_report import ENVIRONMENT, mapping_kinds, parse_smaps, report_on_signal
+from voxtrio.voices._audio import write_bytes_atomic
 
 SMAPS = """\
 55a2b6484000-55a2b6584000 rw-p 00000000 00:00 0                          [heap]
@@ -46,8 +49,7 @@ async def test_sigusr2_writes_a_report_when_the_environment_names_a_folder(
     """With VOXTRIO_MEMORY_REPORTS set, each SIGUSR2 writes one numbered report there."""
     monkeypatch.setenv(ENVIRONMENT, str(tmp_path))
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(report_on_signal)
-        await trio.testing.wait_all_tasks_blocked()
+        await nursery.start(report_on_signal)  # SIGUSR2 is caught once it has started
         os.kill(os.getpid(), signal.SIGUSR2)
         first = trio.Path(tmp_path / f"memory-{os.getpid()}-1.txt")
         with trio.fail_after(30):
@@ -64,3 +66,21 @@ async def test_without_the_environment_no_signal_is_taken(monkeypatch: pytest.Mo
     monkeypatch.delenv(ENVIRONMENT, raising=False)
     with trio.fail_after(1):
         await report_on_signal()
+
+
+async def test_a_server_catches_sigusr2_before_it_says_it_is_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, start_server: Any
+) -> None:
+    """With reports on, SIGUSR2 is caught before the ready file is written: a bench that
+    signals once the file appears gets a report, not a dead server (the signal's default)."""
+    monkeypatch.setenv(ENVIRONMENT, str(tmp_path))
+    handlers_when_ready: list[object] = []
+
+    def write_ready_file(path: Path, data: bytes) -> None:
+        handlers_when_ready.append(signal.getsignal(signal.SIGUSR2))
+        write_bytes_atomic(path, data)
+
+    monkeypatch.setattr(voxtrio._app, "write_bytes_atomic", write_ready_file)
+    await start_server(ready_file=str(tmp_path / "ready"))
+    assert len(handlers_when_ready) == 1
+    assert handlers_when_ready[0] not in (signal.SIG_DFL, None)

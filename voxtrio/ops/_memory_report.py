@@ -191,13 +191,21 @@ class MemoryReporter:
         return out
 
 
-async def report_on_signal() -> None:
-    """Forever, when VOXTRIO_MEMORY_REPORTS is set: a report per SIGUSR2."""
+async def report_on_signal(
+    *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Forever, when VOXTRIO_MEMORY_REPORTS is set: a report per SIGUSR2.
+
+    Started (`nursery.start`) once SIGUSR2 is caught: before that, the signal's default
+    action would end the server, so it must be caught before the server says it is ready.
+    """
     directory = os.environ.get(ENVIRONMENT)
     if not directory:
+        task_status.started()
         return
     reporter = MemoryReporter(Path(directory))
     with trio.open_signal_receiver(signal.SIGUSR2) as signals:
+        task_status.started()
         async for _ in signals:
             path = reporter.write()
             log.info("memory_report_written", path=str(path))
