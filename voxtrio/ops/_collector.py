@@ -18,10 +18,10 @@ with the objects it scans, and a stalled loop delays every stream's next chunk.
   promotes what survives out of the young generations for good: each live object is
   scanned once by a middle collection however often they run, so running one after
   every young one (`MIDDLE_THRESHOLD` 1; CPython: 10) costs no more in all and keeps
-  each pause shortest. Measured during a 1,000-stream start (1,000 requests within
-  160 ms, ~60 live objects each): middle pauses 21-53 ms when every 3 young ones,
-  49-112 ms every 10. Side by side, eight sweeps each: 1 against 3, largest gap median
-  38 against 52 ms, p99 with 10,000 idle connections held 19.2 against 29.9 ms.
+  each pause shortest. Collector trace of a 1,000-stream level (1,000 requests within
+  160 ms), two runs each: longest middle pause 11.7 and 27.9 ms against 32.9 and 52.5
+  ms every 3 young ones (49-112 ms every 10), all collections 98 and 153 ms against
+  140 and 199 ms.
 
 Measured with 1,000 synthetic streams (docs/BENCHMARKS.md, issue 20).
 """
