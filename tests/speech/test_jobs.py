@@ -194,3 +194,51 @@ async def test_a_handover_that_raises_stops_the_job_and_sends_nothing_again() ->
     assert job.wake is not None
     assert job.wake.is_set()  # its step loop takes the row out before the next step
     assert send.statistics().current_buffer_used == 0
+
+
+def _paced_mailbox(slot: float) -> LoopMailbox:
+    mailbox = LoopMailbox(trio.lowlevel.current_trio_token())
+    mailbox.burst_slot = slot
+    return mailbox
+
+
+async def test_a_drain_ahead_of_its_pace_runs_each_call_a_slot_after_the_one_before(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A burst leaves one slot per call from its start, and none later than max_hold."""
+    mailbox = _paced_mailbox(0.005)
+    times: list[float] = []
+    began = trio.current_time()
+    mailbox.post_all([(lambda: times.append(trio.current_time()), ()) for _ in range(14)])
+    while len(times) < 14:
+        await trio.sleep(0.001)
+    expected = [began + min(index * 0.005, mailbox.max_hold) for index in range(14)]
+    assert times == pytest.approx(expected)
+
+
+async def test_a_drain_behind_its_pace_never_stops(mock_clock: trio.testing.MockClock) -> None:
+    """Calls slower than the slot run back to back in one drain (no timer, no wait)."""
+    mailbox = _paced_mailbox(0.005)
+    ran: list[int] = []
+
+    def slow_call(index: int) -> None:
+        mock_clock.jump(0.01)  # each call takes two slots
+        ran.append(index)
+
+    mailbox.post_all([(slow_call, (index,)) for index in range(20)])
+    await trio.testing.wait_all_tasks_blocked()
+    assert ran == list(range(20))  # a drain that stopped would wait on a clock that never moves
+
+
+async def test_calls_posted_while_a_burst_waits_run_after_it_in_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What arrives during a paced burst goes behind the burst's remaining calls."""
+    mailbox = _paced_mailbox(0.005)
+    ran: list[Any] = []
+    mailbox.post_all([(_recorder(ran, "step"), (index,)) for index in range(6)])
+    await trio.sleep(0.012)  # the burst is part-way through
+    mailbox.post_all([(_recorder(ran, "next"), (index,)) for index in range(2)])
+    while len(ran) < 8:
+        await trio.sleep(0.001)
+    assert ran == [("step", index) for index in range(6)] + [("next", 0), ("next", 1)]

@@ -69,7 +69,9 @@ async def loop_pool(
     # Paced (3.2 ms a step) so that rows started a few ms apart share steps.
     model = model if model is not None else BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=8)
     instance = ModelInstance(
-        0, lambda: LoadedModel(model.engine, model, badcase, paced=paced), **kwargs
+        0,
+        lambda: LoadedModel(model.engine, model, badcase, clock=model.clock if paced else None),
+        **kwargs,
     )
     pool = InstancePool([instance], chunk_buffer=2, max_admitted=64)
     try:

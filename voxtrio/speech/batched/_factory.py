@@ -56,8 +56,11 @@ def load_model(
         return LoadedModel(
             engine, batch_model_for(engine, max_batch, compile), engine.badcase_steps
         )
-    paced = isinstance(engine, SyntheticEngine)
-    return LoadedModel(engine, batch_model_for(engine, max_batch, compile), paced=paced)
+    model = batch_model_for(engine, max_batch, compile)
+    from voxtrio.speech.batched._synthetic import BatchedSynthetic
+
+    clock = model.clock if isinstance(model, BatchedSynthetic) else None
+    return LoadedModel(engine, model, clock=clock)
 
 
 def model_instances(

@@ -24,6 +24,7 @@ import trio
 
 from voxtrio.speech._engine import Engine
 from voxtrio.speech._jobs import Job, LoopMailbox
+from voxtrio.speech.batched._clock import StepClock
 from voxtrio.speech.batched._interface import BatchModel
 from voxtrio.speech.batched._scheduler import BadcaseRule, Plan, Scheduler, Waiting, never_badcase
 from voxtrio.speech.batched._stats import LoopStats
@@ -43,10 +44,15 @@ class LoadedModel:
     engine: Engine
     model: BatchModel[Any]
     badcase_steps: BadcaseRule = never_badcase
-    # A step's time is a clock's tick, not work (the synthetic engine): no join steps
-    # (one would only delay every running row by a tick and give the new rows a short
-    # first gap), and every waiting request is prefilled at once (it costs nothing).
-    paced: bool = False
+    # Set where a step's time is a clock's tick, not work (the synthetic engine): no
+    # join steps (one would only delay every running row by a tick and give the new
+    # rows a short first gap), every waiting request is prefilled at once (it costs
+    # nothing), and a step's chunks are held until its tick (`_clock.py`).
+    clock: StepClock | None = None
+
+    @property
+    def paced(self) -> bool:
+        return self.clock is not None
 
 
 ModelLoader = Callable[[], LoadedModel]
@@ -95,8 +101,11 @@ class ModelInstance:
         self._token: trio.lowlevel.TrioToken | None = None
         self._on_job_done: JobDone | None = None
         # What this iteration hands to the loop thread, posted at its end in one go
-        # (`LoopMailbox.post_all`): chunks, then each finished job's end, in order.
+        # (`LoopMailbox.post_all`): every chunk in row order, then every finished job's
+        # end (each after its own chunks). An end wakes its request task to finish the
+        # request; among the chunks it would make the rows behind it wait for that.
         self._outbox: list[tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]] = []
+        self._ends: list[tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]] = []
 
     # -- Trio side ------------------------------------------------------------
 
@@ -156,7 +165,7 @@ class ModelInstance:
         )
         self._token.run_sync_soon(self._loaded.set)
         try:
-            self._run(model, scheduler)
+            self._run(model, scheduler, loaded.clock)
         finally:
             waiting, running = scheduler.drain()
             for entry in waiting:
@@ -167,7 +176,9 @@ class ModelInstance:
             model.close()
             log.info("step_loop_finished", instance=self.index, **self.stats.summary())
 
-    def _run(self, model: BatchModel[Any], scheduler: Scheduler[Job, Any]) -> None:
+    def _run(
+        self, model: BatchModel[Any], scheduler: Scheduler[Job, Any], clock: StepClock | None
+    ) -> None:
         while True:
             self._heartbeat = time.perf_counter()
             self._wake.clear()
@@ -182,6 +193,8 @@ class ModelInstance:
                 self._prefill(model, scheduler, plan.prefill)
             elif plan.step:
                 self._step(model, scheduler, plan)
+                if clock is not None:
+                    clock.release()
             self._flush()
             if not plan.prefill and not plan.step:
                 self._wake.wait(_IDLE_TICK_S if scheduler.empty else _STARVED_TICK_S)
@@ -256,8 +269,10 @@ class ModelInstance:
         self._outbox.append((job.mailbox, job.deliver, (item,)))
 
     def _flush(self) -> None:
-        """Post the outbox: one `post_all` per run of entries for the same mailbox."""
+        """Post the outbox, then the ends: one `post_all` per run of the same mailbox."""
         outbox, self._outbox = self._outbox, []
+        outbox += self._ends
+        self._ends = []
         start = 0
         with suppress(trio.RunFinishedError):
             for end in range(1, len(outbox) + 1):
@@ -282,7 +297,7 @@ class ModelInstance:
     def _finish(self, job: Job, result: outcome.Outcome[None], *, stopped: bool) -> None:
         job.finished_at = time.perf_counter()
         self.jobs_run += 1
-        self._outbox.append((job.mailbox, self._finished, (job, result, stopped)))
+        self._ends.append((job.mailbox, self._finished, (job, result, stopped)))
 
     def _finished(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread, after every chunk this job posted.

@@ -1,14 +1,14 @@
 """A model-free `BatchModel`: one thread paces every stream it carries.
 
-Each step waits until the step clock's next tick (`rtf` x one chunk's duration
-after the last), then hands every given row the next chunk of its tone (the same
+Each step waits for the step clock's next tick (`rtf` x one chunk's duration after
+the last; `_clock.py`, less the clock's lead when the step loop releases the chunks
+on the tick), then hands every given row the next chunk of its tone (the same
 samples `SyntheticEngine` yields for that seed and step). So a thousand real-time
 streams cost one thread and one sleep per chunk period, not a thousand threads.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
 import attrs
@@ -16,6 +16,7 @@ import numpy as np
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._synthetic import SyntheticEngine, seed_frequency
+from voxtrio.speech.batched._clock import StepClock
 from voxtrio.speech.batched._interface import StepResult, power_of_two_bucket
 
 _NO_TABLE = np.zeros(0, dtype=np.float32)
@@ -38,7 +39,11 @@ class BatchedSynthetic:
     # Fault injection for tests: prefill raises for a text containing this.
     fail_prefill_text: str | None = None
     rows_open: int = 0
-    _next_tick: float = 0.0
+    clock: StepClock = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        engine = self.engine
+        self.clock = StepClock(engine.chunk_samples / engine.sample_rate * engine.rtf)
 
     @property
     def sample_rate(self) -> int:
@@ -70,7 +75,7 @@ class BatchedSynthetic:
         ]
 
     def step(self, rows: Sequence[SyntheticRow]) -> list[StepResult]:
-        self._pace()
+        self.clock.wait_for_step()
         results = []
         for row in rows:
             if row.released:
@@ -84,17 +89,6 @@ class BatchedSynthetic:
                 chunk[0] = np.nan
             results.append(StepResult(chunk, row.step >= row.steps_total))
         return results
-
-    def _pace(self) -> None:
-        period = self.engine.chunk_samples / self.engine.sample_rate * self.engine.rtf
-        if period <= 0:
-            return
-        now = time.perf_counter()
-        # Keep the tick grid, but never try to catch up on ticks missed while idle.
-        self._next_tick = max(self._next_tick + period, now)
-        delay = self._next_tick - now
-        if delay > 0:
-            time.sleep(delay)
 
     def release(self, row: SyntheticRow) -> None:
         if not row.released:
