@@ -28,10 +28,15 @@ def _dominant_hz(samples: np.ndarray, rate: int) -> float:
     return float(np.argmax(spectrum) * rate / len(samples))
 
 
+def _unshared_engine() -> SyntheticEngine:
+    """160 ms chunks at a rate no other test uses: tables no warmed-up engine holds."""
+    return SyntheticEngine(sample_rate=32000, chunk_samples=5120)
+
+
 def test_a_thousand_streams_compute_a_bounded_number_of_tone_tables() -> None:
     """1,000 distinct streams stepping on compute each grid pitch once, never per chunk."""
     before = tone_tables_computed()
-    model = BatchedSynthetic(SyntheticEngine(), max_batch=STREAMS)
+    model = BatchedSynthetic(_unshared_engine(), max_batch=STREAMS)
     rows = model.prefill(_specs(STREAMS))
     for _ in range(3):
         model.step(rows)
@@ -43,19 +48,30 @@ def test_a_thousand_streams_compute_a_bounded_number_of_tone_tables() -> None:
 
 
 def test_tone_tables_are_freed_once_no_stream_holds_them() -> None:
-    """A load's tables do not outlive it: released rows and closed generations free theirs."""
-    model = BatchedSynthetic(SyntheticEngine(), max_batch=STREAMS)
+    """Before warm-up, a load's tables do not outlive it: released rows and closed
+    generations free theirs."""
+    engine = _unshared_engine()
+    model = BatchedSynthetic(engine, max_batch=STREAMS)
     rows = model.prefill(_specs(STREAMS))
     chunks = model.step(rows)
-    generation = SyntheticEngine().generate(SynthesisSpec(text="a" * 40, seed=5), lambda s: None)
+    generation = engine.generate(SynthesisSpec(text="a" * 40, seed=5), lambda s: None)
     next(generation)
-    assert tone_tables_live() >= GRID_PITCHES - 1
+    assert tone_tables_live(engine) >= GRID_PITCHES - 1
     for row in rows:
         model.release(row)
     del chunks
-    assert tone_tables_live() == 1  # the generation's, still running
+    assert tone_tables_live(engine) == 1  # the generation's, still running
     generation.close()
-    assert tone_tables_live() == 0
+    assert tone_tables_live(engine) == 0
+
+
+def test_a_warmed_up_engine_holds_every_table_while_it_lives() -> None:
+    """warm_up keeps one table per grid pitch; they go with the engine."""
+    engine = _unshared_engine()
+    engine.warm_up()
+    assert tone_tables_live(engine) >= GRID_PITCHES - 1
+    del engine
+    assert tone_tables_live(_unshared_engine()) == 0
 
 
 def test_a_chunk_is_a_read_only_view_into_a_shared_table() -> None:
@@ -91,3 +107,14 @@ def test_batched_rows_get_the_engines_samples() -> None:
     batched = [model.step(rows)[0].audio for _ in range(5)]
     for mine, theirs in zip(batched, alone, strict=True):
         np.testing.assert_array_equal(mine, theirs)
+
+
+def test_a_warmed_up_engine_computes_no_table_for_its_streams() -> None:
+    """warm_up computes every pitch's table; 1,000 distinct streams then compute none."""
+    engine = _unshared_engine()
+    engine.warm_up()
+    before = tone_tables_computed()
+    model = BatchedSynthetic(engine, max_batch=STREAMS)
+    rows = model.prefill(_specs(STREAMS))
+    model.step(rows)
+    assert tone_tables_computed() == before

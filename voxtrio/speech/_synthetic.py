@@ -10,9 +10,12 @@ tone repeats every `tone_period_chunks` chunks, so each chunk is a read-only vie
 one small shared cycle. The grid (3.125 Hz for 160 ms chunks) bounds the tables to a
 few hundred whatever the number of streams (17 MB at 48 kHz, all pitches), where
 one-second tables per whole-Hz pitch behind a 128-entry cache recomputed a second
-of sine per chunk beyond 128 streams. A table lives while a stream holds it (a
-generation, a batched row, a chunk still being sent) and is freed with the last one,
-so a load's tables do not stay resident after it (docs/DEPLOY.md, "Memory").
+of sine per chunk beyond 128 streams. `warm_up` computes every table and the engine
+keeps them (17 MB at 48 kHz), so a request never computes one: on a model thread each
+numpy call gives the GIL away and, while the event loop is busy (a storm of new
+connections), waits up to a switch interval to get it back; prefills of 35 new rows
+took 90 ms that way. Before warm-up (tests, a bare engine) a table lives while a
+stream holds it and is freed with the last one.
 """
 
 from __future__ import annotations
@@ -66,8 +69,9 @@ class _ToneTables:
                 self.computed += 1
             return table
 
-    def live(self) -> int:
-        return len(self._live)
+    def live(self, period_samples: int | None = None) -> int:
+        keys = list(self._live.keys())
+        return sum(1 for _, period in keys if period_samples in (None, period))
 
 
 _tables = _ToneTables()
@@ -78,9 +82,9 @@ def tone_tables_computed() -> int:
     return _tables.computed
 
 
-def tone_tables_live() -> int:
-    """How many tone tables some stream still holds, for tests."""
-    return _tables.live()
+def tone_tables_live(engine: SyntheticEngine | None = None) -> int:
+    """How many tone tables something still holds (those of `engine`'s cycle), for tests."""
+    return _tables.live(None if engine is None else engine.cycle_samples)
 
 
 @attrs.define
@@ -94,6 +98,8 @@ class SyntheticEngine:
     nan_at_step: int | None = None
     warmed_up: bool = False
     closed: bool = False
+    # Every pitch's table, computed by `warm_up` and held while the engine lives.
+    _tables_held: list[np.ndarray] = attrs.field(factory=list, init=False, repr=False)
     # Generations started and those whose generator has been closed (leak checks).
     generations: int = 0
     open_generations: int = 0
@@ -144,10 +150,14 @@ class SyntheticEngine:
         no numpy work per chunk. A model-free engine should cost next to nothing, and
         every numpy call on a model thread hands the GIL to the server's other threads.
         """
-        period_samples = tone_period_chunks(self.sample_rate, self.chunk_samples)
-        period_samples *= self.chunk_samples
+        period_samples = self.cycle_samples
         cycles = max(1, round(frequency * period_samples / self.sample_rate))
         return _tables.get(cycles, period_samples)
+
+    @property
+    def cycle_samples(self) -> int:
+        """Samples after which every tone on the grid repeats (its tables' length)."""
+        return tone_period_chunks(self.sample_rate, self.chunk_samples) * self.chunk_samples
 
     def chunk_of(self, table: np.ndarray, step: int) -> np.ndarray:
         """Chunk `step` (1-based) of a tone: a read-only view into its table."""
@@ -159,6 +169,9 @@ class SyntheticEngine:
         return self.chunk_of(self.tone_table(frequency), step)
 
     def warm_up(self) -> None:
+        if not self._tables_held:
+            pitches = range(_LOWEST_HZ, _LOWEST_HZ + _PITCH_SPAN_HZ)
+            self._tables_held = list({id(t): t for t in map(self.tone_table, pitches)}.values())
         self.warmed_up = True
 
     def close(self) -> None:
