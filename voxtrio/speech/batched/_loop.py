@@ -3,8 +3,9 @@
 The thread's loop is `plan = scheduler.schedule()` -> `model.prefill` or `model.step`
 -> `scheduler.prefilled` / `scheduler.postprocess`; everything it decides is in
 `_scheduler.py`. This module does the rest: the inbox from the Trio side, the
-per-chunk transform and hand-over through the job's mailbox, releasing a row's slot
-before its job is reported done, and the heartbeat /health reads.
+per-chunk transform and hand-over through the job's mailbox (a paced model's step
+held until its tick, `_clock.py`), releasing a row's slot before its job is reported
+done, and the heartbeat /health reads.
 """
 
 from __future__ import annotations
