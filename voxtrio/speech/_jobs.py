@@ -55,6 +55,9 @@ from voxtrio.speech._engine import SynthesisSpec
 
 log = structlog.get_logger("voxtrio.speech")
 
+Call = tuple[Callable[..., object], tuple[Any, ...]]
+"""A mailbox entry: a function and its arguments."""
+
 Handover = Callable[[Any], bool]
 """Trio thread, in a mailbox callback: send this chunk now, without waiting.
 
@@ -88,9 +91,7 @@ class LoopMailbox:
     def __init__(self, token: trio.lowlevel.TrioToken) -> None:
         self._token = token
         self._lock = threading.Lock()
-        self._calls: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
-            collections.deque()
-        )
+        self._calls: collections.deque[Call] = collections.deque()
         self._drain_scheduled = False
         self.drained_at = 0.0
         self._last_due = -float("inf")
@@ -104,7 +105,7 @@ class LoopMailbox:
         """
         self.post_all(((fn, args),))
 
-    def post_all(self, calls: Sequence[tuple[Callable[..., object], tuple[Any, ...]]]) -> None:
+    def post_all(self, calls: Sequence[Call]) -> None:
         """`post` each of `calls` in order, with one lock and at most one wake-up.
 
         A step loop hands a whole step's chunks over at once: posted one by one, each
@@ -143,13 +144,11 @@ class LoopMailbox:
             fn, args = calls.popleft()
             fn(*args)
             ran += 1
-            now = trio.current_time()
+            if slot > 0:
+                now = trio.current_time()
 
     def _stop_until(
-        self,
-        resume_at: float,
-        rest: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]],
-        burst: tuple[float, int],
+        self, resume_at: float, rest: collections.deque[Call], burst: tuple[float, int]
     ) -> None:
         """Put `rest` back ahead of what was posted since; drain again at `resume_at`."""
         with self._lock:

@@ -70,8 +70,7 @@ class _ToneTables:
             return table
 
     def live(self, period_samples: int | None = None) -> int:
-        keys = list(self._live.keys())
-        return sum(1 for _, period in keys if period_samples in (None, period))
+        return sum(1 for _, period in list(self._live) if period_samples in (None, period))
 
 
 _tables = _ToneTables()
@@ -171,7 +170,7 @@ class SyntheticEngine:
     def warm_up(self) -> None:
         if not self._tables_held:
             pitches = range(_LOWEST_HZ, _LOWEST_HZ + _PITCH_SPAN_HZ)
-            self._tables_held = list({id(t): t for t in map(self.tone_table, pitches)}.values())
+            self._tables_held = [self.tone_table(hz) for hz in pitches]  # shared, not copied
         self.warmed_up = True
 
     def close(self) -> None:

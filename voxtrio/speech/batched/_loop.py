@@ -57,6 +57,9 @@ class LoadedModel:
 
 
 ModelLoader = Callable[[], LoadedModel]
+
+_Posting = tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]
+"""An entry of a step's outbox: the mailbox it goes to, a function, its arguments."""
 """Builds one instance's model; called on the thread that will own it."""
 
 JobDone = Callable[["ModelInstance", Job], None]
@@ -105,8 +108,8 @@ class ModelInstance:
         # (`LoopMailbox.post_all`): every chunk in row order, then every finished job's
         # end (each after its own chunks). An end wakes its request task to finish the
         # request; among the chunks it would make the rows behind it wait for that.
-        self._outbox: list[tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]] = []
-        self._ends: list[tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]] = []
+        self._outbox: list[_Posting] = []
+        self._ends: list[_Posting] = []
 
     # -- Trio side ------------------------------------------------------------
 
