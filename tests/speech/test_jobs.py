@@ -242,3 +242,18 @@ async def test_calls_posted_while_a_burst_waits_run_after_it_in_order(
     while len(ran) < 8:
         await trio.sleep(0.001)
     assert ran == [("step", index) for index in range(6)] + [("next", 0), ("next", 1)]
+
+
+def test_a_burst_still_waiting_when_the_run_ends_runs_the_rest_at_once() -> None:
+    """Calls a paced drain holds back are not lost when Trio's run ends (a job's end among
+    them must still be seen)."""
+    ran: list[int] = []
+
+    async def main() -> None:
+        mailbox = _paced_mailbox(10.0)  # every call after the first waits (max_hold)
+        mailbox.post_all([(ran.append, (index,)) for index in range(3)])
+        await trio.testing.wait_all_tasks_blocked()
+        assert ran == [0]
+
+    trio.run(main)
+    assert ran == [0, 1, 2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -15,9 +15,10 @@ import pytest
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._jobs import Job
+from voxtrio.speech._jobs import Call, Job, LoopMailbox
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
+from voxtrio.speech.batched._clock import LEAD_SHARE
 from voxtrio.speech.batched._factory import model_instances
 from voxtrio.speech.batched._interface import StepResult
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
@@ -380,3 +381,41 @@ async def test_a_jobs_end_reaches_its_request_after_its_last_chunk() -> None:
         np.testing.assert_array_equal(audio, expected_audio(spec))
         assert not job.stopped
         assert isinstance(job.result, outcome.Value)
+
+
+class RecordingMailbox(LoopMailbox):
+    """A mailbox that only records what is posted to it, in order."""
+
+    def __init__(self) -> None:
+        self.posted: list[Callable[..., object]] = []
+
+    def post_all(self, calls: Sequence[Call]) -> None:
+        self.posted.extend(fn for fn, _ in calls)
+
+
+def test_a_step_posts_every_chunk_before_any_jobs_end() -> None:
+    """A row that ends mid-step has its end posted after the chunks of the rows behind it,
+    so the request task it wakes never runs in the middle of the step's writes."""
+    instance = ModelInstance(0, lambda: LoadedModel(SyntheticEngine(), BatchedSynthetic()))
+    mailbox = RecordingMailbox()
+    send, _ = trio.open_memory_channel[object](2)
+    ending, running = (Job(SynthesisSpec(text="x"), rid, send, mailbox) for rid in ("a", "b"))
+    chunk = np.zeros(4, np.float32)
+    instance._deliver(ending, chunk)
+    instance._finish(ending, outcome.Value(None), stopped=False)
+    instance._deliver(running, chunk)
+    instance._flush()
+    assert mailbox.posted == [ending.deliver, running.deliver, instance._finished]
+
+
+async def test_a_paced_instance_computes_each_step_half_a_period_ahead() -> None:
+    """The step loop releases a paced model's steps on their ticks, which gives its clock
+    its lead; an instance that is not paced leaves the model's clock alone."""
+    for paced in (True, False):
+        async with loop_pool(paced=paced) as (pool, _, model):
+            with trio.fail_after(10):
+                async with pool.run(SynthesisSpec(text="a" * 40), request_id="r") as (_, chunks):
+                    async for _chunk in chunks:
+                        pass
+            expected = model.clock.period * LEAD_SHARE if paced else 0.0
+            assert model.clock.lead == pytest.approx(expected)
