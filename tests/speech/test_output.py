@@ -46,3 +46,23 @@ def test_speed_out_of_range_is_invalid_output(speed: float) -> None:
     with pytest.raises(InvalidOutput) as caught:
         OutputStream(OutputSpec(format="mp3", rate=speed), input_rate=SR)
     assert caught.value.setting == "speed"
+
+
+@pytest.mark.parametrize(
+    ("spec", "batchable"),
+    [
+        (OutputSpec(), True),
+        (OutputSpec(format="wav"), True),
+        (OutputSpec(format="mp3"), False),
+        (OutputSpec(sample_rate=16000), False),
+        (OutputSpec(rate=2.0), False),
+    ],
+    ids=["pcm16", "wav", "mp3", "resampled", "speed"],
+)
+def test_only_plain_pcm_at_the_models_rate_is_encoded_with_other_rows(
+    spec: OutputSpec, batchable: bool
+) -> None:
+    """pcm16/WAV at the input rate, no speed: the step loop may encode it in a batch."""
+    stream = OutputStream(spec, input_rate=SR)
+    assert stream.batchable is batchable
+    stream.close()

@@ -31,8 +31,12 @@ class _PcmBackend:
         self._header = header
 
     def encode(self, samples: npt.NDArray[np.float32]) -> bytes:
+        return self.emit(quantize16(samples))
+
+    def emit(self, quantized: npt.NDArray[np.int16]) -> bytes:
+        """Bytes for samples already quantised (`PcmBatchEncoder` does many at once)."""
         header, self._header = self._header, b""
-        return header + quantize16(samples).tobytes()
+        return header + quantized.tobytes()
 
     def finish(self) -> bytes:
         # A stream with no audio still gets its (valid, empty) WAV header.

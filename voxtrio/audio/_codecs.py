@@ -245,6 +245,23 @@ class AudioEncoder:
         return self._encode_out(x)
 
     @property
+    def batchable(self) -> bool:
+        """pcm16 or WAV at the input rate, unit volume: `PcmBatchEncoder` takes it."""
+        return (
+            self._resampler is None
+            and self.volume == 1.0
+            and isinstance(self._backend, _PcmBackend)
+            and not self._finished
+        )
+
+    def emit_quantized(self, quantized: npt.NDArray[np.int16]) -> bytes:
+        """`encode`'s bytes for a chunk already clipped and quantised (`batchable` only)."""
+        assert isinstance(self._backend, _PcmBackend)
+        self.samples_in += quantized.size
+        self.samples_out += quantized.size
+        return self._backend.emit(quantized)
+
+    @property
     def holds_nothing_back(self) -> bool:
         """PCM or WAV at the input rate: `finish` costs next to nothing (no codec, no
         resampler to flush), so it need not leave the event loop."""

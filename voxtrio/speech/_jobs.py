@@ -43,7 +43,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import numpy as np
@@ -52,6 +52,9 @@ import structlog
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
+
+if TYPE_CHECKING:
+    from voxtrio.speech._output import OutputStream
 
 log = structlog.get_logger("voxtrio.speech")
 
@@ -216,6 +219,9 @@ class Job:
     transform: Callable[[np.ndarray], Any] | None = None
     # Chunks the thread may hand over before the request task has taken them.
     chunk_buffer: int = 2
+    # The stream `transform` is the plain `transform` of, if any: a step loop may then
+    # encode its chunk together with other rows' (`speech._output.BatchTransform`).
+    output: OutputStream | None = None
     stop_event: threading.Event = attrs.Factory(threading.Event)
     credits: Credits = attrs.field(init=False)
     # Its step loop's wake-up: set on a credit or a stop (None until submitted).

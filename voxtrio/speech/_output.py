@@ -9,6 +9,8 @@ nothing is used by two threads at once: between generations no job holds it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
 import numpy as np
 import trio
@@ -20,6 +22,7 @@ from voxtrio.audio._codecs import (
     check_finite,
 )
 from voxtrio.audio._dsp import StreamingStretch
+from voxtrio.audio._pcm_batch import PcmBatchEncoder
 from voxtrio.audio._tsm import TempoStretch, output_seconds
 from voxtrio.speech._errors import InvalidOutput, OutputSetting
 
@@ -105,6 +108,11 @@ class OutputStream:
         output (see `voxtrio.audio._tsm.output_seconds`, the one definition)."""
         return output_seconds(model_seconds, self.speed)
 
+    @property
+    def batchable(self) -> bool:
+        """No stretcher and an encoder `PcmBatchEncoder` takes (pcm16/WAV as is)."""
+        return self._stretch is None and self.encoder.batchable
+
     def transform(self, chunk: np.ndarray) -> EncodedAudio:
         """Model instance thread, per chunk: refuse NaN/inf, stretch, encode."""
         before = self.encoder.samples_out
@@ -141,3 +149,27 @@ class OutputStream:
         if isinstance(self._stretch, TempoStretch):
             self._stretch.close()
         self.encoder.close()
+
+
+class BatchTransform:
+    """`transform` for many `batchable` streams' chunks at once (a model thread's own:
+    it keeps its buffers between steps, `PcmBatchEncoder`)."""
+
+    def __init__(self) -> None:
+        self._encoder = PcmBatchEncoder()
+
+    def release(self) -> None:
+        """Give the buffers back while the model thread has nothing to encode."""
+        self._encoder.release()
+
+    def __call__(
+        self, streams: Sequence[OutputStream], chunks: Sequence[np.ndarray]
+    ) -> list[EncodedAudio | None]:
+        """`streams[i].transform(chunks[i])` for `gatherable` chunks of one length; None
+        where a chunk is not finite (its stream is untouched: `transform` it alone for
+        the error)."""
+        encoded = self._encoder.encode([stream.encoder for stream in streams], chunks)
+        return [
+            None if data is None else EncodedAudio(data, len(chunk))
+            for data, chunk in zip(encoded, chunks, strict=True)
+        ]

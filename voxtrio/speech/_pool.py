@@ -13,7 +13,7 @@ Chunks travel to the request task through a bounded memory channel with credits
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,8 @@ import trio
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._errors import EngineUnavailable, Overloaded, QueueTimeout
 from voxtrio.speech._jobs import ChunkStream, Job, LoopMailbox
+from voxtrio.speech._output import OutputStream
+from voxtrio.speech.batched._gil import GilTurns, GilTurnsInstrument
 from voxtrio.speech.batched._loop import ModelInstance
 
 log = structlog.get_logger("voxtrio.pool")
@@ -61,6 +63,9 @@ class InstancePool:
         self.waiting = 0
         self.ready = False
         self.sample_rate = 0
+        # The model threads' turns at the GIL while the event loop is busy (`_gil.py`).
+        self.gil_turns = GilTurns()
+        self._gil_instrument = GilTurnsInstrument(self.gil_turns)
 
     @property
     def slots_busy(self) -> int:
@@ -71,6 +76,9 @@ class InstancePool:
         """Load and warm every instance; `ready` only once all of them are."""
         token = trio.lowlevel.current_trio_token()
         self._mailbox = LoopMailbox(token)
+        for instance in self.instances:
+            instance.gil_turns = self.gil_turns
+        trio.lowlevel.add_instrument(self._gil_instrument)
         events = [instance.start(token, self._job_done) for instance in self.instances]
         with trio.move_on_after(load_timeout) as scope:
             for event in events:
@@ -108,6 +116,8 @@ class InstancePool:
         for instance in self.instances:
             if instance.thread.is_alive():
                 log.error("instance_thread_did_not_exit", instance=instance.index)
+        with suppress(KeyError):  # never added (not started), or removed already
+            trio.lowlevel.remove_instrument(self._gil_instrument)
 
     def max_steps(self, spec: SynthesisSpec) -> int:
         model = self.instances[0].model
@@ -121,10 +131,13 @@ class InstancePool:
         request_id: str,
         transform: Callable[[np.ndarray], Any] | None = None,
         on_wait: Callable[[], Awaitable[None]] | None = None,
+        output: OutputStream | None = None,
     ) -> AsyncIterator[tuple[Job, ChunkStream]]:
         """Admit a job, start it on a free slot, and yield it with its chunk stream.
 
-        `on_wait` is awaited first when no slot is free (to tell the client).
+        `on_wait` is awaited first when no slot is free (to tell the client). With
+        `output`, `transform` must be `output.transform` (the step loop may then encode
+        the chunk together with other rows').
 
         On exit (done, error, cancel) the job is told to stop and this waits,
         shielded, until its instance has really let it go before returning.
@@ -147,7 +160,13 @@ class InstancePool:
             instance = self._free.pop()
             send, receive = trio.open_memory_channel[Any](self.chunk_buffer)
             job = Job(
-                spec, request_id, send, self._mailbox, transform, chunk_buffer=self.chunk_buffer
+                spec,
+                request_id,
+                send,
+                self._mailbox,
+                transform,
+                chunk_buffer=self.chunk_buffer,
+                output=output,
             )
             self._borrowers[job] = borrower
             instance.submit(job)

@@ -239,6 +239,7 @@ async def generate_utterance(
         request_id=request_id,
         transform=transform,
         on_wait=partial(sink.waiting, utterance),
+        output=stream if capture is None else None,
     ) as (job, pieces):
         if stats.first_job_at is None:
             stats.first_job_at = trio.current_time()

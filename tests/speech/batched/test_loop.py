@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -14,8 +14,10 @@ import outcome
 import pytest
 import trio
 
+from voxtrio.audio._codecs import AudioEncoder, NonFiniteAudio
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._jobs import Call, Job, LoopMailbox
+from voxtrio.speech._output import BatchTransform, OutputSpec, OutputStream
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
 from voxtrio.speech.batched._clock import LEAD_SHARE
@@ -419,3 +421,63 @@ async def test_a_paced_instance_computes_each_step_half_a_period_ahead() -> None
                         pass
             expected = model.clock.period * LEAD_SHARE if paced else 0.0
             assert model.clock.lead == pytest.approx(expected)
+
+
+class NanForSeed(BatchedSynthetic):
+    """The row with seed `bad_seed` gets a chunk of NaN at its second step."""
+
+    bad_seed = 13
+
+    def step(self, rows: Sequence[SyntheticRow]) -> list[StepResult]:
+        results = super().step(rows)
+        return [
+            StepResult(np.full_like(result.audio, np.nan), result.finished)
+            if row.spec.seed == self.bad_seed and row.step == 2
+            else result
+            for row, result in zip(rows, results, strict=True)
+        ]
+
+
+async def test_plain_pcm_rows_are_encoded_together_to_the_bytes_each_gets_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A step's pcm16 rows go through one batch encode; each stream's bytes are its own,
+    and a row whose chunk is not finite fails alone (NonFiniteAudio)."""
+    batched: list[int] = []
+    original = BatchTransform.__call__
+
+    def counting(self: BatchTransform, streams: Any, chunks: Any) -> Any:
+        batched.append(len(chunks))
+        return original(self, streams, chunks)
+
+    monkeypatch.setattr(BatchTransform, "__call__", counting)
+    model = NanForSeed(SyntheticEngine(rtf=0.02), max_batch=8)
+    specs = [SynthesisSpec(text="a" * 60, seed=seed) for seed in (1, 2, 13, 4)]
+    out: dict[int, tuple[Job, bytes]] = {}
+
+    async def speak(spec: SynthesisSpec) -> None:
+        stream = OutputStream(OutputSpec(), input_rate=model.sample_rate)
+        pieces: list[bytes] = []
+        async with pool.run(
+            spec, request_id=str(spec.seed), transform=stream.transform, output=stream
+        ) as (job, chunks):
+            with suppress(NonFiniteAudio):
+                pieces += [piece.data async for piece in chunks]
+            await job.done.wait()
+        out[spec.seed] = (job, b"".join(pieces))
+
+    async with loop_pool(model, paced=True) as (pool, _, _):
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for spec in specs:
+                    nursery.start_soon(speak, spec)
+    assert max(batched) == 4  # the four rows' first chunks, in one batch
+    for spec in specs:
+        job, data = out[spec.seed]
+        if spec.seed == NanForSeed.bad_seed:
+            assert isinstance(job.result, outcome.Error)
+            assert isinstance(job.result.error, NonFiniteAudio)
+        else:
+            assert data == AudioEncoder("pcm16", input_rate=model.sample_rate).encode(
+                expected_audio(spec)
+            )

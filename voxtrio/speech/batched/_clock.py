@@ -14,6 +14,7 @@ costs no first-audio time: the loop takes new requests only between steps.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import attrs
 
@@ -30,6 +31,11 @@ class StepClock:
     tick: float = 0.0
     # How long before its tick a step starts: 0 until the step loop releases steps.
     lead: float = 0.0
+    # How the model's thread sleeps (its step loop marks the sleep for `GilTurns`).
+    sleep: Callable[[float], None] | None = None
+
+    def _sleep(self, seconds: float) -> None:
+        (self.sleep or time.sleep)(seconds)
 
     def wait_for_step(self) -> None:
         """At a step's start: sleep until `lead` before its tick.
@@ -42,7 +48,7 @@ class StepClock:
         self.tick = max(self.tick + self.period, now)
         start = self.tick - self.lead
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
 
     def release(self) -> None:
         """Once the step's chunks are ready: sleep until its tick."""
@@ -51,4 +57,4 @@ class StepClock:
         self.lead = self.period * LEAD_SHARE
         delay = self.tick - time.perf_counter()
         if delay > 0:
-            time.sleep(delay)
+            self._sleep(delay)

@@ -3,9 +3,10 @@
 The thread's loop is `plan = scheduler.schedule()` -> `model.prefill` or `model.step`
 -> `scheduler.prefilled` / `scheduler.postprocess`; everything it decides is in
 `_scheduler.py`. This module does the rest: the inbox from the Trio side, the
-per-chunk transform and hand-over through the job's mailbox (a paced model's step
-held until its tick, `_clock.py`), releasing a row's slot before its job is reported
-done, and the heartbeat /health reads.
+per-chunk transform (a step's plain PCM rows together, `audio/_pcm_batch.py`) and
+hand-over through the job's mailbox (a paced model's step held until its tick,
+`_clock.py`), telling the event loop when it computes (`_gil.py`), releasing a row's
+slot before its job is reported done, and the heartbeat /health reads.
 """
 
 from __future__ import annotations
@@ -23,11 +24,21 @@ import outcome
 import structlog
 import trio
 
+from voxtrio.audio._pcm_batch import gatherable
 from voxtrio.speech._engine import Engine
 from voxtrio.speech._jobs import Job, LoopMailbox
+from voxtrio.speech._output import BatchTransform, EncodedAudio, OutputStream
 from voxtrio.speech.batched._clock import StepClock
+from voxtrio.speech.batched._gil import GilTurns
 from voxtrio.speech.batched._interface import BatchModel
-from voxtrio.speech.batched._scheduler import BadcaseRule, Plan, Scheduler, Waiting, never_badcase
+from voxtrio.speech.batched._scheduler import (
+    BadcaseRule,
+    Output,
+    Plan,
+    Scheduler,
+    Waiting,
+    never_badcase,
+)
 from voxtrio.speech.batched._stats import LoopStats
 
 log = structlog.get_logger("voxtrio.batched")
@@ -110,6 +121,10 @@ class ModelInstance:
         # request; among the chunks it would make the rows behind it wait for that.
         self._outbox: list[_Posting] = []
         self._ends: list[_Posting] = []
+        # Encodes a step's plain PCM/WAV chunks together; used on the instance's thread only.
+        self._transform_batch = BatchTransform()
+        # Shared with the event loop by the pool (`_gil.py`); until then, this one's own.
+        self.gil_turns = GilTurns()
 
     # -- Trio side ------------------------------------------------------------
 
@@ -167,6 +182,8 @@ class ModelInstance:
             badcase_steps=loaded.badcase_steps,
             bucket_for=model.bucket_for,
         )
+        if loaded.clock is not None:
+            loaded.clock.sleep = self._sleep_aside
         self._token.run_sync_soon(self._loaded.set)
         try:
             self._run(model, scheduler, loaded.clock)
@@ -189,20 +206,37 @@ class ModelInstance:
             if self._take_inbox(scheduler):
                 return
             plan = scheduler.schedule(time.perf_counter())
-            for leaving in plan.leaving:
-                if leaving.reason == "reader_timeout":
-                    log.warning("row_reader_timeout", request_id=leaving.request.request_id)
-                self._end(model, leaving.request, leaving.handle, outcome.Value(None), stopped=True)
-            if plan.prefill:
-                self._prefill(model, scheduler, plan.prefill)
-            elif plan.step:
-                self._step(model, scheduler, plan)
-                if clock is not None:
-                    clock.release()
-            self._flush()
+            with self.gil_turns.computing(self.index):
+                self._carry_out(model, scheduler, plan, clock)
             if not plan.prefill and not plan.step:
+                if scheduler.empty:
+                    self._transform_batch.release()
                 self._wake.wait(_IDLE_TICK_S if scheduler.empty else _STARVED_TICK_S)
             self.stats.skipped = scheduler.skipped
+
+    def _carry_out(
+        self,
+        model: BatchModel[Any],
+        scheduler: Scheduler[Job, Any],
+        plan: Plan[Job, Any],
+        clock: StepClock | None,
+    ) -> None:
+        for leaving in plan.leaving:
+            if leaving.reason == "reader_timeout":
+                log.warning("row_reader_timeout", request_id=leaving.request.request_id)
+            self._end(model, leaving.request, leaving.handle, outcome.Value(None), stopped=True)
+        if plan.prefill:
+            self._prefill(model, scheduler, plan.prefill)
+        elif plan.step:
+            self._step(model, scheduler, plan)
+            if clock is not None:
+                clock.release()
+        self._flush()
+
+    def _sleep_aside(self, seconds: float) -> None:
+        """The step clock's sleeps: no GIL turns wanted meanwhile."""
+        with self.gil_turns.waiting(self.index):
+            time.sleep(seconds)
 
     def _take_inbox(self, scheduler: Scheduler[Job, Any]) -> bool:
         while True:
@@ -252,11 +286,13 @@ class ModelInstance:
             job.last_step_at = now
             if job.expected_steps is None:
                 job.expected_steps = model.max_steps(job.spec)
-        for out in scheduler.postprocess(plan, results, now - began):
+        outputs = scheduler.postprocess(plan, results, now - began)
+        encoded = _encode_together(outputs, self._transform_batch)
+        for out, piece in zip(outputs, encoded, strict=True):
             job = out.row.request
             if out.audio is not None:
                 try:
-                    self._deliver(job, out.audio)
+                    self._deliver(job, out.audio, piece)
                 except Exception as exc:
                     scheduler.remove(out.row)
                     self._end(model, job, out.row.handle, outcome.Error(exc), stopped=False)
@@ -268,8 +304,11 @@ class ModelInstance:
                 model.release(out.row.handle)
                 job.expected_steps = (job.expected_steps or 0) + model.max_steps(job.spec)
 
-    def _deliver(self, job: Job, audio: np.ndarray) -> None:
-        item = audio if job.transform is None else job.transform(audio)
+    def _deliver(self, job: Job, audio: np.ndarray, encoded: EncodedAudio | None = None) -> None:
+        if encoded is not None:
+            item: Any = encoded
+        else:
+            item = audio if job.transform is None else job.transform(audio)
         self._outbox.append((job.mailbox, job.deliver, (item,)))
 
     def _flush(self) -> None:
@@ -312,3 +351,25 @@ class ModelInstance:
         job.done.set()
         assert self._on_job_done is not None
         self._on_job_done(self, job)
+
+
+def _encode_together(
+    outputs: Sequence[Output[Job, Any]], transform: BatchTransform
+) -> list[EncodedAudio | None]:
+    """A step's chunks for plain PCM/WAV streams, encoded together per chunk length
+    (`BatchTransform`: a few GIL hand-offs a block of rows instead of five a row); None
+    where a row's own `transform` must run (another format, a stretcher, word capture,
+    a non-finite chunk, a length no other row has)."""
+    done: list[EncodedAudio | None] = [None] * len(outputs)
+    by_length: dict[int, list[tuple[int, OutputStream, np.ndarray]]] = {}
+    for index, out in enumerate(outputs):
+        stream, audio = out.row.request.output, out.audio
+        if stream is not None and audio is not None and gatherable(audio) and stream.batchable:
+            by_length.setdefault(audio.size, []).append((index, stream, audio))
+    for members in by_length.values():
+        if len(members) < 2:
+            continue
+        pieces = transform([m[1] for m in members], [m[2] for m in members])
+        for (index, _, _), piece in zip(members, pieces, strict=True):
+            done[index] = piece
+    return done
