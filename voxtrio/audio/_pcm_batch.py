@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 # 48 kHz, so a thousand rows take 4 blocks (16 numpy calls).
 BLOCK_SAMPLES = 1 << 21
 _FULL_SCALE = np.float32(32767.0)
+_NO_FLOATS = np.empty(0, np.float32)
+_NO_INTS = np.empty(0, "<i2")
 
 
 def gatherable(chunk: np.ndarray) -> bool:
@@ -45,13 +47,13 @@ class PcmBatchEncoder:
 
     def __init__(self, block_samples: int = BLOCK_SAMPLES) -> None:
         self.block_samples = block_samples
-        self._floats = np.empty(0, np.float32)
-        self._ints = np.empty(0, "<i2")
+        self._floats = _NO_FLOATS
+        self._ints = _NO_INTS
 
     def release(self) -> None:
         """Give the buffers back (the next `encode` allocates them again)."""
-        self._floats = np.empty(0, np.float32)
-        self._ints = np.empty(0, "<i2")
+        self._floats = _NO_FLOATS
+        self._ints = _NO_INTS
 
     def encode(
         self, encoders: Sequence[AudioEncoder], chunks: Sequence[npt.NDArray[np.float32]]
