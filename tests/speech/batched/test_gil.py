@@ -4,7 +4,8 @@ model threads once a slice, and only then."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import trio
 
@@ -136,3 +137,37 @@ async def test_the_pools_event_loop_gives_way_while_its_model_computes() -> None
         for _ in range(5):
             await trio.sleep(0.003)
     assert pool.gil_turns.turns_given == after
+
+
+class RecordingTurns(GilTurns):
+    """Notes, at each sleep marked `waiting`, whether any thread still counted as computing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[bool] = []
+
+    @contextmanager
+    def waiting(self, thread: int) -> Iterator[None]:
+        with super().waiting(thread):
+            self.sleeps.append(bool(self._computing))
+            yield
+
+
+async def test_a_paced_instance_wants_no_turns_while_its_step_clock_sleeps() -> None:
+    """The step clock's sleeps are marked `waiting`: the loop is not asked to give way."""
+    model = BatchedSynthetic(SyntheticEngine(rtf=0.02), max_batch=2)
+    instance = ModelInstance(0, lambda: LoadedModel(model.engine, model, clock=model.clock))
+    pool = InstancePool([instance], max_admitted=4)
+    recording = RecordingTurns()
+    pool.gil_turns = recording
+    with trio.fail_after(10):
+        await pool.start()
+        try:
+            async with pool.run(SynthesisSpec(text="a" * 40), request_id="r") as (_, chunks):
+                steps = len([chunk async for chunk in chunks])
+        finally:
+            with trio.CancelScope(shield=True):
+                await pool.aclose()
+    assert steps >= 5
+    assert len(recording.sleeps) >= steps  # each step waits for its tick
+    assert not any(recording.sleeps)
