@@ -209,11 +209,18 @@ async def test_a_drain_ahead_of_its_pace_runs_each_call_a_slot_after_the_one_bef
     mailbox = _paced_mailbox(0.005)
     times: list[float] = []
     began = trio.current_time()
-    mailbox.post_all([(lambda: times.append(trio.current_time()), ()) for _ in range(14)])
-    while len(times) < 14:
+    calls = round(mailbox.max_hold / 0.005) + 4  # the last few reach max_hold
+    mailbox.post_all([(lambda: times.append(trio.current_time()), ()) for _ in range(calls)])
+    while len(times) < calls:
         await trio.sleep(0.001)
-    expected = [began + min(index * 0.005, mailbox.max_hold) for index in range(14)]
+    expected = [began + min(index * 0.005, mailbox.max_hold) for index in range(calls)]
     assert times == pytest.approx(expected)
+    assert times[-1] == pytest.approx(began + mailbox.max_hold)
+
+
+def test_a_thousand_streams_burst_fits_in_max_hold() -> None:
+    """1,000 calls a burst slot apart are all paced: none reaches max_hold and leaves unpaced."""
+    assert 1000 * LoopMailbox.burst_slot < LoopMailbox.max_hold
 
 
 async def test_a_drain_behind_its_pace_never_stops(mock_clock: trio.testing.MockClock) -> None:

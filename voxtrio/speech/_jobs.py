@@ -29,7 +29,10 @@ and a drain ahead of that pace stops and goes on from a timer. So when a stream'
 chunk leaves depends on its place in the burst, not on how fast the writes before it
 went: at 1,000 streams on a shared 2-core box one write took 20-35 us (median) from
 step to step, and the tail of a step's burst left 25-54 ms after its head. A drain
-that is behind its pace never waits.
+that is behind its pace never waits, so the slot must be longer than a write on a
+slow step, not an average one: traced with a 40 us slot, some steps' first drain ran
+all 1,000 calls in 55-60 ms, behind its pace from the start, and that step's tail
+left 20 ms later than the one before (docs/BENCHMARKS.md, issue 20, sixth pass).
 
 Faster still, and in row order whatever the loop's load: a request may give its job
 a `handover`, a synchronous "write this chunk now" that the mailbox callback calls
@@ -83,11 +86,12 @@ class LoopMailbox:
     delivery_slot: float = 25e-6
     # A chunk is never held longer than this (a burst larger than this many slots
     # leaves its tail at once rather than stretching every later due time); nor is a
-    # call of a drain held longer than this past the drain's start.
-    max_hold: float = 0.05
-    # A drain's calls run at least this far apart (a write took 20-35 us): see the
-    # module's docstring. 0 turns the drain's pacing off.
-    burst_slot: float = 40e-6
+    # call of a drain held longer than this past the drain's start. Room for 1,000
+    # streams at `burst_slot` with a margin: a held tail would leave unpaced.
+    max_hold: float = 0.08
+    # A drain's calls run at least this far apart (a write took 20-35 us, up to 60 on
+    # a slow step): see the module's docstring. 0 turns the drain's pacing off.
+    burst_slot: float = 60e-6
     # A drain this far ahead of its pace or less goes on (a timer would wake later).
     burst_ahead: float = 0.001
 
