@@ -471,7 +471,10 @@ async def test_plain_pcm_rows_are_encoded_together_to_the_bytes_each_gets_alone(
             async with trio.open_nursery() as nursery:
                 for spec in specs:
                     nursery.start_soon(speak, spec)
-    assert max(batched) == 4  # the four rows' first chunks, in one batch
+    # Rows in the same step are encoded in one batch. How many share a step depends on
+    # when each joined (the NaN row leaves at its second step; under load a late row
+    # may join after it), so at least two, not all four.
+    assert max(batched) >= 2
     for spec in specs:
         job, data = out[spec.seed]
         if spec.seed == NanForSeed.bad_seed:
