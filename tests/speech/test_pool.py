@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._jobs import LoopMailbox
+from voxtrio.speech._mailbox import LoopMailbox
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
 from voxtrio.speech.batched._factory import model_instances

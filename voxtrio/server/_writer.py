@@ -8,7 +8,7 @@ per-chunk event-loop work this removes (wsproto's frame build and payload copy,
 trio-websocket's and Trio's stream layers) is measured in docs/BENCHMARKS.md.
 
 `try_send_frame` is the same write without waiting, for a chunk handed over in a
-mailbox callback (speech/_jobs.py): all or nothing is decided before a byte goes,
+mailbox callback (speech/_mailbox.py): all or nothing is decided before a byte goes,
 and a write the socket takes only in part is finished by a task of the connection,
 holding the connection's write turns until then.
 """

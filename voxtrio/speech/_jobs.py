@@ -5,47 +5,18 @@ it; chunks reach the task through a bounded memory channel with credits, so a sl
 client blocks its generator instead of piling up audio (`ChunkStream` gives a credit
 back as each chunk is taken).
 
-Posting goes through one `LoopMailbox` per pool rather than a `run_sync_soon` per
-chunk: trio's entry queue holds a lock across its wake-up syscall, and with
-hundreds of model threads each taking it per chunk the lock and the GIL convoy
-(measured: 38 of 256 threads queued on it, a core and a half of futex traffic).
-The mailbox's lock covers a deque append only, and one loop callback drains
-everything posted since the last one. (`trio.from_thread.run` per chunk, the
-first design, also spawned a system task per chunk.)
-
-Delivery is paced: a step hands every stream its chunk at once, and Trio runs the
-request tasks those chunks wake as one batch, in post order or reversed at random
-(its scheduler does so on purpose), so a stream's write moved from the front of the
-burst to its back from one step to the next and its gap swung by the whole burst
-(~30 ms at 1,000 streams). Each chunk instead gets a due time, when the loop takes
-it from the mailbox but at least `LoopMailbox.delivery_slot` after the chunk before
-it, and its request task writes it then. The writes leave in post order (a stable
-row order), spread over about the burst's own length, so each stream's gap is the
-step clock's gap.
-
-The mailbox paces its own drain the same way: the k-th call of a burst runs no
-earlier than k x `LoopMailbox.burst_slot` after the burst began (up to `max_hold`),
-and a drain ahead of that pace stops and goes on from a timer. So when a stream's
-chunk leaves depends on its place in the burst, not on how fast the writes before it
-went: at 1,000 streams on a shared 2-core box one write took 20-35 us (median) from
-step to step, and the tail of a step's burst left 25-54 ms after its head. A drain
-that is behind its pace never waits, so the slot must be longer than a write on a
-slow step, not an average one: traced with a 40 us slot, some steps' first drain ran
-all 1,000 calls in 55-60 ms, behind its pace from the start, and that step's tail
-left 20 ms later than the one before (docs/BENCHMARKS.md, issue 20, sixth pass).
-
-Faster still, and in row order whatever the loop's load: a request may give its job
-a `handover`, a synchronous "write this chunk now" that the mailbox callback calls
-as the chunk comes off the mailbox. When it takes the chunk, no task wakes at all;
+A request may give its job a `handover`, a synchronous "write this chunk now" that
+the mailbox callback calls as the chunk comes off the mailbox (`speech/_mailbox.py`:
+one mailbox per pool, its pacing). When it takes the chunk, no task wakes at all;
 when it cannot (the connection is busy, a progress message is due, an earlier chunk
-is still with the task), the chunk goes through the channel as above.
+is still with the task), the chunk goes through the channel, due when the mailbox
+says (`LoopMailbox.due_time`), and its request task writes it then.
 """
 
 from __future__ import annotations
 
-import collections
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -55,14 +26,16 @@ import structlog
 import trio
 
 from voxtrio.speech._engine import SynthesisSpec
+from voxtrio.speech._mailbox import LoopMailbox
 
 if TYPE_CHECKING:
     from voxtrio.speech._output import OutputStream
 
 log = structlog.get_logger("voxtrio.speech")
 
-Call = tuple[Callable[..., object], tuple[Any, ...]]
-"""A mailbox entry: a function and its arguments."""
+# How many rows a stream's place in its step's burst may move up from one step to the
+# next (64 burst slots, about 4 ms; see the module's docstring).
+PLACE_SLEW = 64
 
 Handover = Callable[[Any], bool]
 """Trio thread, in a mailbox callback: send this chunk now, without waiting.
@@ -71,115 +44,6 @@ True: it is sent (or its sending is under way and will finish on its own); False
 nothing was done, the chunk goes through the channel to the request task. Must not
 raise and must not block.
 """
-
-
-class LoopMailbox:
-    """Calls posted from any thread, run in order on the Trio thread, in batches.
-
-    Callbacks must not raise: they run inside a `run_sync_soon` callback, where an
-    exception crashes the whole run. While they run, `drained_at` is when the
-    loop took them (Trio clock).
-    """
-
-    # Due times of successive chunks are at least this far apart: about the event
-    # loop's cost of writing one (docs/BENCHMARKS.md). 0 turns pacing off.
-    delivery_slot: float = 25e-6
-    # A chunk is never held longer than this (a burst larger than this many slots
-    # leaves its tail at once rather than stretching every later due time); nor is a
-    # call of a drain held longer than this past the drain's start. Room for 1,000
-    # streams at `burst_slot` with a margin: a held tail would leave unpaced.
-    max_hold: float = 0.08
-    # A drain's calls run at least this far apart (a write took 20-35 us, up to 60 on
-    # a slow step): see the module's docstring. 0 turns the drain's pacing off.
-    burst_slot: float = 60e-6
-    # A drain this far ahead of its pace or less goes on (a timer would wake later).
-    burst_ahead: float = 0.001
-
-    def __init__(self, token: trio.lowlevel.TrioToken) -> None:
-        self._token = token
-        self._lock = threading.Lock()
-        self._calls: collections.deque[Call] = collections.deque()
-        self._drain_scheduled = False
-        self.drained_at = 0.0
-        self._last_due = -float("inf")
-        # A burst stopped ahead of its pace: when it began, and how many calls it ran.
-        self._burst: tuple[float, int] | None = None
-
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Any thread: run `fn(*args)` on the loop after everything posted before it.
-
-        Raises trio.RunFinishedError once the loop has gone.
-        """
-        self.post_all(((fn, args),))
-
-    def post_all(self, calls: Sequence[Call]) -> None:
-        """`post` each of `calls` in order, with one lock and at most one wake-up.
-
-        A step loop hands a whole step's chunks over at once: posted one by one, each
-        wake-up of the loop thread while the step thread still encodes makes the two
-        trade the GIL (measured: the step thread then spent most of its time waiting
-        for it). Raises trio.RunFinishedError once the loop has gone.
-        """
-        if not calls:
-            return
-        with self._lock:
-            self._calls.extend(calls)
-            if self._drain_scheduled:
-                return  # the pending drain will take these too
-            self._drain_scheduled = True
-        try:
-            self._token.run_sync_soon(self._drain)
-        except trio.RunFinishedError:
-            with self._lock:
-                self._drain_scheduled = False
-            raise
-
-    def _drain(self, *, paced: bool = True) -> None:
-        with self._lock:
-            calls, self._calls = self._calls, collections.deque()
-            self._drain_scheduled = False
-        self.drained_at = now = trio.current_time()
-        began, ran = self._burst or (now, 0)
-        self._burst = None
-        slot = self.burst_slot if paced else 0.0
-        while calls:
-            if slot > 0:
-                due = began + min(ran * slot, self.max_hold)
-                if due > now + self.burst_ahead:
-                    self._stop_until(due, calls, (began, ran))
-                    return
-            fn, args = calls.popleft()
-            fn(*args)
-            ran += 1
-            if slot > 0:
-                now = trio.current_time()
-
-    def _stop_until(
-        self, resume_at: float, rest: collections.deque[Call], burst: tuple[float, int]
-    ) -> None:
-        """Put `rest` back ahead of what was posted since; drain again at `resume_at`."""
-        with self._lock:
-            rest.extend(self._calls)
-            self._calls = rest
-            self._drain_scheduled = True  # later posts ride the timer's drain
-        self._burst = burst
-        trio.lowlevel.spawn_system_task(self._drain_at, resume_at, name="voxtrio.mailbox-pace")
-
-    async def _drain_at(self, resume_at: float) -> None:
-        try:
-            await trio.sleep_until(resume_at)
-        except trio.Cancelled:
-            # The run is ending: what is left still runs (a job's end must be seen).
-            self._drain(paced=False)
-            raise
-        self._drain()
-
-    def due_time(self) -> float:
-        """Trio thread, in a callback: when the chunk it hands over should be written."""
-        now = self.drained_at
-        due = min(max(now, self._last_due + self.delivery_slot), now + self.max_hold)
-        self._last_due = due
-        return due
 
 
 class Credits:
@@ -244,9 +108,18 @@ class Job:
     # Chunks sent into the channel that the request task has not finished with: while
     # any is, a later chunk queues behind it rather than overtaking it by a handover.
     queued: int = 0
+    # Step thread: its chunk's place in its step's burst last time (`hold_place`).
+    place: int | None = None
 
     def __attrs_post_init__(self) -> None:
         self.credits = Credits(self.chunk_buffer)
+
+    def hold_place(self, index: int) -> int:
+        """Step thread: the place in its step's burst of this chunk, `index`-th of the
+        step's chunks: no more than `PLACE_SLEW` rows ahead of its place last step."""
+        kept = index if self.place is None else max(index, self.place - PLACE_SLEW)
+        self.place = kept
+        return kept
 
     # The step loop's side (speech.batched's `Request`): non-blocking, any thread.
     def stop_requested(self) -> bool:

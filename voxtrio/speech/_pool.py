@@ -22,7 +22,8 @@ import trio
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._errors import EngineUnavailable, Overloaded, QueueTimeout
-from voxtrio.speech._jobs import ChunkStream, Job, LoopMailbox
+from voxtrio.speech._jobs import ChunkStream, Job
+from voxtrio.speech._mailbox import LoopMailbox, MailboxInstrument
 from voxtrio.speech._output import OutputStream
 from voxtrio.speech.batched._gil import GilTurns, GilTurnsInstrument
 from voxtrio.speech.batched._loop import ModelInstance
@@ -66,6 +67,7 @@ class InstancePool:
         # The model threads' turns at the GIL while the event loop is busy (`_gil.py`).
         self.gil_turns = GilTurns()
         self._gil_instrument = GilTurnsInstrument(self.gil_turns)
+        self._mailbox_instrument: MailboxInstrument | None = None
 
     @property
     def slots_busy(self) -> int:
@@ -76,6 +78,8 @@ class InstancePool:
         """Load and warm every instance; `ready` only once all of them are."""
         token = trio.lowlevel.current_trio_token()
         self._mailbox = LoopMailbox(token)
+        self._mailbox_instrument = MailboxInstrument(self._mailbox)
+        trio.lowlevel.add_instrument(self._mailbox_instrument)
         for instance in self.instances:
             instance.gil_turns = self.gil_turns
         trio.lowlevel.add_instrument(self._gil_instrument)
@@ -116,8 +120,10 @@ class InstancePool:
         for instance in self.instances:
             if instance.thread.is_alive():
                 log.error("instance_thread_did_not_exit", instance=instance.index)
-        with suppress(KeyError):  # never added (not started), or removed already
-            trio.lowlevel.remove_instrument(self._gil_instrument)
+        for instrument in (self._gil_instrument, self._mailbox_instrument):
+            with suppress(KeyError):  # never added (not started), or removed already
+                if instrument is not None:
+                    trio.lowlevel.remove_instrument(instrument)
 
     def max_steps(self, spec: SynthesisSpec) -> int:
         model = self.instances[0].model

@@ -15,8 +15,10 @@ import pytest
 import trio
 
 from voxtrio.audio._codecs import AudioEncoder, NonFiniteAudio
+from voxtrio.speech import _jobs
 from voxtrio.speech._engine import SynthesisSpec
-from voxtrio.speech._jobs import Call, Job, LoopMailbox
+from voxtrio.speech._jobs import Job
+from voxtrio.speech._mailbox import Call, LoopMailbox
 from voxtrio.speech._output import BatchTransform, OutputSpec, OutputStream
 from voxtrio.speech._pool import InstancePool
 from voxtrio.speech._synthetic import SyntheticEngine
@@ -24,7 +26,7 @@ from voxtrio.speech.batched._clock import LEAD_SHARE
 from voxtrio.speech.batched._factory import model_instances
 from voxtrio.speech.batched._interface import StepResult
 from voxtrio.speech.batched._loop import LoadedModel, ModelInstance
-from voxtrio.speech.batched._scheduler import BadcaseRule, never_badcase, retry_spec
+from voxtrio.speech.batched._scheduler import BadcaseRule, Scheduler, never_badcase, retry_spec
 from voxtrio.speech.batched._synthetic import BatchedSynthetic, SyntheticRow
 
 LONG = "a" * 400  # 100 synthetic steps
@@ -390,9 +392,11 @@ class RecordingMailbox(LoopMailbox):
 
     def __init__(self) -> None:
         self.posted: list[Callable[..., object]] = []
+        self.places: list[int | None] = []
 
-    def post_all(self, calls: Sequence[Call]) -> None:
+    def post_all(self, calls: Sequence[Call], places: Sequence[int | None] = ()) -> None:
         self.posted.extend(fn for fn, _ in calls)
+        self.places.extend(places)
 
 
 def test_a_step_posts_every_chunk_before_any_jobs_end() -> None:
@@ -408,6 +412,43 @@ def test_a_step_posts_every_chunk_before_any_jobs_end() -> None:
     instance._deliver(running, chunk)
     instance._flush()
     assert mailbox.posted == [ending.deliver, running.deliver, instance._finished]
+
+
+def test_a_steps_chunks_are_posted_with_their_places_and_its_ends_without() -> None:
+    """Each chunk goes to the mailbox with the place its job kept; a job's end has none."""
+    instance = ModelInstance(0, lambda: LoadedModel(SyntheticEngine(), BatchedSynthetic()))
+    mailbox = RecordingMailbox()
+    send, _ = trio.open_memory_channel[object](2)
+    job = Job(SynthesisSpec(text="x"), "a", send, mailbox)
+    instance._deliver(job, np.zeros(4, np.float32), None, 7)
+    instance._finish(job, outcome.Value(None), stopped=False)
+    instance._flush()
+    assert mailbox.places == [7, None]
+
+
+def test_rows_behind_rows_that_ended_move_up_their_burst_a_slew_a_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two short rows end; the long row behind them keeps its place and moves up
+    PLACE_SLEW (1 here) rows a step instead of jumping to the front."""
+    monkeypatch.setattr(_jobs, "PLACE_SLEW", 1)
+    model = BatchedSynthetic()
+    instance = ModelInstance(0, lambda: LoadedModel(SyntheticEngine(), model))
+    mailbox = RecordingMailbox()
+    send, _ = trio.open_memory_channel[object](2)
+    texts = {"short1": "a" * 8, "short2": "a" * 8, "long": "a" * 40}  # 2, 2 and 10 steps
+    jobs = [Job(SynthesisSpec(text=text), rid, send, mailbox) for rid, text in texts.items()]
+    scheduler: Scheduler[Job, Any] = Scheduler(model.max_batch, prefill_group=3, join_steps=False)
+    for job in jobs:
+        scheduler.add(job)
+    places_by_step = []
+    for _ in range(5):
+        mailbox.places.clear()
+        instance._carry_out(model, scheduler, scheduler.schedule(time.perf_counter()), None)
+        places_by_step.append([place for place in mailbox.places if place is not None])
+        for job in jobs:
+            job.give_credit()  # the recording mailbox delivers nothing: as if taken
+    assert places_by_step == [[], [0, 1, 2], [0, 1, 2], [1], [0]]
 
 
 async def test_a_paced_instance_computes_each_step_half_a_period_ahead() -> None:

@@ -26,7 +26,8 @@ import trio
 
 from voxtrio.audio._pcm_batch import gatherable
 from voxtrio.speech._engine import Engine
-from voxtrio.speech._jobs import Job, LoopMailbox
+from voxtrio.speech._jobs import Job
+from voxtrio.speech._mailbox import LoopMailbox
 from voxtrio.speech._output import BatchTransform, EncodedAudio, OutputStream
 from voxtrio.speech.batched._clock import StepClock
 from voxtrio.speech.batched._gil import GilTurns
@@ -68,10 +69,11 @@ class LoadedModel:
 
 
 ModelLoader = Callable[[], LoadedModel]
-
-_Posting = tuple[LoopMailbox, Callable[..., object], tuple[Any, ...]]
-"""An entry of a step's outbox: the mailbox it goes to, a function, its arguments."""
 """Builds one instance's model; called on the thread that will own it."""
+
+_Posting = tuple[LoopMailbox, Callable[..., object], tuple[Any, ...], "int | None"]
+"""An entry of a step's outbox: the mailbox it goes to, a function, its arguments, and
+its place in the step's burst (`Job.hold_place`; None for a job's end)."""
 
 JobDone = Callable[["ModelInstance", Job], None]
 
@@ -288,11 +290,13 @@ class ModelInstance:
                 job.expected_steps = model.max_steps(job.spec)
         outputs = scheduler.postprocess(plan, results, now - began)
         encoded = _encode_together(outputs, self._transform_batch)
+        index = 0  # among this step's chunks, in row order (`Job.hold_place`)
         for out, piece in zip(outputs, encoded, strict=True):
             job = out.row.request
             if out.audio is not None:
                 try:
-                    self._deliver(job, out.audio, piece)
+                    self._deliver(job, out.audio, piece, job.hold_place(index))
+                    index += 1
                 except Exception as exc:
                     scheduler.remove(out.row)
                     self._end(model, job, out.row.handle, outcome.Error(exc), stopped=False)
@@ -304,12 +308,18 @@ class ModelInstance:
                 model.release(out.row.handle)
                 job.expected_steps = (job.expected_steps or 0) + model.max_steps(job.spec)
 
-    def _deliver(self, job: Job, audio: np.ndarray, encoded: EncodedAudio | None = None) -> None:
+    def _deliver(
+        self,
+        job: Job,
+        audio: np.ndarray,
+        encoded: EncodedAudio | None = None,
+        place: int | None = None,
+    ) -> None:
         if encoded is not None:
             item: Any = encoded
         else:
             item = audio if job.transform is None else job.transform(audio)
-        self._outbox.append((job.mailbox, job.deliver, (item,)))
+        self._outbox.append((job.mailbox, job.deliver, (item,), place))
 
     def _flush(self) -> None:
         """Post the outbox, then the ends: one `post_all` per run of the same mailbox."""
@@ -321,7 +331,10 @@ class ModelInstance:
             for end in range(1, len(outbox) + 1):
                 if end == len(outbox) or outbox[end][0] is not outbox[start][0]:
                     batch = outbox[start:end]
-                    batch[0][0].post_all([(fn, args) for _, fn, args in batch])
+                    batch[0][0].post_all(
+                        [(fn, args) for _, fn, args, _ in batch],
+                        [place for _, _, _, place in batch],
+                    )
                     start = end
 
     def _end(
@@ -340,7 +353,7 @@ class ModelInstance:
     def _finish(self, job: Job, result: outcome.Outcome[None], *, stopped: bool) -> None:
         job.finished_at = time.perf_counter()
         self.jobs_run += 1
-        self._ends.append((job.mailbox, self._finished, (job, result, stopped)))
+        self._ends.append((job.mailbox, self._finished, (job, result, stopped), None))
 
     def _finished(self, job: Job, result: outcome.Outcome[None], stopped: bool) -> None:
         # Back on the Trio thread, after every chunk this job posted.
