@@ -11,6 +11,7 @@ from functools import partial
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from voxtrio.speech._engine import SynthesisSpec
 from voxtrio.speech._mailbox import LoopMailbox
@@ -166,3 +167,31 @@ def test_mailbox_refuses_posts_once_the_loop_has_gone() -> None:
     for _ in range(2):  # the failed post leaves no drain marked as pending
         with pytest.raises(trio.RunFinishedError):
             mailbox.post(print, "never")
+
+
+async def test_a_started_pool_drains_its_mailbox_between_task_steps_until_closed() -> None:
+    """While open, the pool's mailbox runs a call posted mid-batch before the next task
+    step (its instrument); once closed, that instrument is gone from the run."""
+    ran: list[int] = []
+    seen: list[int] = []
+    go = trio.Event()
+    async with started_pool() as pool:
+        mailbox, instrument = pool._mailbox, pool._mailbox_instrument
+        assert mailbox is not None
+        assert instrument is not None
+
+        async def member() -> None:
+            await go.wait()
+            if not seen:
+                mailbox.post_all([(ran.append, (0,))])
+            seen.append(len(ran))
+
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for _ in range(4):
+                    nursery.start_soon(member)
+                await trio.testing.wait_all_tasks_blocked()
+                go.set()
+    assert seen == [0, 1, 1, 1]
+    with pytest.raises(KeyError):
+        trio.lowlevel.remove_instrument(instrument)
