@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("voxtrio.speech")
 
 # How many rows a stream's place in its step's burst may move up from one step to the
-# next (64 burst slots, about 4 ms; see the module's docstring).
+# next (64 burst slots, about 4 ms; why: speech/_mailbox.py).
 PLACE_SLEW = 64
 
 Handover = Callable[[Any], bool]

@@ -52,7 +52,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -62,6 +62,15 @@ Call = tuple[Callable[..., object], tuple[Any, ...]]
 # A call as the mailbox holds it: with its place in its step's burst (None: right
 # after the call before it) and whether it is the first of its `post_all`.
 _Entry = tuple[Callable[..., object], tuple[Any, ...], "int | None", bool]
+
+
+class _StoppedBurst(NamedTuple):
+    """A burst stopped ahead of its pace, and when it goes on."""
+
+    began: float
+    last: int  # the place of the last call it ran
+    base: int  # where its current step's places start
+    resume_at: float
 
 
 class LoopMailbox:
@@ -93,12 +102,8 @@ class LoopMailbox:
         self._drain_scheduled = False
         self.drained_at = 0.0
         self._last_due = -float("inf")
-        # A burst stopped ahead of its pace: when it began, the place of the last call
-        # it ran and where its current step's places start; when it goes on; and
-        # whether a timer task waits for that.
-        self._burst: tuple[float, int, int] | None = None
-        self._resume_at: float | None = None
-        self._timer_armed = False
+        self._stopped: _StoppedBurst | None = None
+        self._timer_armed = False  # a timer task waits for a stopped burst
 
     def post(self, fn: Callable[..., object], *args: Any) -> None:
         """Any thread: run `fn(*args)` on the loop after everything posted before it.
@@ -142,8 +147,8 @@ class LoopMailbox:
             calls, self._calls = self._calls, collections.deque()
             self._drain_scheduled = False
         self.drained_at = now = trio.current_time()
-        began, last, base = self._burst or (now, -1, 0)
-        self._burst = self._resume_at = None
+        began, last, base, _ = self._stopped or (now, -1, 0, now)
+        self._stopped = None
         slot = self.burst_slot if paced else 0.0
         while calls:
             fn, args, place, first = calls[0]
@@ -153,7 +158,7 @@ class LoopMailbox:
             if slot > 0:
                 due = began + min(at * slot, self.max_hold)
                 if due > now + self.burst_ahead:
-                    self._stop_until(due, calls, (began, last, base))
+                    self._stop(calls, _StoppedBurst(began, last, base, due))
                     return
             calls.popleft()
             fn(*args)
@@ -161,16 +166,13 @@ class LoopMailbox:
             if slot > 0:
                 now = trio.current_time()
 
-    def _stop_until(
-        self, resume_at: float, rest: collections.deque[_Entry], burst: tuple[float, int, int]
-    ) -> None:
-        """Put `rest` back ahead of what was posted since; drain again at `resume_at`."""
+    def _stop(self, rest: collections.deque[_Entry], stopped: _StoppedBurst) -> None:
+        """Put `rest` back ahead of what was posted since; drain again when it is due."""
         with self._lock:
             rest.extend(self._calls)
             self._calls = rest
             self._drain_scheduled = True  # later posts ride the resumed drain
-        self._burst = burst
-        self._resume_at = resume_at
+        self._stopped = stopped
         if not self._timer_armed:
             self._timer_armed = True
             trio.lowlevel.spawn_system_task(self._pace, name="voxtrio.mailbox-pace")
@@ -178,9 +180,9 @@ class LoopMailbox:
     async def _pace(self) -> None:
         """The timer of a stopped burst, for when no task step comes first (an idle loop)."""
         try:
-            while (resume_at := self._resume_at) is not None:
-                await trio.sleep_until(resume_at)
-                if self._resume_at == resume_at:  # not resumed between task steps meanwhile
+            while (stopped := self._stopped) is not None:
+                await trio.sleep_until(stopped.resume_at)
+                if self._stopped is stopped:  # not resumed between task steps meanwhile
                     self._drain()
         except trio.Cancelled:
             # The run is ending: what is left still runs (a job's end must be seen).
@@ -192,9 +194,9 @@ class LoopMailbox:
     def between_steps(self) -> None:
         """Trio thread, between two task steps: go on with a stopped burst once it is
         due, or take calls just posted, instead of waiting for the batch to end."""
-        resume_at = self._resume_at
-        if resume_at is not None:
-            if trio.current_time() >= resume_at:
+        stopped = self._stopped
+        if stopped is not None:
+            if trio.current_time() >= stopped.resume_at:
                 self._drain()
         elif self._calls:  # posted; the `run_sync_soon` drain then finds nothing
             self._drain()
